@@ -1,0 +1,160 @@
+"""The walking skeleton in a real kernel: a ``%%wflo`` cell through Temporal, Docker,
+Postgres and Kafka, plus bad input that leaves the kernel alive."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.kernel_driver import Kernel
+from wflo_jupyter.events import EventConsumer
+from wflo_jupyter.ledger.store import Ledger
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.kernel,
+    pytest.mark.docker,
+    pytest.mark.temporal,
+    pytest.mark.postgres,
+    pytest.mark.kafka,
+]
+
+SANDBOX_PROBE = """%%wflo --budget 0.10 --timeout 30
+import os, socket, pathlib
+print("uid", os.getuid())
+print("interfaces", sorted(n for _, n in socket.if_nameindex()))
+print("dockerenv", pathlib.Path("/.dockerenv").exists())
+try:
+    pathlib.Path("/etc/wflo").write_text("x")
+    print("etc writable")
+except OSError:
+    print("etc read-only")
+"""
+
+
+@pytest.fixture(scope="module")
+def kernel(stack_env: dict[str, str], runtime_image: str) -> Iterator[Kernel]:
+    k = Kernel()
+    loaded = k.run("%load_ext wflo_jupyter")
+    assert loaded.status == "ok", loaded.error
+    yield k
+    k.run("%unload_ext wflo_jupyter")
+    k.shutdown()
+
+
+def _session_id(kernel: Kernel) -> str:
+    run = kernel.run("print(get_ipython().find_magic('wflo').__self__.session.session_id)")
+    return run.stdout.strip()
+
+
+def test_cell_runs_in_the_sandbox(kernel: Kernel) -> None:
+    run = kernel.run(SANDBOX_PROBE)
+    assert run.status == "ok", run.error
+    assert run.stdout.splitlines() == [
+        "uid 1000",
+        "interfaces ['lo']",
+        "dockerenv True",
+        "etc read-only",
+    ]
+
+
+def test_step_is_recorded_evented_and_durable(
+    kernel: Kernel, database_url: str, kafka_bootstrap: str
+) -> None:
+    marker = uuid.uuid4().hex
+    run = kernel.run(f"%%wflo --name recorded-{marker}\nprint('{marker}')")
+    assert run.stdout == f"{marker}\n"
+    session_id = _session_id(kernel)
+    ledger = Ledger.connect(database_url)
+    try:
+        (step,) = [s for s in ledger.steps(session_id) if s.name == f"recorded-{marker}"]
+    finally:
+        ledger.close()
+    assert step.status == "completed"
+    assert step.exit_code == 0
+    assert step.duration_ms is not None
+    assert step.sandbox_ms is not None
+    with EventConsumer(kafka_bootstrap, f"test-{marker}", ["wflo.steps"]) as consumer:
+        event = consumer.wait_for(
+            lambda e: e.key == step.id and e.type == "step.completed", timeout_s=60
+        )
+    assert event.payload["name"] == f"recorded-{marker}"
+    described = kernel.run(
+        "m = get_ipython().find_magic('wflo').__self__\n"
+        f"print(m.session.runner.describe({step.workflow_id!r}))"
+    )
+    assert described.stdout.strip() == "COMPLETED"
+
+
+def test_raising_cell_shows_sandbox_traceback_and_kernel_carries_on(kernel: Kernel) -> None:
+    run = kernel.run("%%wflo\ndef f():\n    return 1 / 0\nf()\n")
+    assert run.status == "error"
+    assert "Traceback (most recent call last)" in run.stderr
+    assert "ZeroDivisionError: division by zero" in run.stderr
+    assert run.error is not None
+    assert run.error["ename"] == "StepFailed"
+    assert run.error["evalue"] == "ZeroDivisionError: division by zero (in the sandbox, exit 1)"
+    # the host-side traceback is not dumped on the user: one line
+    assert len(run.error["traceback"]) == 1
+    after = kernel.run("%%wflo\nprint('still here')")
+    assert after.stdout == "still here\n"
+
+
+def test_runs_table_lists_steps(kernel: Kernel) -> None:
+    run = kernel.run("%wflo runs")
+    assert run.status == "ok"
+    html = run.data[-1]["text/html"]
+    assert "completed" in html
+    assert "failed" in html
+
+
+def test_status_names_every_engine(kernel: Kernel) -> None:
+    run = kernel.run("%wflo status")
+    html = run.data[-1]["text/html"]
+    for engine in ("postgres", "temporal", "redis", "kafka", "docker", "image"):
+        assert f"<td>{engine}</td>" in html
+
+
+@pytest.mark.parametrize(
+    ("cell", "message"),
+    [
+        ("%%wflo --bogus\nprint(1)", "UsageError: %%wflo: unrecognized arguments: --bogus"),
+        (
+            "%%wflo --budget -0.5\nprint(1)",
+            "UsageError: --budget: a budget cannot be negative: '-0.5'",
+        ),
+        ("%%wflo --timeout 0\nprint(1)", "UsageError: --timeout: must be a positive number"),
+        ("%wflo frobnicate", "UsageError: %wflo: unknown command 'frobnicate'"),
+    ],
+)
+def test_bad_options_are_one_line_usage_errors(kernel: Kernel, cell: str, message: str) -> None:
+    run = kernel.run(cell)
+    assert run.status == "error"
+    combined = run.stderr + run.error_line
+    assert message in combined
+    assert kernel.alive()
+
+
+def test_config_traits_set_defaults(kernel: Kernel) -> None:
+    kernel.run("%config WfloMagics.timeout = 1.5")
+    try:
+        run = kernel.run("%%wflo\nimport time; time.sleep(30)")
+        assert run.error is not None
+        assert "TimeoutError: cell exceeded --timeout 1.5 s" in run.error["evalue"]
+    finally:
+        kernel.run("%config WfloMagics.timeout = 60.0")
+
+
+def test_bad_url_is_one_line_usage_error(stack_env: dict[str, str]) -> None:
+    k = Kernel(env={"WFLO_DATABASE_URL": "notaurl"})
+    try:
+        k.run("%load_ext wflo_jupyter")
+        run = k.run("%%wflo\nprint(1)")
+        assert run.status == "error"
+        text = run.stderr + run.error_line
+        assert "UsageError: WFLO_DATABASE_URL: 'notaurl' is not a postgresql:// URL" in text
+        assert k.alive()
+    finally:
+        k.shutdown()

@@ -1,0 +1,69 @@
+"""A real ipykernel driven over ZMQ with jupyter_client, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import queue
+from dataclasses import dataclass, field
+from typing import Any
+
+from jupyter_client.manager import KernelManager
+
+
+@dataclass
+class CellRun:
+    """The outputs of one executed cell."""
+
+    status: str
+    stdout: str = ""
+    stderr: str = ""
+    error: dict[str, Any] | None = None
+    data: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def error_line(self) -> str:
+        return f"{self.error['ename']}: {self.error['evalue']}" if self.error else ""
+
+
+class Kernel:
+    """Start a python3 kernel with an environment; run cells; shut down."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.manager = KernelManager(kernel_name="python3")
+        self.manager.start_kernel(env={**os.environ, **(env or {})})
+        self.client = self.manager.client()
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=60)
+
+    def run(self, code: str, timeout: float = 180) -> CellRun:
+        msg_id = self.client.execute(code, allow_stdin=False)
+        result = CellRun(status="unknown")
+        while True:
+            try:
+                msg = self.client.get_iopub_msg(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError(f"cell did not finish in {timeout} s: {code[:60]!r}") from None
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                if content["name"] == "stdout":
+                    result.stdout += content["text"]
+                else:
+                    result.stderr += content["text"]
+            elif kind == "error":
+                result.error = content
+            elif kind in ("execute_result", "display_data"):
+                result.data.append(content["data"])
+            elif kind == "status" and content["execution_state"] == "idle":
+                break
+        reply = self.client.get_shell_msg(timeout=timeout)
+        result.status = reply["content"]["status"]
+        return result
+
+    def alive(self) -> bool:
+        return self.manager.is_alive() and self.run("print(1 + 1)", timeout=60).stdout == "2\n"
+
+    def shutdown(self) -> None:
+        self.client.stop_channels()
+        self.manager.shutdown_kernel(now=False)

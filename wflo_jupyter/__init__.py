@@ -1,0 +1,29 @@
+"""wflo-jupyter: run notebook cells as budgeted, durable workflow steps in a sandbox.
+
+``%load_ext wflo_jupyter`` registers the ``%%wflo`` cell magic and the ``%wflo`` line
+magics. This module only owns the IPython extension entry points; everything else
+lives in the sub-packages described in ``docs/architecture.md``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
+
+def load_ipython_extension(ipython: InteractiveShell) -> None:
+    """Register the wflo magics on ``ipython`` (called by ``%load_ext``)."""
+    from wflo_jupyter.jupyter.extension import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: InteractiveShell) -> None:
+    """Stop the session's threads and close its connections (``%unload_ext``)."""
+    from wflo_jupyter.jupyter.extension import unload
+
+    unload(ipython)

@@ -1,0 +1,231 @@
+"""The ``wflo`` command line: local stack, migrations, demo, report, relay."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from wflo_jupyter.core.errors import WfloError
+from wflo_jupyter.core.money import format_usd
+from wflo_jupyter.stack.settings import ENGINES, VARIABLE_BY_ENGINE, Settings, resolve_endpoints
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="wflo-jupyter command line.")
+console = Console()
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except WfloError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _progress(message: str) -> None:
+    err.print(f"[dim]\\[wflo][/dim] {message}")
+
+
+@app.command()
+def up(
+    with_kafka: Annotated[
+        bool, typer.Option("--with-kafka", help="Also start a Kafka broker.")
+    ] = False,
+) -> None:
+    """Start the local stack (Postgres, Redis, Temporal; Kafka with --with-kafka)."""
+    from wflo_jupyter.stack.local import LocalStack, StackError
+
+    settings = _settings()
+    try:
+        engines = LocalStack(settings.home, progress=_progress).up(with_kafka=with_kafka)
+    except StackError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    table = Table("engine", "url", "pid", title=f"local stack in {settings.home}")
+    for name, info in engines.items():
+        extra = " ".join(f"{k}={v}" for k, v in info.extra.items() if k == "ui")
+        table.add_row(name, f"{info.url} {extra}".strip(), str(info.pid))
+    console.print(table)
+
+
+@app.command()
+def down() -> None:
+    """Stop every engine of the local stack."""
+    from wflo_jupyter.stack.local import LocalStack
+
+    stopped = LocalStack(_settings().home, progress=_progress).down()
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@app.command()
+def status() -> None:
+    """Each engine, where it is, its pid, and whether it answers."""
+    from wflo_jupyter.stack.local import LocalStack
+
+    settings = _settings()
+    table = Table("engine", "url", "pid", "healthy", "source")
+    local = {info.name: (info, ok) for info, ok in LocalStack(settings.home).status()}
+    for engine in ENGINES:
+        configured = settings.configured(engine)
+        if configured:
+            table.add_row(engine, configured, "-", "?", VARIABLE_BY_ENGINE[engine])
+        elif engine in local:
+            info, ok = local[engine]
+            table.add_row(
+                engine, info.url, str(info.pid), "yes" if ok else "[red]no[/red]", "local stack"
+            )
+        else:
+            table.add_row(engine, "-", "-", "[yellow]not running[/yellow]", "local stack")
+    console.print(table)
+
+
+@app.command()
+def migrate() -> None:
+    """Create the ledger database if needed and apply every migration."""
+    from wflo_jupyter.ledger.store import Ledger
+
+    try:
+        endpoints = resolve_endpoints(_settings(), progress=_progress)
+        ledger = Ledger.connect(endpoints.database_url)
+        console.print(f"ledger at revision {ledger.current_revision()}")
+        ledger.close()
+    except WfloError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+def _steps_table(session_ids: list[str] | None) -> Table:
+    from wflo_jupyter.ledger.store import Ledger
+
+    endpoints = resolve_endpoints(_settings(), progress=_progress)
+    ledger = Ledger.connect(endpoints.database_url)
+    try:
+        rows = [
+            s
+            for s in ledger.steps(limit=10_000)
+            if session_ids is None or s.session_id in session_ids
+        ]
+    finally:
+        ledger.close()
+    table = Table("#", "name", "status", "exit", "duration", "sandbox", "cost", title="steps")
+    total = 0
+    for step in rows:
+        total += step.cost_micros
+        table.add_row(
+            str(step.seq),
+            step.name,
+            step.status if step.status == "completed" else f"[red]{step.status}[/red]",
+            step.exit_reason or "",
+            f"{(step.duration_ms or 0) / 1000:.2f} s",
+            f"{(step.sandbox_ms or 0) / 1000:.2f} s",
+            format_usd(step.cost_micros),
+        )
+    table.add_section()
+    table.add_row("", f"{len(rows)} steps", "", "", "", "", format_usd(total))
+    return table
+
+
+@app.command()
+def report(
+    session: Annotated[list[str] | None, typer.Option(help="Only these session ids.")] = None,
+) -> None:
+    """Cost and outcome of each recorded step."""
+    try:
+        console.print(_steps_table(session))
+    except WfloError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def demo(
+    notebook: Annotated[Path, typer.Argument(help="Notebook to run.")] = Path(
+        "notebooks/quickstart.ipynb"
+    ),
+    timeout: Annotated[int, typer.Option(help="Per-cell timeout in seconds.")] = 600,
+) -> None:
+    """Run a notebook headless on the local stack, then print its steps and costs."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    from wflo_jupyter.ledger.store import Ledger
+
+    if not notebook.exists():
+        err.print(f"[red]error:[/red] no notebook at {notebook}")
+        raise typer.Exit(2)
+    try:
+        resolve_endpoints(_settings(), need_kafka=False, progress=_progress)
+    except WfloError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    nb = nbformat.read(notebook, as_version=4)
+    notebook_key = str(notebook.resolve())
+    since = datetime.now(UTC)
+    started = time.monotonic()
+    _progress(f"running {notebook} ({len(nb.cells)} cells)...")
+    os.environ["WFLO_NOTEBOOK_PATH"] = notebook_key  # the kernel records it on its session
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(notebook.parent)}},
+    )
+    try:
+        client.execute()
+    except CellExecutionError as exc:
+        err.print(f"[red]the notebook failed:[/red] {str(exc).strip().splitlines()[-1]}")
+        raise typer.Exit(1) from None
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                sys.stdout.write(output.get("text", ""))
+    _progress(f"notebook done in {time.monotonic() - started:.1f} s")
+    endpoints = resolve_endpoints(_settings())
+    ledger = Ledger.connect(endpoints.database_url)
+    try:
+        sessions = ledger.sessions_of_notebook(notebook_key, since)
+    finally:
+        ledger.close()
+    console.print(_steps_table(sessions))
+
+
+@app.command()
+def relay(
+    interval: Annotated[float, typer.Option(help="Seconds between outbox polls.")] = 1.0,
+) -> None:
+    """Relay the ledger's event outbox to Kafka until interrupted."""
+    from wflo_jupyter.events.relay import OutboxRelay
+    from wflo_jupyter.ledger.store import Ledger
+
+    endpoints = resolve_endpoints(_settings(), need_kafka=True, progress=_progress)
+    assert endpoints.kafka_bootstrap is not None
+    ledger = Ledger.connect(endpoints.database_url)
+    outbox = OutboxRelay(ledger, endpoints.kafka_bootstrap)
+    try:
+        while True:
+            sent = outbox.relay_once()
+            if sent:
+                console.print(f"relayed {sent} events")
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        outbox.stop()
+        ledger.close()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

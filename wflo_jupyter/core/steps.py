@@ -1,0 +1,194 @@
+"""What one ``%%wflo`` cell asks for (``StepSpec``) and what it produced (``StepResult``).
+
+Also owns parsing the ``%%wflo`` option line into a ``StepSpec``: it is pure and
+stdlib-only, so the IPython layer stays a thin parse -> session -> display.
+"""
+
+from __future__ import annotations
+
+import argparse
+import keyword
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from wflo_jupyter.core.errors import SpecError
+from wflo_jupyter.core.money import usd_to_micros
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmg]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``"512m"`` / ``"1g"`` / ``"1.5GiB"`` / ``"1048576"`` -> bytes."""
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise SpecError(f"--memory: not a size: {text!r} (use e.g. 512m or 2g)")
+    number, unit = match.groups()
+    return int(float(number) * _SIZE_UNITS[unit.lower()])
+
+
+def format_size(num_bytes: int) -> str:
+    """Bytes -> the short Docker form (``512m``)."""
+    for unit, factor in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
+        if num_bytes % factor == 0:
+            return f"{num_bytes // factor}{unit}"
+    return str(num_bytes)
+
+
+@dataclass(frozen=True)
+class StepDefaults:
+    """Defaults for options a cell does not set (from ``%config WfloMagics``)."""
+
+    budget_usd: str | None = None
+    timeout_s: float = 60.0
+    memory: str = "512m"
+    cpus: float = 1.0
+    pids_limit: int = 128
+    image: str = "wflo-runtime:python3.11"
+    retries: int = 0
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """A parsed ``%%wflo`` cell: its code and every option, validated."""
+
+    code: str
+    budget_micros: int | None
+    name: str | None
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    timeout_s: float
+    memory_bytes: int
+    cpus: float
+    pids_limit: int
+    image: str
+    retries: int
+    no_cache: bool = False
+    fresh: bool = False
+    estimate: bool = False
+
+
+@dataclass
+class StepInput:
+    """The serialisable input of ``CellWorkflow`` (crosses the Temporal boundary)."""
+
+    step_id: str
+    session_id: str
+    code: str
+    name: str
+    timeout_s: float
+    memory_bytes: int
+    cpus: float
+    pids_limit: int
+    image: str
+    budget_micros: int | None
+    retries: int = 0
+
+
+@dataclass
+class StepResult:
+    """The outcome of one step, as recorded in the ledger and shown in the cell."""
+
+    step_id: str
+    status: str  # "completed" | "failed"
+    exit_code: int | None
+    exit_reason: str  # "ok" | "error" | "timeout" | "oom" | "killed" | "sandbox"
+    stdout: str = ""
+    stderr: str = ""
+    error_name: str = ""
+    error_value: str = ""
+    traceback: str = ""
+    duration_s: float = 0.0
+    sandbox_seconds: float = 0.0
+    workflow_id: str = ""
+    events: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ``SpecError`` instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise SpecError(f"%%wflo: {message}")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        raise SpecError(f"%%wflo: {(message or 'invalid options').strip()}")
+
+
+def _build_parser() -> _Parser:
+    parser = _Parser(prog="%%wflo", add_help=False, allow_abbrev=False)
+    parser.add_argument("--budget", default=None)
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--in", dest="inputs", default="")
+    parser.add_argument("--out", dest="outputs", default="")
+    parser.add_argument("--timeout", type=float, default=None)
+    parser.add_argument("--memory", default=None)
+    parser.add_argument("--cpus", type=float, default=None)
+    parser.add_argument("--image", default=None)
+    parser.add_argument("--retries", type=int, default=None)
+    parser.add_argument("--no-cache", action="store_true")
+    parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--estimate", action="store_true")
+    return parser
+
+
+def _names(option: str, text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    for name in names:
+        if not name.isidentifier() or keyword.iskeyword(name):
+            raise SpecError(f"{option}: {name!r} is not a Python variable name")
+    return names
+
+
+def parse_step_spec(line: str, code: str, defaults: StepDefaults | None = None) -> StepSpec:
+    """Parse the ``%%wflo`` option ``line`` for ``code``; raise ``SpecError`` (one line)."""
+    defaults = defaults or StepDefaults()
+    try:
+        argv = shlex.split(line)
+    except ValueError as exc:
+        raise SpecError(f"%%wflo: cannot parse options: {exc}") from None
+    args = _build_parser().parse_args(argv)
+
+    budget_text = args.budget if args.budget is not None else defaults.budget_usd
+    try:
+        budget = usd_to_micros(budget_text) if budget_text is not None else None
+    except ValueError as exc:
+        raise SpecError(f"--budget: {exc}") from None
+    timeout = args.timeout if args.timeout is not None else defaults.timeout_s
+    if not timeout > 0:
+        raise SpecError(f"--timeout: must be a positive number of seconds, got {timeout:g}")
+    cpus = args.cpus if args.cpus is not None else defaults.cpus
+    if not cpus > 0:
+        raise SpecError(f"--cpus: must be positive, got {cpus:g}")
+    memory = parse_size(args.memory if args.memory is not None else defaults.memory)
+    if memory < 16 * 1024**2:
+        raise SpecError(f"--memory: at least 16m is needed, got {memory} bytes")
+    retries = args.retries if args.retries is not None else defaults.retries
+    if retries < 0:
+        raise SpecError(f"--retries: cannot be negative, got {retries}")
+    name = args.name
+    if name is not None and not name.strip():
+        raise SpecError("--name: cannot be empty")
+    if not code.strip():
+        raise SpecError("%%wflo: the cell has no code to run")
+    return StepSpec(
+        code=code,
+        budget_micros=budget,
+        name=name,
+        inputs=_names("--in", args.inputs),
+        outputs=_names("--out", args.outputs),
+        timeout_s=timeout,
+        memory_bytes=memory,
+        cpus=cpus,
+        pids_limit=defaults.pids_limit,
+        image=args.image or defaults.image,
+        retries=retries,
+        no_cache=args.no_cache,
+        fresh=args.fresh,
+        estimate=args.estimate,
+    )

@@ -1,0 +1,287 @@
+"""Small classes over confluent-kafka: ``TopicAdmin``, ``EventProducer``, ``EventConsumer``.
+
+Each is built with a bootstrap address, validates its librdkafka configuration up
+front (unknown property names are a ``KafkaConfigError``, not a silent no-op), and
+closes cleanly as a context manager.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+)
+
+from wflo_jupyter.core.errors import EngineUnavailable, WfloError
+from wflo_jupyter.core.events import Event
+
+
+class KafkaConfigError(WfloError):
+    """A Kafka client was given a configuration librdkafka rejects."""
+
+
+class EventDeliveryError(WfloError):
+    """The broker did not confirm delivery of one or more messages."""
+
+
+def _client(factory: Any, config: Mapping[str, Any]) -> Any:
+    try:
+        return factory(dict(config))
+    except (KafkaException, ValueError, TypeError) as exc:
+        raise KafkaConfigError(f"Kafka configuration rejected: {exc}") from None
+
+
+def _quiet(config: dict[str, Any]) -> dict[str, Any]:
+    # Connection errors are reported through our exceptions, not librdkafka's stderr log.
+    config.setdefault("log_level", 0)
+    return config
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Where the broker stored one message."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+
+
+class TopicAdmin:
+    """Create, list and inspect topics."""
+
+    def __init__(self, bootstrap: str, *, timeout_s: float = 10.0) -> None:
+        self.bootstrap = bootstrap
+        self.timeout_s = timeout_s
+        self._admin = _client(AdminClient, _quiet({"bootstrap.servers": bootstrap}))
+
+    def names(self) -> list[str]:
+        """Names of the user topics (internal ``__*`` topics left out)."""
+        try:
+            metadata = self._admin.list_topics(timeout=self.timeout_s)
+        except KafkaException as exc:
+            raise EngineUnavailable(f"Kafka at {self.bootstrap}: {exc.args[0]}") from None
+        return sorted(t for t in metadata.topics if not t.startswith("__"))
+
+    def exists(self, name: str) -> bool:
+        return name in self.names()
+
+    def ensure(
+        self,
+        names: Sequence[str],
+        *,
+        partitions: int = 3,
+        replication: int = 1,
+        config: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """Create the topics that do not exist yet; returns the names created."""
+        missing = [n for n in names if not self.exists(n)]
+        if not missing:
+            return []
+        futures = self._admin.create_topics(
+            [
+                NewTopic(
+                    n,
+                    num_partitions=partitions,
+                    replication_factor=replication,
+                    config=dict(config or {}),
+                )
+                for n in missing
+            ],
+            operation_timeout=self.timeout_s,
+        )
+        created = []
+        for name, future in futures.items():
+            try:
+                future.result(self.timeout_s)
+                created.append(name)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise EngineUnavailable(f"Kafka: cannot create {name}: {exc.args[0]}") from None
+        return sorted(created)
+
+    def partitions(self, name: str) -> int:
+        # Asking for one topic's metadata may auto-create it on some brokers: list all.
+        metadata = self._admin.list_topics(timeout=self.timeout_s)
+        topic = metadata.topics.get(name)
+        if topic is None or topic.error is not None:
+            raise KeyError(f"no topic {name!r}")
+        return len(topic.partitions)
+
+    def config(self, name: str) -> dict[str, str]:
+        """The topic's configuration entries (``retention.ms``, ``cleanup.policy``, ...)."""
+        futures = self._admin.describe_configs([ConfigResource("topic", name)])
+        (future,) = futures.values()
+        entries = future.result(self.timeout_s)
+        return {key: str(entry.value) for key, entry in entries.items()}
+
+
+class EventProducer:
+    """Publishes messages and confirms their delivery (acks=all, idempotent)."""
+
+    def __init__(self, bootstrap: str, **overrides: Any) -> None:
+        config: dict[str, Any] = _quiet(
+            {
+                "bootstrap.servers": bootstrap,
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": 2,
+                "message.timeout.ms": 30_000,
+            }
+        )
+        config.update({k.replace("_", "."): v for k, v in overrides.items()})
+        self.bootstrap = bootstrap
+        self._producer: Any = _client(Producer, config)
+        self._closed = False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def publish_many(
+        self,
+        messages: Sequence[tuple[str, str, bytes, Mapping[str, str]]],
+        *,
+        timeout_s: float = 30.0,
+    ) -> list[Delivery | EventDeliveryError]:
+        """Send ``(topic, key, value, headers)`` messages; wait for each delivery report.
+
+        Returns, in order, a ``Delivery`` or the ``EventDeliveryError`` for each message.
+        """
+        if self._closed:
+            raise EventDeliveryError("producer is closed")
+        outcomes: list[Delivery | EventDeliveryError | None] = [None] * len(messages)
+
+        def report(index: int) -> Any:
+            def on_delivery(err: KafkaError | None, msg: Message) -> None:
+                if err is not None:
+                    outcomes[index] = EventDeliveryError(f"{msg.topic()}: {err.str()}")
+                else:
+                    outcomes[index] = Delivery(
+                        msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.key()
+                    )
+
+            return on_delivery
+
+        for index, (topic, key, value, headers) in enumerate(messages):
+            while True:
+                try:
+                    self._producer.produce(
+                        topic,
+                        key=key.encode(),
+                        value=value,
+                        headers=[(k, v.encode()) for k, v in headers.items()],
+                        on_delivery=report(index),
+                    )
+                    break
+                except BufferError:
+                    self._producer.poll(0.1)
+                except KafkaException as exc:
+                    outcomes[index] = EventDeliveryError(f"{topic}: {exc.args[0]}")
+                    break
+        deadline = time.monotonic() + timeout_s
+        while any(o is None for o in outcomes) and time.monotonic() < deadline:
+            self._producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
+        return [
+            o if o is not None else EventDeliveryError("delivery not confirmed in time")
+            for o in outcomes
+        ]
+
+    def publish(self, event: Event, *, timeout_s: float = 30.0) -> Delivery:
+        """Publish one event to its topic (keyed by subject, event id in a header)."""
+        (outcome,) = self.publish_many(
+            [(event.topic, event.key, event.to_json(), {"event_id": event.id})],
+            timeout_s=timeout_s,
+        )
+        if isinstance(outcome, EventDeliveryError):
+            raise outcome
+        return outcome
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        if not self._closed:
+            self._closed = True
+            self._producer.flush(timeout_s)
+
+
+class EventConsumer:
+    """Reads events from topics as a member of a consumer group; always close it
+    (a consumer killed without leaving its group wedges the group)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        group_id: str,
+        topics: Sequence[str],
+        *,
+        from_beginning: bool = True,
+        **overrides: Any,
+    ) -> None:
+        config: dict[str, Any] = _quiet(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group_id,
+                "auto.offset.reset": "earliest" if from_beginning else "latest",
+                "enable.auto.commit": True,
+                "session.timeout.ms": 10_000,
+            }
+        )
+        config.update({k.replace("_", "."): v for k, v in overrides.items()})
+        self._consumer: Any = _client(Consumer, config)
+        self._consumer.subscribe(list(topics))
+        self._closed = False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def messages(self, timeout_s: float) -> Iterator[Message]:
+        """Yield raw messages until ``timeout_s`` passes with the stream idle."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            message = self._consumer.poll(0.2)
+            if message is None:
+                continue
+            if message.error() is not None:
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise EngineUnavailable(f"Kafka consumer: {message.error().str()}")
+            yield message
+
+    def events(self, timeout_s: float) -> Iterator[Event]:
+        """Yield parsed events (messages that are not events raise ``ValueError``)."""
+        for message in self.messages(timeout_s):
+            yield Event.from_json(message.value() or b"")
+
+    def wait_for(self, predicate: Any, timeout_s: float = 30.0) -> Event:
+        """The first event for which ``predicate(event)`` is true, else ``TimeoutError``."""
+        for event in self.events(timeout_s):
+            if predicate(event):
+                return event
+        raise TimeoutError(f"no matching event within {timeout_s:g} s")
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._consumer.close()

@@ -1,0 +1,68 @@
+"""How results show in the notebook: streams, the one-line failure, tables."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from IPython.display import HTML
+
+from wflo_jupyter.core.money import format_usd
+from wflo_jupyter.core.steps import StepResult
+from wflo_jupyter.ledger.models import StepRow
+from wflo_jupyter.session import WfloSession
+
+
+def show_result(result: StepResult) -> None:
+    """Write the sandbox's stdout and stderr to the running cell's streams."""
+    if result.stdout:
+        sys.stdout.write(result.stdout)
+        sys.stdout.flush()
+    if result.stderr:
+        sys.stderr.write(result.stderr)
+        sys.stderr.flush()
+
+
+def failure_line(result: StepResult) -> str:
+    """``ZeroDivisionError: division by zero (in the sandbox, exit 1)``."""
+    what = f"{result.error_name}: {result.error_value}" if result.error_name else result.error_value
+    where = f"exit {result.exit_code}" if result.exit_code is not None else result.exit_reason
+    return f"{what or 'the cell failed'} (in the sandbox, {where})"
+
+
+def _html_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def steps_table(steps: Sequence[StepRow]) -> HTML:
+    rows = [
+        (
+            s.seq,
+            s.name,
+            s.status,
+            s.exit_reason or "",
+            f"{(s.duration_ms or 0) / 1000:.2f} s",
+            format_usd(s.cost_micros),
+            s.workflow_id or "",
+        )
+        for s in steps
+    ]
+    return HTML(_html_table(("#", "name", "status", "exit", "duration", "cost", "workflow"), rows))
+
+
+def status(session: WfloSession) -> HTML:
+    session.start()
+    endpoints = session.endpoints
+    assert endpoints is not None
+    rows = [
+        ("postgres", endpoints.database_url.split("@")[-1]),
+        ("temporal", endpoints.temporal_address),
+        ("redis", endpoints.redis_url or "not configured"),
+        ("kafka", endpoints.kafka_bootstrap or "not configured (events stay in the outbox)"),
+        ("docker", endpoints.docker_host or "local engine"),
+        ("image", endpoints.runtime_image),
+        ("session", session.session_id),
+    ]
+    return HTML(_html_table(("engine", "where"), rows))

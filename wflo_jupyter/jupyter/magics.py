@@ -1,0 +1,107 @@
+"""``%%wflo`` and ``%wflo ...``: parse the options, call the session, display the result.
+
+Defaults are traitlets, so ``%config WfloMagics.timeout = 120`` works.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from traitlets import Float, Int, Unicode
+
+from wflo_jupyter.core.errors import ConfigError, SpecError, StepFailed
+from wflo_jupyter.core.steps import StepDefaults, parse_step_spec
+from wflo_jupyter.jupyter import display
+from wflo_jupyter.session import WfloSession
+from wflo_jupyter.stack.settings import Settings
+
+LINE_COMMANDS = ("status", "runs")
+
+
+@magics_class
+class WfloMagics(Magics):
+    """The wflo magics; one instance (and one ``WfloSession``) per kernel."""
+
+    budget = Unicode(None, allow_none=True, help="Default cell budget in USD.").tag(config=True)
+    timeout = Float(60.0, help="Default cell timeout in seconds.").tag(config=True)
+    memory = Unicode("512m", help="Default sandbox memory limit.").tag(config=True)
+    cpus = Float(1.0, help="Default sandbox CPUs.").tag(config=True)
+    pids_limit = Int(128, help="Sandbox process limit.").tag(config=True)
+    image = Unicode("", help="Sandbox image (default: WFLO_RUNTIME_IMAGE).").tag(config=True)
+    retries = Int(0, help="Default retries of a failing cell.").tag(config=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self._session: WfloSession | None = None
+
+    def _settings(self) -> Settings:
+        try:
+            return Settings.from_env()
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+
+    @property
+    def session(self) -> WfloSession:
+        if self._session is None:
+            self._session = WfloSession(
+                self._settings(),
+                notebook_path=os.environ.get("WFLO_NOTEBOOK_PATH")
+                or os.environ.get("JPY_SESSION_NAME"),
+                progress=lambda m: print(f"[wflo] {m}", file=sys.stderr),
+            )
+        return self._session
+
+    def defaults(self) -> StepDefaults:
+        return StepDefaults(
+            budget_usd=self.budget,
+            timeout_s=self.timeout,
+            memory=self.memory,
+            cpus=self.cpus,
+            pids_limit=self.pids_limit,
+            image=self.image or self._settings().runtime_image,
+            retries=self.retries,
+        )
+
+    @line_cell_magic
+    def wflo(self, line: str, cell: str | None = None) -> Any:
+        """``%%wflo [options]`` runs the cell in the sandbox; ``%wflo status|runs``."""
+        if cell is None:
+            return self._line(line)
+        try:
+            spec = parse_step_spec(line, cell, self.defaults())
+        except SpecError as exc:
+            raise UsageError(str(exc)) from None
+        session = self.session
+        result = session.run_step(spec)
+        display.show_result(result)
+        if not result.ok:
+            raise StepFailed(display.failure_line(result), result.traceback)
+        return None
+
+    def _line(self, line: str) -> Any:
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%wflo: {exc}") from None
+        if not words or words[0] not in LINE_COMMANDS:
+            given = words[0] if words else "nothing"
+            raise UsageError(
+                f"%wflo: unknown command {given!r}; use one of: {', '.join(LINE_COMMANDS)}"
+            )
+        command, args = words[0], words[1:]
+        if args:
+            raise UsageError(f"%wflo {command}: takes no arguments, got {' '.join(args)!r}")
+        session = self.session
+        if command == "runs":
+            return display.steps_table(session.steps())
+        return display.status(session)
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None

@@ -1,0 +1,1 @@
+"""Temporal: the cell workflow, its activities, and the in-kernel worker."""

@@ -1,0 +1,178 @@
+"""``WFLO_*`` environment settings: parsed and validated, each error naming its variable.
+
+Unset engine URLs mean "use the local stack" (``wflo up``); see ``resolve_endpoints``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from wflo_jupyter.core.errors import ConfigError
+
+ENGINES = ("postgres", "redis", "temporal", "kafka")
+VARIABLE_BY_ENGINE = {
+    "postgres": "WFLO_DATABASE_URL",
+    "redis": "WFLO_REDIS_URL",
+    "temporal": "WFLO_TEMPORAL_ADDRESS",
+    "kafka": "WFLO_KAFKA_BOOTSTRAP",
+}
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+
+
+def _check_host_port(variable: str, value: str) -> str:
+    match = _HOST_PORT.match(value)
+    if not match or not 0 < int(match.group(2)) < 65536:
+        raise ConfigError(f"{variable}: {value!r} is not host:port (e.g. 127.0.0.1:7233)")
+    return value
+
+
+def normalize_database_url(value: str, variable: str = "WFLO_DATABASE_URL") -> str:
+    """Accept ``postgresql://`` / ``postgres://`` / ``postgresql+psycopg://``; return the
+    SQLAlchemy psycopg-3 form."""
+    parts = urlsplit(value)
+    scheme = parts.scheme
+    if scheme in ("postgres", "postgresql", "postgresql+psycopg"):
+        rest = value.split("://", 1)[1] if "://" in value else ""
+        if not rest or (not parts.hostname and "host=" not in parts.query):
+            raise ConfigError(f"{variable}: {value!r} names no host")
+        if not parts.path.strip("/"):
+            raise ConfigError(f"{variable}: {value!r} names no database")
+        return "postgresql+psycopg://" + rest
+    raise ConfigError(f"{variable}: {value!r} is not a postgresql:// URL")
+
+
+def _check_redis(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme in ("redis", "rediss") and parts.hostname:
+        return value
+    if parts.scheme == "unix" and parts.path:
+        return value
+    raise ConfigError(f"WFLO_REDIS_URL: {value!r} is not a redis://host:port/db URL")
+
+
+def _check_kafka(value: str) -> str:
+    servers = [s.strip() for s in value.split(",") if s.strip()]
+    if not servers:
+        raise ConfigError("WFLO_KAFKA_BOOTSTRAP: empty")
+    for server in servers:
+        _check_host_port("WFLO_KAFKA_BOOTSTRAP", server)
+    return ",".join(servers)
+
+
+def _check_docker(value: str) -> str:
+    if urlsplit(value).scheme in ("unix", "tcp", "ssh", "npipe", "http", "https"):
+        return value
+    raise ConfigError(f"WFLO_DOCKER_HOST: {value!r} is not a unix:// or tcp:// address")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The engine locations this process was configured with (``None``: local stack)."""
+
+    home: Path
+    database_url: str | None = None
+    redis_url: str | None = None
+    kafka_bootstrap: str | None = None
+    temporal_address: str | None = None
+    temporal_namespace: str = "default"
+    docker_host: str | None = None
+    runtime_image: str = "wflo-runtime:python3.11"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read ``WFLO_*`` from ``env`` (default ``os.environ``); raise ``ConfigError``."""
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        home = Path(get("WFLO_HOME") or Path.home() / ".wflo").expanduser()
+        database = get("WFLO_DATABASE_URL")
+        redis_url = get("WFLO_REDIS_URL")
+        kafka = get("WFLO_KAFKA_BOOTSTRAP")
+        temporal = get("WFLO_TEMPORAL_ADDRESS")
+        docker_host = get("WFLO_DOCKER_HOST")
+        return cls(
+            home=home,
+            database_url=normalize_database_url(database) if database else None,
+            redis_url=_check_redis(redis_url) if redis_url else None,
+            kafka_bootstrap=_check_kafka(kafka) if kafka else None,
+            temporal_address=(
+                _check_host_port("WFLO_TEMPORAL_ADDRESS", temporal) if temporal else None
+            ),
+            temporal_namespace=get("WFLO_TEMPORAL_NAMESPACE") or "default",
+            docker_host=_check_docker(docker_host) if docker_host else None,
+            runtime_image=get("WFLO_RUNTIME_IMAGE") or "wflo-runtime:python3.11",
+        )
+
+    def configured(self, engine: str) -> str | None:
+        """The configured URL of ``engine``, or ``None`` when the local stack provides it."""
+        return {
+            "postgres": self.database_url,
+            "redis": self.redis_url,
+            "temporal": self.temporal_address,
+            "kafka": self.kafka_bootstrap,
+        }[engine]
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Resolved engine addresses a session connects to (``None``: not available)."""
+
+    database_url: str
+    temporal_address: str
+    temporal_namespace: str
+    redis_url: str | None
+    kafka_bootstrap: str | None
+    docker_host: str | None
+    runtime_image: str
+
+
+def resolve_endpoints(
+    settings: Settings,
+    need_kafka: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> Endpoints:
+    """Configured URLs where set, else engines of the local stack (started on demand)."""
+    missing: list[str] = [
+        e for e in ("postgres", "redis", "temporal") if not settings.configured(e)
+    ]
+    if need_kafka and not settings.kafka_bootstrap:
+        missing.append("kafka")
+    local: dict[str, str] = {}
+    if missing or not settings.kafka_bootstrap:
+        from wflo_jupyter.stack.local import LocalStack
+
+        stack = LocalStack(settings.home, progress=progress)
+        running = stack.engines()
+        to_start: Collection[str] = [e for e in missing if e not in running]
+        if to_start:
+            running = stack.up(with_kafka="kafka" in to_start, only=to_start)
+        local = {name: info.url for name, info in running.items()}
+        if "postgres" in local:
+            # The local server's ledger lives in its own database, created on first use.
+            parts = urlsplit(local["postgres"])
+            local["postgres"] = urlunsplit(parts._replace(path="/wflo"))
+
+    def pick(engine: str) -> str | None:
+        return settings.configured(engine) or local.get(engine)
+
+    database_url = pick("postgres")
+    temporal_address = pick("temporal")
+    if database_url is None or temporal_address is None:
+        raise ConfigError("the local stack did not start postgres and temporal")
+    return Endpoints(
+        database_url=normalize_database_url(database_url),
+        temporal_address=temporal_address,
+        temporal_namespace=settings.temporal_namespace,
+        redis_url=pick("redis"),
+        kafka_bootstrap=pick("kafka"),
+        docker_host=settings.docker_host,
+        runtime_image=settings.runtime_image,
+    )
