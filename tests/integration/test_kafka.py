@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 
+from tests.helpers import start_step
 from wflo_jupyter.core.events import STEP_COMPLETED, Event
 from wflo_jupyter.core.steps import StepResult
 from wflo_jupyter.events import (
@@ -194,18 +195,7 @@ def test_outbox_relay_publishes_then_marks_sent(
     fresh_database_url: str, kafka_bootstrap: str
 ) -> None:
     ledger = Ledger.connect(fresh_database_url)
-    session_id = str(uuid.uuid4())
-    ledger.open_session(session_id)
-    step_id = str(uuid.uuid4())
-    ledger.start_step(
-        step_id=step_id,
-        session_id=session_id,
-        name="c",
-        code="1",
-        budget_micros=None,
-        workflow_id="w",
-        image="i",
-    )
+    session_id, step_id = start_step(ledger)
     ledger.finish_step(
         StepResult(step_id=step_id, status="completed", exit_code=0, exit_reason="ok")
     )
@@ -225,17 +215,7 @@ def test_outbox_relay_publishes_then_marks_sent(
 
 def test_outbox_keeps_events_while_broker_is_down(fresh_database_url: str) -> None:
     ledger = Ledger.connect(fresh_database_url)
-    session_id = str(uuid.uuid4())
-    ledger.open_session(session_id)
-    ledger.start_step(
-        step_id=str(uuid.uuid4()),
-        session_id=session_id,
-        name="c",
-        code="1",
-        budget_micros=None,
-        workflow_id="w",
-        image="i",
-    )
+    start_step(ledger)
     relay = OutboxRelay(ledger, "127.0.0.1:1")
     relay._topics_ready = True  # the broker is unreachable: skip topic creation
     relay._producer = EventProducer("127.0.0.1:1", message_timeout_ms=1000)

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import inspect, select, text
 from sqlalchemy.orm import Session
 
+from tests.helpers import start_step
 from wflo_jupyter.core.steps import StepResult
 from wflo_jupyter.ledger.models import OutboxRow, SessionRow, StepRow
 from wflo_jupyter.ledger.store import Ledger, drop_database, ensure_database, with_database
@@ -23,17 +24,7 @@ def ledger(fresh_database_url: str):
 
 
 def _start(ledger: Ledger, session_id: str, name: str = "cell") -> str:
-    step_id = str(uuid.uuid4())
-    ledger.start_step(
-        step_id=step_id,
-        session_id=session_id,
-        name=name,
-        code="print(1)",
-        budget_micros=100_000,
-        workflow_id=f"wf-{step_id}",
-        image="img",
-    )
-    return step_id
+    return start_step(ledger, session_id, name)[1]
 
 
 def test_database_is_created_when_missing(database_url: str) -> None:

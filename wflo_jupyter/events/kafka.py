@@ -55,6 +55,24 @@ class Delivery:
     key: bytes | None
 
 
+class _ClosesOnExit:
+    """Context-manager protocol for clients with an idempotent ``close``."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 class TopicAdmin:
     """Create, list and inspect topics."""
 
@@ -124,7 +142,7 @@ class TopicAdmin:
         return {key: str(entry.value) for key, entry in entries.items()}
 
 
-class EventProducer:
+class EventProducer(_ClosesOnExit):
     """Publishes messages and confirms their delivery (acks=all, idempotent)."""
 
     def __init__(self, bootstrap: str, **overrides: Any) -> None:
@@ -141,17 +159,6 @@ class EventProducer:
         self.bootstrap = bootstrap
         self._producer: Any = _client(Producer, config)
         self._closed = False
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def publish_many(
         self,
@@ -212,13 +219,13 @@ class EventProducer:
             raise outcome
         return outcome
 
-    def close(self, timeout_s: float = 10.0) -> None:
+    def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._producer.flush(timeout_s)
+            self._producer.flush(10.0)
 
 
-class EventConsumer:
+class EventConsumer(_ClosesOnExit):
     """Reads events from topics as a member of a consumer group; always close it
     (a consumer killed without leaving its group wedges the group)."""
 
@@ -244,17 +251,6 @@ class EventConsumer:
         self._consumer: Any = _client(Consumer, config)
         self._consumer.subscribe(list(topics))
         self._closed = False
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def messages(self, timeout_s: float) -> Iterator[Message]:
         """Yield raw messages until ``timeout_s`` passes with the stream idle."""
