@@ -1,0 +1,114 @@
+"""The ``wflo`` command line against real engines: up / up / status / down, migrate,
+report, and one-line errors for bad settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.postgres,
+    pytest.mark.redis,
+    pytest.mark.temporal,
+    pytest.mark.kafka,
+]
+
+WFLO = [sys.executable, "-m", "wflo_jupyter.cli"]
+
+
+def wflo(
+    *args: str, home: Path, extra_env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
+    env.update({"WFLO_HOME": str(home), "COLUMNS": "200"})
+    env.update(extra_env or {})
+    return subprocess.run(
+        [*WFLO, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_up_up_status_down(tmp_path: Path) -> None:
+    first = wflo("up", "--with-kafka", home=tmp_path)
+    assert first.returncode == 0, first.stderr
+    state = json.loads((tmp_path / "stack.json").read_text())["engines"]
+    pids = {name: info["pid"] for name, info in state.items()}
+    assert set(pids) == {"postgres", "redis", "temporal", "kafka"}
+    try:
+        second = wflo("up", "--with-kafka", home=tmp_path)
+        assert second.returncode == 0, second.stderr
+        again = json.loads((tmp_path / "stack.json").read_text())["engines"]
+        assert {n: i["pid"] for n, i in again.items()} == pids  # reused, not restarted
+
+        status = wflo("status", home=tmp_path)
+        assert status.returncode == 0, status.stderr
+        for name, pid in pids.items():
+            line = next(row for row in status.stdout.splitlines() if f" {name} " in row)
+            assert str(pid) in line
+            assert "yes" in line
+
+        migrate = wflo("migrate", home=tmp_path)
+        assert migrate.returncode == 0, migrate.stderr
+        assert "ledger at revision 0001" in migrate.stdout
+
+        report = wflo("report", home=tmp_path)
+        assert report.returncode == 0, report.stderr
+        assert "0 steps" in report.stdout
+    finally:
+        down = wflo("down", home=tmp_path)
+    assert down.returncode == 0, down.stderr
+    assert "stopped:" in down.stdout
+    import time
+
+    deadline = time.monotonic() + 15
+    while any(_alive(p) for p in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [n for n, p in pids.items() if _alive(p)] == []
+    after = wflo("status", home=tmp_path)
+    assert after.stdout.count("not running") == 4
+
+
+def test_down_with_nothing_running(tmp_path: Path) -> None:
+    result = wflo("down", home=tmp_path)
+    assert result.returncode == 0
+    assert "nothing was running" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("WFLO_DATABASE_URL", "notaurl"), ("WFLO_TEMPORAL_ADDRESS", "nohost")],
+)
+def test_bad_setting_is_one_line(tmp_path: Path, variable: str, value: str) -> None:
+    result = wflo("status", home=tmp_path, extra_env={variable: value})
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert lines[0].startswith(f"error: {variable}:")
+
+
+def test_unreachable_database_is_one_line(tmp_path: Path) -> None:
+    result = wflo(
+        "migrate",
+        home=tmp_path,
+        extra_env={
+            "WFLO_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/wflo",
+            "WFLO_REDIS_URL": "redis://127.0.0.1:1/0",
+            "WFLO_TEMPORAL_ADDRESS": "127.0.0.1:1",
+        },
+    )
+    assert result.returncode == 1
+    assert "error: PostgreSQL at" in result.stderr
+    assert "Traceback" not in result.stderr

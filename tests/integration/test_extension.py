@@ -1,0 +1,40 @@
+"""Loading and unloading the extension in a real kernel."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.kernel_driver import Kernel
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.kernel,
+    pytest.mark.docker,
+    pytest.mark.temporal,
+    pytest.mark.postgres,
+]
+
+THREADS = (
+    "import threading; print(sorted({t.name.rstrip('_0123456789') "
+    "for t in threading.enumerate() if t.name.startswith('wflo')}))"
+)
+
+
+def test_unload_stops_threads_and_magics(stack_env: dict[str, str], runtime_image: str) -> None:
+    kernel = Kernel()
+    try:
+        assert kernel.run("%load_ext wflo_jupyter").status == "ok"
+        assert kernel.run("%load_ext wflo_jupyter").status == "ok"  # loading twice is harmless
+        assert kernel.run("%%wflo\nprint('up')").stdout == "up\n"
+        running = kernel.run(THREADS).stdout
+        assert "wflo-loop" in running
+        assert "wflo-outbox-relay" in running
+        assert kernel.run("%unload_ext wflo_jupyter").status == "ok"
+        assert kernel.run("import time; time.sleep(0.5)\n" + THREADS).stdout.strip() == "[]"
+        gone = kernel.run("%%wflo\nprint(1)")
+        assert gone.status == "error"
+        assert "Cell magic `%%wflo` not found" in gone.stderr
+        assert kernel.run("%load_ext wflo_jupyter").status == "ok"  # and back again
+        assert kernel.run("%%wflo\nprint('again')").stdout == "again\n"
+    finally:
+        kernel.shutdown()
