@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from wflo_jupyter.core.steps import StepInput, StepResult, StepSpec
 from wflo_jupyter.ledger.models import StepRow
@@ -138,6 +139,16 @@ class WfloSession:
         self.start()
         assert self.ledger is not None
         return self.ledger.steps(self.session_id)
+
+    def events(self, limit: int = 20, all_sessions: bool = False) -> list[dict[str, Any]]:
+        """The newest event envelopes of this session (or of every session)."""
+        self.start()
+        assert self.ledger is not None
+        return self.ledger.recent_events(limit, None if all_sessions else self.session_id)
+
+    def restart_sandbox(self) -> None:
+        """Drop the sandbox state (each cell runs in a fresh container for now)."""
+        self.start()
 
     def close(self) -> None:
         """Stop the worker, relay and loop thread; close connections (idempotent)."""

@@ -112,3 +112,34 @@ def test_unreachable_database_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "error: PostgreSQL at" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_events_tail_prints_relayed_events(stack_env: dict[str, str], tmp_path: Path) -> None:
+    import uuid
+
+    from tests.helpers import start_step
+    from wflo_jupyter.events import OutboxRelay
+    from wflo_jupyter.ledger.store import Ledger
+
+    ledger = Ledger.connect(stack_env["WFLO_DATABASE_URL"])
+    try:
+        _, step_id = start_step(ledger, name=f"tail-{uuid.uuid4().hex[:6]}")
+        relay = OutboxRelay(ledger, stack_env["WFLO_KAFKA_BOOTSTRAP"])
+        relay.relay_once()
+        relay.stop()
+    finally:
+        ledger.close()
+    env = {k: v for k, v in stack_env.items() if k != "WFLO_HOME"}
+    result = wflo(
+        "events",
+        "tail",
+        "--from-beginning",
+        "--idle",
+        "5",
+        home=tmp_path,
+        extra_env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert any(e["key"] == step_id and e["type"] == "step.started" for e in lines)

@@ -158,3 +158,16 @@ def test_bad_url_is_one_line_usage_error(stack_env: dict[str, str]) -> None:
         assert k.alive()
     finally:
         k.shutdown()
+
+
+def test_events_lists_this_sessions_events(kernel: Kernel) -> None:
+    marker = uuid.uuid4().hex[:8]
+    kernel.run(f"%%wflo --name ev-{marker}\nprint(1)")
+    run = kernel.run("%wflo events -n 4")
+    assert run.status == "ok", run.stderr
+    html = run.data[-1]["text/html"]
+    assert "step.started" in html
+    assert "step.completed" in html
+    assert f"name=ev-{marker}" in html
+    bad = kernel.run("%wflo events -n 0")
+    assert "UsageError: %wflo events: argument -n: must be positive, got 0" in bad.stderr

@@ -124,3 +124,31 @@ def test_event_round_trip() -> None:
         Event.from_json(b'{"type": 1}')
     with pytest.raises(ValueError, match="no topic"):
         topic_for("nothing.here")
+
+
+def test_line_commands() -> None:
+    from wflo_jupyter.core.commands import parse_line_command
+
+    assert parse_line_command("status").name == "status"
+    assert parse_line_command("events -n 5 --all").options == {"limit": 5, "all_sessions": True}
+    assert parse_line_command("runs").options == {"limit": 50}
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("", "%wflo: say which command"),
+        ("frobnicate", "%wflo: unknown command 'frobnicate'"),
+        ("events -n 0", "%wflo events: argument -n: must be positive, got 0"),
+        ("events -n x", "%wflo events: argument -n: not a whole number: 'x'"),
+        ("status extra", "%wflo status: unrecognized arguments: extra"),
+        ("events '", "%wflo: cannot parse"),
+    ],
+)
+def test_bad_line_commands(line: str, message: str) -> None:
+    from wflo_jupyter.core.commands import parse_line_command
+
+    with pytest.raises(SpecError) as info:
+        parse_line_command(line)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)

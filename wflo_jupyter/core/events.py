@@ -12,9 +12,15 @@ STEP_STARTED = "step.started"
 STEP_COMPLETED = "step.completed"
 STEP_FAILED = "step.failed"
 
-TOPIC_STEPS = "wflo.steps"
+LLM_CALL = "llm.call"
+BUDGET_UPDATED = "budget.updated"
+BUDGET_THRESHOLD = "budget.threshold"
 
-TOPIC_BY_PREFIX = {"step.": TOPIC_STEPS}
+TOPIC_STEPS = "wflo.steps"
+TOPIC_LLM = "wflo.llm"
+TOPIC_BUDGETS = "wflo.budgets"
+
+TOPIC_BY_PREFIX = {"step.": TOPIC_STEPS, "llm.": TOPIC_LLM, "budget.": TOPIC_BUDGETS}
 
 
 def topic_for(event_type: str) -> str:

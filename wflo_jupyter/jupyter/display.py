@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from IPython.display import HTML
 
@@ -50,6 +51,24 @@ def steps_table(steps: Sequence[StepRow]) -> HTML:
         for s in steps
     ]
     return HTML(_html_table(("#", "name", "status", "exit", "duration", "cost", "workflow"), rows))
+
+
+def events_table(events: Sequence[dict[str, Any]]) -> HTML:
+    rows = [
+        (
+            str(e.get("occurred_at", ""))[:23].replace("T", " "),
+            e.get("type", ""),
+            e.get("key", "")[:8],
+            ", ".join(
+                f"{k}={v}"
+                for k, v in sorted(e.get("payload", {}).items())
+                if k in ("name", "status", "exit_reason", "cost_micros", "seq")
+            ),
+            "yes" if e.get("sent") else "pending",
+        )
+        for e in events
+    ]
+    return HTML(_html_table(("time", "type", "subject", "details", "in Kafka"), rows))
 
 
 def status(session: WfloSession) -> HTML:

@@ -6,7 +6,6 @@ Defaults are traitlets, so ``%config WfloMagics.timeout = 120`` works.
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from typing import Any
 
@@ -14,13 +13,12 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Float, Int, Unicode
 
+from wflo_jupyter.core.commands import parse_line_command
 from wflo_jupyter.core.errors import ConfigError, SpecError, StepFailed
 from wflo_jupyter.core.steps import StepDefaults, parse_step_spec
 from wflo_jupyter.jupyter import display
 from wflo_jupyter.session import WfloSession
 from wflo_jupyter.stack.settings import Settings
-
-LINE_COMMANDS = ("status", "runs")
 
 
 @magics_class
@@ -69,7 +67,8 @@ class WfloMagics(Magics):
 
     @line_cell_magic
     def wflo(self, line: str, cell: str | None = None) -> Any:
-        """``%%wflo [options]`` runs the cell in the sandbox; ``%wflo status|runs``."""
+        """``%%wflo [options]`` runs the cell in the sandbox; ``%wflo <command>`` (status,
+        runs, events, restart) inspects and manages the session."""
         if cell is None:
             return self._line(line)
         try:
@@ -85,20 +84,20 @@ class WfloMagics(Magics):
 
     def _line(self, line: str) -> Any:
         try:
-            words = shlex.split(line)
-        except ValueError as exc:
-            raise UsageError(f"%wflo: {exc}") from None
-        if not words or words[0] not in LINE_COMMANDS:
-            given = words[0] if words else "nothing"
-            raise UsageError(
-                f"%wflo: unknown command {given!r}; use one of: {', '.join(LINE_COMMANDS)}"
-            )
-        command, args = words[0], words[1:]
-        if args:
-            raise UsageError(f"%wflo {command}: takes no arguments, got {' '.join(args)!r}")
+            command = parse_line_command(line)
+        except SpecError as exc:
+            raise UsageError(str(exc)) from None
         session = self.session
-        if command == "runs":
-            return display.steps_table(session.steps())
+        if command.name == "runs":
+            return display.steps_table(session.steps()[-command.options["limit"] :])
+        if command.name == "events":
+            return display.events_table(
+                session.events(command.options["limit"], command.options["all_sessions"])
+            )
+        if command.name == "restart":
+            session.restart_sandbox()
+            print("[wflo] new sandbox session: state from earlier cells was dropped")
+            return None
         return display.status(session)
 
     def close(self) -> None:

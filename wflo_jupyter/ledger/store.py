@@ -304,6 +304,18 @@ class Ledger:
             )
         )
 
+    def recent_events(self, limit: int = 20, session_id: str | None = None) -> list[dict[str, Any]]:
+        """The newest ``limit`` event envelopes (oldest first), optionally of one session,
+        each with ``sent`` telling whether the relay has delivered it to Kafka."""
+        with self._sessions() as db:
+            query = select(OutboxRow).order_by(OutboxRow.id.desc()).limit(limit)
+            if session_id is not None:
+                query = query.where(
+                    OutboxRow.envelope["payload"]["session_id"].astext == session_id
+                )
+            rows = db.scalars(query).all()
+            return [{**r.envelope, "sent": r.sent_at is not None} for r in reversed(rows)]
+
     def unsent_events(self, limit: int = 500) -> list[OutboxEvent]:
         with self._sessions() as db:
             rows = db.scalars(

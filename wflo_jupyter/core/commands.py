@@ -1,0 +1,75 @@
+"""Parsing of the ``%wflo <command> ...`` line magic into a ``LineCommand``.
+
+Pure and stdlib-only; each bad input is a ``SpecError`` of one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from wflo_jupyter.core.errors import SpecError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise SpecError(f"{self.prog}: {message}")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        raise SpecError(f"{self.prog}: {(message or 'invalid arguments').strip()}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _parsers() -> dict[str, _Parser]:
+    parsers: dict[str, _Parser] = {}
+
+    def add(name: str) -> _Parser:
+        parser = _Parser(prog=f"%wflo {name}", add_help=False, allow_abbrev=False)
+        parsers[name] = parser
+        return parser
+
+    add("status")
+    add("runs").add_argument("-n", type=_positive_int, default=50, dest="limit")
+    events = add("events")
+    events.add_argument("-n", type=_positive_int, default=20, dest="limit")
+    events.add_argument("--all", action="store_true", dest="all_sessions")
+    add("restart")
+    return parsers
+
+
+COMMANDS = tuple(_parsers())
+
+
+@dataclass(frozen=True)
+class LineCommand:
+    """One parsed ``%wflo`` line: the command and its options."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_line_command(line: str) -> LineCommand:
+    """Parse ``status``, ``runs [-n N]``, ``events [-n N] [--all]``, ``restart``."""
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise SpecError(f"%wflo: cannot parse: {exc}") from None
+    if not words:
+        raise SpecError(f"%wflo: say which command: {', '.join(COMMANDS)}")
+    parsers = _parsers()
+    name, rest = words[0], words[1:]
+    if name not in parsers:
+        raise SpecError(f"%wflo: unknown command {name!r}; use one of: {', '.join(COMMANDS)}")
+    options = vars(parsers[name].parse_args(rest))
+    return LineCommand(name, options)
