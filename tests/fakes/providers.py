@@ -37,6 +37,7 @@ class FakeProviderState:
     requests: list[RecordedRequest] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     delay_s: float = 0.0
+    replays: list[bytes] = field(default_factory=list)
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -126,9 +127,14 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             )
             failure = state.failures.pop(0) if state.failures else None
+            replay = state.replays.pop(0) if state.replays and failure is None else None
         if state.delay_s:
             time.sleep(state.delay_s)
         anthropic = self.path.startswith("/v1/messages")
+        if replay is not None:
+            self._start_sse()
+            self.wfile.write(replay)
+            return
         if failure is not None:
             headers = (
                 {"Retry-After": f"{failure.retry_after:g}"}
@@ -477,6 +483,11 @@ class FakeProvider:
     def fail_next(self, status: int, retry_after: float | None = None, times: int = 1) -> None:
         with self.state.lock:
             self.state.failures.extend(Failure(status, retry_after) for _ in range(times))
+
+    def replay_next(self, raw_sse: bytes) -> None:
+        """Answer the next request with these exact SSE bytes."""
+        with self.state.lock:
+            self.state.replays.append(raw_sse)
 
     def close(self) -> None:
         self._server.shutdown()

@@ -1,0 +1,1 @@
+"""Host side of LLM calls: providers, usage, and estimate→reserve→call→settle→cache→record."""
