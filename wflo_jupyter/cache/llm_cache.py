@@ -1,0 +1,373 @@
+"""``LlmCache``: provider answers in Redis, keyed by ``CacheKey``, with TTLs,
+invalidation, hit/miss/saving statistics, and graceful behaviour when Redis is down.
+
+Owns the stored form of an answer (``CachedResponse``, JSON only, never pickle), the
+statistics hash per namespace (``HINCRBY``, so every kernel adds to the same counts),
+and the cache's availability: a failing Redis never raises to callers. ``get`` returns
+``None``, ``set`` and ``record_*`` do nothing, invalidation returns 0, and one
+one-line warning is logged when Redis goes away; while it is away Redis is probed at
+most every ``retry_after_s`` (other calls return at once), and the first call that
+succeeds again logs one "cache back" line. Safe to share between threads (one
+instance per kernel; the redis-py client pools connections).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from wflo_jupyter.cache.keys import (
+    CacheKey,
+    all_entries_pattern,
+    all_stats_pattern,
+    model_pattern,
+    namespace_pattern,
+    stats_key,
+)
+from wflo_jupyter.cache.redis_client import describe_redis
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL_S = 24 * 3600.0
+DEFAULT_RETRY_AFTER_S = 1.0
+STORED_FORMAT_VERSION = 1
+_SCAN_BATCH = 500
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class CachedResponse:
+    """One stored provider answer.
+
+    ``body`` is the provider's JSON response body, ``usage`` the normalised usage of
+    the call that produced it, ``saved_micros`` what that call cost (so what every hit
+    saves), ``model`` the model that answered.
+    """
+
+    body: dict[str, Any]
+    usage: dict[str, Any]
+    saved_micros: int
+    model: str
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def to_json(self) -> str:
+        """The stored form. ``TypeError``/``ValueError`` when body or usage is not JSON."""
+        return json.dumps(
+            {
+                "v": STORED_FORMAT_VERSION,
+                "model": self.model,
+                "created_at": self.created_at.isoformat(),
+                "saved_micros": self.saved_micros,
+                "usage": self.usage,
+                "body": self.body,
+            },
+            separators=(",", ":"),
+            allow_nan=False,
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> CachedResponse:
+        """Parse the stored form; ``ValueError`` (one line) when it is not one."""
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cached response is not JSON: {exc}") from None
+        if not isinstance(data, dict) or data.get("v") != STORED_FORMAT_VERSION:
+            raise ValueError("cached response has an unknown format")
+        body, usage = data.get("body"), data.get("usage")
+        saved, model = data.get("saved_micros"), data.get("model")
+        if not (
+            isinstance(body, dict)
+            and isinstance(usage, dict)
+            and isinstance(saved, int)
+            and not isinstance(saved, bool)
+            and isinstance(model, str)
+        ):
+            raise ValueError("cached response is missing fields")
+        try:
+            created_at = datetime.fromisoformat(str(data.get("created_at")))
+        except ValueError:
+            raise ValueError("cached response has no valid created_at") from None
+        return cls(body=body, usage=usage, saved_micros=saved, model=model, created_at=created_at)
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """Counts for one namespace (or all of them). ``entries`` are live keys now;
+    ``hits``/``misses``/``saved_micros`` accumulate until ``reset_stats``."""
+
+    hits: int
+    misses: int
+    saved_micros: int
+    entries: int
+
+
+class _RedisAvailability:
+    """Whether Redis answered the last call; logs each change of state once."""
+
+    def __init__(self, where: str, retry_after_s: float) -> None:
+        self._where = where
+        self._retry_after_s = retry_after_s
+        self._guard = threading.Lock()
+        self._down = False
+        self._next_probe_at = 0.0
+        self._command_error_logged = False
+
+    @property
+    def up(self) -> bool:
+        return not self._down
+
+    def may_call(self) -> bool:
+        """False while Redis is known down and the next probe is not due yet."""
+        return not self._down or time.monotonic() >= self._next_probe_at
+
+    def succeeded(self) -> None:
+        if not self._down:
+            return
+        with self._guard:
+            if self._down:
+                self._down = False
+                log.info("LLM cache back: Redis at %s answers again; caching resumed", self._where)
+
+    def unreachable(self, exc: BaseException) -> None:
+        with self._guard:
+            self._next_probe_at = time.monotonic() + self._retry_after_s
+            if not self._down:
+                self._down = True
+                log.warning(
+                    "LLM cache off: Redis at %s unavailable (%s); "
+                    "LLM calls go uncached until it returns",
+                    self._where,
+                    _one_line(exc),
+                )
+
+    def command_failed(self, exc: BaseException) -> None:
+        with self._guard:
+            if not self._command_error_logged:
+                self._command_error_logged = True
+                log.warning(
+                    "LLM cache: Redis at %s refused a command (%s); further refusals are "
+                    "logged at debug level",
+                    self._where,
+                    _one_line(exc),
+                )
+                return
+        log.debug("LLM cache: Redis refused a command: %s", _one_line(exc))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _check_ttl(ttl_s: float) -> int:
+    """TTL seconds -> milliseconds; ``ValueError`` unless positive and finite."""
+    if not (math.isfinite(ttl_s) and ttl_s > 0):
+        raise ValueError(f"cache TTL must be a positive number of seconds, got {ttl_s!r}")
+    return max(1, round(ttl_s * 1000))
+
+
+def _int_field(values: Mapping[bytes | str, bytes | str], name: str) -> int:
+    raw = values.get(name.encode())
+    return int(raw) if raw is not None else 0
+
+
+class LlmCache:
+    """The Redis LLM cache. Built with a (sync, thread-safe) ``redis.Redis`` client the
+    caller owns; see ``connect_redis`` for one with suitable timeouts."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        default_ttl_s: float = DEFAULT_TTL_S,
+        retry_after_s: float = DEFAULT_RETRY_AFTER_S,
+    ) -> None:
+        _check_ttl(default_ttl_s)
+        self.client = client
+        self.default_ttl_s = default_ttl_s
+        self._availability = _RedisAvailability(describe_redis(client), retry_after_s)
+
+    # ------------------------------------------------------------------ availability
+
+    @property
+    def available(self) -> bool:
+        """False from the first failed call until a call succeeds again (no I/O)."""
+        return self._availability.up
+
+    def ping(self) -> bool:
+        """Ask Redis now (ignoring the probe interval); updates ``available``."""
+        try:
+            self.client.ping()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            self._availability.unreachable(exc)
+            return False
+        except RedisError as exc:
+            self._availability.command_failed(exc)
+            return False
+        self._availability.succeeded()
+        return True
+
+    def _call(self, fallback: R, action: Callable[[], R]) -> R:
+        """Run ``action`` against Redis; on any Redis failure return ``fallback``."""
+        if not self._availability.may_call():
+            return fallback
+        try:
+            result = action()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            self._availability.unreachable(exc)
+            return fallback
+        except RedisError as exc:
+            self._availability.succeeded()
+            self._availability.command_failed(exc)
+            return fallback
+        self._availability.succeeded()
+        return result
+
+    # ------------------------------------------------------------------ entries
+
+    def get(self, key: CacheKey) -> CachedResponse | None:
+        """The stored answer for ``key``, or ``None`` (miss, or Redis unavailable)."""
+        raw = self._call(None, lambda: self.client.get(key.redis_key))
+        if raw is None:
+            return None
+        try:
+            return CachedResponse.from_json(raw)
+        except ValueError as exc:
+            log.debug("LLM cache: ignoring unreadable entry %s: %s", key.redis_key, exc)
+            return None
+
+    def set(self, key: CacheKey, response: CachedResponse, ttl_s: float | None = None) -> None:
+        """Store ``response`` under ``key`` for ``ttl_s`` seconds (default
+        ``default_ttl_s``). Does nothing when Redis is unavailable; ``ValueError``
+        only for a TTL that is not a positive number."""
+        ttl_ms = _check_ttl(self.default_ttl_s if ttl_s is None else ttl_s)
+        try:
+            payload = response.to_json()
+        except (TypeError, ValueError) as exc:
+            log.warning("LLM cache: not storing %s: %s", key.redis_key, _one_line(exc))
+            return
+        self._call(None, lambda: self.client.set(key.redis_key, payload, px=ttl_ms))
+
+    def ttl_s(self, key: CacheKey) -> float | None:
+        """Seconds ``key`` still lives, or ``None`` when absent (or Redis unavailable)."""
+        remaining_ms: int = self._call(-2, lambda: self.client.pttl(key.redis_key))
+        return remaining_ms / 1000 if remaining_ms >= 0 else None
+
+    # ------------------------------------------------------------------ invalidation
+
+    def invalidate_key(self, key: CacheKey | str) -> bool:
+        """Drop one entry (a ``CacheKey`` or its Redis key text); True if it existed.
+        ``ValueError`` for text that is not an LLM cache key."""
+        redis_key = key.redis_key if isinstance(key, CacheKey) else CacheKey.parse(key).redis_key
+        deleted: int = self._call(0, lambda: self.client.delete(redis_key))
+        return deleted > 0
+
+    def invalidate_model(self, model: str, namespace: str | None = None) -> int:
+        """Drop every entry of ``model`` (in ``namespace``, or in all); returns how many."""
+
+        def belongs(cache_key: CacheKey) -> bool:
+            return cache_key.model == model and namespace in (None, cache_key.namespace)
+
+        return self._delete_matching(model_pattern(model, namespace), belongs)
+
+    def invalidate_namespace(self, namespace: str) -> int:
+        """Drop every entry of ``namespace`` (a notebook's, or the shared one)."""
+        return self._delete_matching(
+            namespace_pattern(namespace), lambda cache_key: cache_key.namespace == namespace
+        )
+
+    def invalidate_all(self) -> int:
+        """Drop every LLM cache entry (only ``wflo:llm:*`` keys; statistics stay)."""
+        return self._delete_matching(all_entries_pattern(), lambda cache_key: True)
+
+    def _delete_matching(self, pattern: str, belongs: Callable[[CacheKey], bool]) -> int:
+        def delete() -> int:
+            deleted = 0
+            batch: list[bytes] = []
+            for raw in self.client.scan_iter(match=pattern, count=_SCAN_BATCH):
+                if _parse_entry_key(raw, belongs):
+                    batch.append(raw)
+                if len(batch) >= _SCAN_BATCH:
+                    deleted += int(self.client.unlink(*batch))
+                    batch.clear()
+            if batch:
+                deleted += int(self.client.unlink(*batch))
+            return deleted
+
+        return self._call(0, delete)
+
+    # ------------------------------------------------------------------ statistics
+
+    def record_hit(self, namespace: str, saved_micros: int) -> None:
+        """Count one hit in ``namespace`` that saved ``saved_micros``."""
+
+        def record() -> None:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hincrby(stats_key(namespace), "hits", 1)
+            pipe.hincrby(stats_key(namespace), "saved_micros", saved_micros)
+            pipe.execute()
+
+        self._call(None, record)
+
+    def record_miss(self, namespace: str) -> None:
+        """Count one miss in ``namespace``."""
+        self._call(None, lambda: self.client.hincrby(stats_key(namespace), "misses", 1))
+
+    def stats(self, namespace: str | None = None) -> CacheStats:
+        """Hits, misses, saved micros and live entries of ``namespace`` (or of all
+        namespaces). All zero when Redis is unavailable (check ``available``)."""
+
+        def read() -> CacheStats:
+            if namespace is None:
+                stats_keys = list(self.client.scan_iter(match=all_stats_pattern(), count=100))
+                entries_pattern = all_entries_pattern()
+            else:
+                stats_keys = [stats_key(namespace).encode()]
+                entries_pattern = namespace_pattern(namespace)
+            hits = misses = saved = 0
+            for name in stats_keys:
+                values = self.client.hgetall(name)
+                hits += _int_field(values, "hits")
+                misses += _int_field(values, "misses")
+                saved += _int_field(values, "saved_micros")
+            entries = sum(
+                1 for _ in self.client.scan_iter(match=entries_pattern, count=_SCAN_BATCH)
+            )
+            return CacheStats(hits=hits, misses=misses, saved_micros=saved, entries=entries)
+
+        return self._call(CacheStats(0, 0, 0, 0), read)
+
+    def reset_stats(self, namespace: str | None = None) -> None:
+        """Zero the counters of ``namespace`` (or of every namespace)."""
+
+        def reset() -> None:
+            if namespace is not None:
+                self.client.delete(stats_key(namespace))
+                return
+            names = list(self.client.scan_iter(match=all_stats_pattern(), count=100))
+            if names:
+                self.client.unlink(*names)
+
+        self._call(None, reset)
+
+
+def _parse_entry_key(raw: bytes, belongs: Callable[[CacheKey], bool]) -> bool:
+    """True if ``raw`` is a well-formed entry key that ``belongs`` accepts."""
+    try:
+        return belongs(CacheKey.parse(raw.decode()))
+    except (UnicodeDecodeError, ValueError):
+        return False

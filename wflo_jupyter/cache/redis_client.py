@@ -1,0 +1,44 @@
+"""Redis clients for the cache and locks: short timeouts, one quick retry.
+
+Owns how the cache room connects: a dead or hung Redis must cost a caller little
+(sub-second timeouts), and one immediate retry lets a pooled connection that went
+stale across a Redis restart reconnect without the cache reporting an outage.
+"""
+
+from __future__ import annotations
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+DEFAULT_SOCKET_TIMEOUT_S = 0.5
+DEFAULT_CLIENT_NAME = "wflo-cache"
+
+
+def connect_redis(
+    url: str,
+    *,
+    socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
+    client_name: str = DEFAULT_CLIENT_NAME,
+) -> redis.Redis:
+    """A thread-safe client for ``url`` (``redis://host:port/db``). Connects lazily:
+    building it never fails because Redis is down. Its connections show up as
+    ``client_name`` in ``CLIENT LIST``. The caller closes it (``close()`` disconnects
+    every pooled connection)."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=socket_timeout_s,
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=30,
+        client_name=client_name,
+    )
+
+
+def describe_redis(client: redis.Redis) -> str:
+    """``host:port/db`` (or the socket path) of a client, without credentials."""
+    kwargs = client.connection_pool.connection_kwargs
+    db = kwargs.get("db", 0)
+    if "path" in kwargs:
+        return f"unix:{kwargs['path']}/{db}"
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
