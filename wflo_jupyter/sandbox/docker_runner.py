@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import docker
 import requests
@@ -25,6 +27,53 @@ from wflo_jupyter.core.steps import format_size
 
 OUTPUT_CAP_BYTES = 10 * 1024 * 1024
 LABEL_PREFIX = "org.wflo"
+WORKSPACE_TMPFS_SIZE = "256m"
+TMP_TMPFS_SIZE = "64m"
+
+
+def hardened_options(
+    *,
+    memory_bytes: int,
+    cpus: float,
+    pids_limit: int,
+    labels: Mapping[str, str],
+    environment: Mapping[str, str],
+    workspace_size: str = WORKSPACE_TMPFS_SIZE,
+    tmp_size: str = TMP_TMPFS_SIZE,
+) -> dict[str, Any]:
+    """The keyword arguments of ``containers.create`` that every sandbox container gets:
+    no network, uid 1000, read-only root with size-limited tmpfs ``/workspace`` and
+    ``/tmp``, all capabilities dropped, no-new-privileges (default seccomp stays on),
+    memory (no swap) / pids / CPU limits, and exactly the ``environment`` given (the
+    host's environment never reaches the container)."""
+    return {
+        "user": "1000:1000",
+        "working_dir": "/workspace",
+        "network_mode": "none",
+        "read_only": True,
+        "tmpfs": {
+            "/workspace": f"rw,size={workspace_size},uid=1000,gid=1000,mode=0700",
+            "/tmp": f"rw,size={tmp_size},uid=1000,gid=1000,mode=1777",
+        },
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "mem_limit": memory_bytes,
+        "memswap_limit": memory_bytes,
+        "pids_limit": pids_limit,
+        "nano_cpus": int(cpus * 1e9),
+        "environment": dict(environment),
+        "labels": dict(labels),
+    }
+
+
+def check_image(client: docker.DockerClient, image: str) -> None:
+    """``SandboxError`` (one line, with the build command) when ``image`` is missing."""
+    try:
+        client.images.get(image)
+    except ImageNotFound:
+        raise SandboxError(
+            f"sandbox image {image!r} not found; build it with `make runtime-image`"
+        ) from None
 
 
 def connect_docker(docker_host: str | None = None, timeout_s: float = 60.0) -> docker.DockerClient:
@@ -85,12 +134,7 @@ class DockerSandbox:
         }
 
     def check_image(self, image: str) -> None:
-        try:
-            self.client.images.get(image)
-        except ImageNotFound:
-            raise SandboxError(
-                f"sandbox image {image!r} not found; build it with `make runtime-image`"
-            ) from None
+        check_image(self.client, image)
 
     def run(
         self,
@@ -113,23 +157,14 @@ class DockerSandbox:
                 container = self.client.containers.create(
                     image,
                     ["python3", "-c", code],
-                    user="1000:1000",
-                    working_dir="/workspace",
-                    network_mode="none",
-                    read_only=True,
-                    tmpfs={
-                        "/workspace": "rw,size=256m,uid=1000,gid=1000,mode=0700",
-                        "/tmp": "rw,size=64m,uid=1000,gid=1000,mode=1777",
-                    },
-                    cap_drop=["ALL"],
-                    security_opt=["no-new-privileges"],
-                    mem_limit=memory_bytes,
-                    memswap_limit=memory_bytes,
-                    pids_limit=pids_limit,
-                    nano_cpus=int(cpus * 1e9),
-                    environment={"HOME": "/workspace", "PYTHONUNBUFFERED": "1"},
-                    labels=self.labels(step_id),
                     detach=True,
+                    **hardened_options(
+                        memory_bytes=memory_bytes,
+                        cpus=cpus,
+                        pids_limit=pids_limit,
+                        labels=self.labels(step_id),
+                        environment={"HOME": "/workspace", "PYTHONUNBUFFERED": "1"},
+                    ),
                 )
                 container.start()
             except APIError as exc:

@@ -1,0 +1,1062 @@
+"""The sandbox agent: runs ``%%wflo`` cells inside the session container (stdlib only).
+
+Started as ``python3 -I /opt/wflo-agent/agent.py /run/wflo/<socket>`` (the per-container
+token in ``WFLO_AGENT_TOKEN``), it connects back to the host over the Unix socket, says
+``ready`` and then runs ``exec`` frames one at a time. It owns:
+
+- ONE persistent namespace (a fresh ``__main__`` module), so names and imports survive
+  between cells; cells compile IPython-style: a trailing expression (without ``;``) is
+  displayed as the cell's result;
+- live output: fds 1 and 2 are pipes read by a thread, so ``print``, C extensions and
+  subprocesses are all captured; text is sent line by line, and a partial line after
+  at most ``FLUSH_INTERVAL_S``; per-cell output is capped (then one notice, the rest is
+  dropped while the cell keeps running);
+- rich output: the ``display()`` builtin (``_repr_mimebundle_`` and ``_repr_*_``
+  methods, always ``text/plain``) and matplotlib figures (Agg backend; every open figure
+  is sent as ``image/png`` at ``plt.show()`` and at the end of the cell, then closed);
+- interrupts: user code runs in the main thread with Python's default SIGINT handler,
+  channel and capture threads block SIGINT, so an ``interrupt`` frame (or SIGINT sent
+  to the container) raises ``KeyboardInterrupt`` in the cell and the namespace is kept;
+- values: ``--in`` values arrive pickled (the host is trusted); ``--out`` values leave
+  only as JSON, bytes, ``.npy`` (``allow_pickle=False``) or Arrow IPC, anything else is
+  refused with a one-line error naming the variable and its type.
+
+Hardening of the channel "as far as practical": the socket lives on a high, close-on-exec
+fd that subprocesses never inherit, reading/writing it happens only in agent threads,
+and a cell that closes or corrupts it just kills its own session (the host notices).
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import codecs
+import contextlib
+import fcntl
+import importlib.machinery
+import io
+import json
+import linecache
+import os
+import pickle
+import queue
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+import types
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+
+def _load_protocol() -> types.ModuleType:
+    """``protocol.py`` next to this file, loaded by path (no package inside the sandbox;
+    plain ``exec`` because ``importlib.util`` adds milliseconds to every start)."""
+    name = "_wflo_agent_protocol"
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        return loaded
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "protocol.py")
+    with open(path, encoding="utf-8") as source:
+        code = compile(source.read(), path, "exec")
+    module = types.ModuleType(name)
+    module.__file__ = path
+    sys.modules[name] = module
+    exec(code, module.__dict__)
+    return module
+
+
+if TYPE_CHECKING or __package__:
+    from . import protocol
+else:  # run as a script inside the container
+    protocol = _load_protocol()
+
+DEFAULT_OUTPUT_CAP = 10 * 1024 * 1024
+FLUSH_INTERVAL_S = 0.05
+"""A partial line (no newline yet) is sent after at most this long."""
+STREAM_CHUNK_CHARS = 64 * 1024
+SYNC_TIMEOUT_S = 5.0
+EXIT_CHANNEL_LOST = 75
+"""Exit code when the channel to the host broke or a cell closed it."""
+HIGH_FD = 900
+"""Agent-private fds (channel socket, pipe read ends) are moved at or above this number."""
+OUTPUT_LIMIT_BYTES = protocol.MAX_FRAME_BYTES - 1024 * 1024
+"""The encoded ``--out`` values of one cell must fit in one frame, with room to spare."""
+
+_BINARY_MIMES = ("image/png", "image/jpeg")
+_REPR_METHODS = (
+    ("text/html", "_repr_html_"),
+    ("text/markdown", "_repr_markdown_"),
+    ("image/svg+xml", "_repr_svg_"),
+    ("image/png", "_repr_png_"),
+    ("image/jpeg", "_repr_jpeg_"),
+    ("text/latex", "_repr_latex_"),
+    ("application/json", "_repr_json_"),
+    ("application/javascript", "_repr_javascript_"),
+)
+
+
+# ---------------------------------------------------------------------------------------
+# small helpers
+
+
+def _high_fd(fd: int) -> int:
+    """A close-on-exec duplicate of ``fd`` at or above ``HIGH_FD``; ``fd`` is closed."""
+    try:
+        new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, HIGH_FD)
+    except OSError:  # RLIMIT_NOFILE below HIGH_FD: any free number will do
+        new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.close(fd)
+    return new
+
+
+def _block_sigint() -> None:
+    """Called first in every agent thread: SIGINT is for the main thread (user code)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+_diag_fd = 2
+"""Where agent diagnostics go: the container's original stderr (``docker logs``), moved
+to a private fd once fds 1/2 are captured; never a cell's output."""
+
+
+def diag(message: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(_diag_fd, (message.rstrip("\n") + "\n").encode("utf-8", "replace"))
+
+
+def _agent_thread(name: str, target: Callable[[], None]) -> threading.Thread:
+    """A daemon thread whose unexpected death ends the agent loudly (the host then
+    reports a dead agent) instead of leaving it half-working."""
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException:
+            diag(f"wflo-agent: thread {name} failed\n{traceback.format_exc()}")
+            os._exit(70)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def type_name(value: Any) -> str:
+    """``list``, ``set``, ``pandas.core.frame.DataFrame``, ... (for one-line errors)."""
+    cls = type(value)
+    module = getattr(cls, "__module__", "") or ""
+    qualname = getattr(cls, "__qualname__", cls.__name__)
+    return qualname if module == "builtins" else f"{module}.{qualname}"
+
+
+def format_bytes(count: int) -> str:
+    for unit, factor in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if count >= factor:
+            return f"{count / factor:g} {unit}"
+    return f"{count} bytes"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+# ---------------------------------------------------------------------------------------
+# channel: one writer thread, one reader thread
+
+
+class Sender:
+    """Serialises frames in the calling thread; ONE thread writes them to the socket, so
+    an interrupt in the main thread can never leave half a frame on the wire."""
+
+    def __init__(self, sock: socket.socket, diag: Callable[[str], None]) -> None:
+        self._sock = sock
+        self.diag = diag
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._thread = _agent_thread("wflo-agent-send", self._run)
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self._queue.put(protocol.encode_frame(frame))
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        _block_sigint()
+        while True:
+            data = self._queue.get()
+            if data is None:
+                return
+            try:
+                self._sock.sendall(data)
+            except OSError as exc:
+                self.diag(f"wflo-agent: the channel to the host broke ({exc}); exiting")
+                os._exit(EXIT_CHANNEL_LOST)
+
+
+class OutputBudget:
+    """Per-cell output cap: text and display data count against it; past it, one notice."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.cap = DEFAULT_OUTPUT_CAP
+        self.used = 0
+        self.exceeded = False
+
+    def reset(self, cap: int) -> None:
+        with self._lock:
+            self.cap = max(0, cap)
+            self.used = 0
+            self.exceeded = False
+
+    def admit_text(self, text: str) -> tuple[str, bool]:
+        """(the part of ``text`` that fits, whether the cap was reached just now)."""
+        with self._lock:
+            if self.exceeded:
+                return "", False
+            raw = text.encode("utf-8", "surrogatepass")
+            if self.used + len(raw) <= self.cap:
+                self.used += len(raw)
+                return text, False
+            room = self.cap - self.used
+            self.used = self.cap
+            self.exceeded = True
+            return raw[:room].decode("utf-8", "ignore"), True
+
+    def admit_size(self, size: int) -> tuple[bool, bool]:
+        """(whether an item of ``size`` bytes fits, whether the cap was reached just now)."""
+        with self._lock:
+            if self.exceeded:
+                return False, False
+            if self.used + size <= self.cap:
+                self.used += size
+                return True, False
+            self.used = self.cap
+            self.exceeded = True
+            return False, True
+
+    def notice(self) -> str:
+        return (
+            f"\n[wflo: output cap of {format_bytes(self.cap)} reached; "
+            "the rest of this cell's output was dropped]\n"
+        )
+
+
+class OutputCapture:
+    """fds 1 and 2 become pipes; a thread reads them and sends ``stream`` frames live.
+
+    The agent keeps a private copy of each pipe's write end, so a cell that closes fd 1
+    can be repaired before the next cell (``ensure_stdio``) and the reader never sees EOF.
+    ``sync()`` returns once everything written to fds 1/2 before the call was sent.
+    """
+
+    def __init__(
+        self,
+        sender: Sender,
+        budget: OutputBudget,
+        current_id: Callable[[], str | None],
+    ) -> None:
+        self._sender = sender
+        self._budget = budget
+        self._current_id = current_id
+        self._names: dict[int, str] = {}
+        self._write_ends: dict[str, int] = {}
+        self._decoders: dict[str, codecs.IncrementalDecoder] = {}
+        self._pending: dict[str, str] = {"stdout": "", "stderr": ""}
+        self._pending_since: float | None = None
+        for target, name in ((1, "stdout"), (2, "stderr")):
+            read_end, write_end = os.pipe()
+            read_end = _high_fd(read_end)
+            os.set_blocking(read_end, False)
+            os.dup2(write_end, target, inheritable=True)
+            self._write_ends[name] = _high_fd(write_end)
+            self._names[read_end] = name
+            self._decoders[name] = codecs.getincrementaldecoder("utf-8")("replace")
+        ctl_read, ctl_write = os.pipe()
+        self._ctl_read = _high_fd(ctl_read)
+        self._ctl_write = _high_fd(ctl_write)
+        os.set_blocking(self._ctl_read, False)
+        self._cond = threading.Condition()
+        self._sync_requested = 0
+        self._sync_done = 0
+        self._thread = _agent_thread("wflo-agent-capture", self._run)
+
+    def ensure_stdio(self) -> None:
+        """Point fds 1/2 back at the capture pipes if a cell closed or redirected them."""
+        for target, name in ((1, "stdout"), (2, "stderr")):
+            mine = os.fstat(self._write_ends[name])
+            try:
+                now = os.fstat(target)
+                same = (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
+            except OSError:
+                same = False
+            if not same:
+                os.dup2(self._write_ends[name], target, inheritable=True)
+
+    def sync(self, timeout_s: float = SYNC_TIMEOUT_S) -> None:
+        with self._cond:
+            self._sync_requested += 1
+            target = self._sync_requested
+            os.write(self._ctl_write, b"s")
+            self._cond.wait_for(lambda: self._sync_done >= target, timeout_s)
+
+    # reader thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        _block_sigint()
+        poller = select.poll()
+        for fd in (*self._names, self._ctl_read):
+            poller.register(fd, select.POLLIN)
+        while True:
+            timeout_ms: float | None = None
+            if self._pending_since is not None:
+                left = self._pending_since + FLUSH_INTERVAL_S - time.monotonic()
+                timeout_ms = max(0.0, left * 1000)
+            events = poller.poll(timeout_ms)
+            sync_target: int | None = None
+            for fd, _event in events:
+                if fd == self._ctl_read:
+                    with self._cond:
+                        sync_target = self._sync_requested
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._ctl_read, 4096)
+                elif fd in self._names and not self._read(fd):
+                    poller.unregister(fd)
+            if sync_target is not None:
+                for fd in self._names:
+                    while self._read(fd):
+                        pass
+                self._flush_all()
+                with self._cond:
+                    self._sync_done = max(self._sync_done, sync_target)
+                    self._cond.notify_all()
+            elif (
+                self._pending_since is not None
+                and time.monotonic() >= self._pending_since + FLUSH_INTERVAL_S
+            ):
+                self._flush_all()
+
+    def _read(self, fd: int) -> bool:
+        """Read what is there on ``fd``; False when nothing was (or it hit EOF)."""
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return False
+        if not data:
+            return False
+        name = self._names[fd]
+        text = self._decoders[name].decode(data)
+        if text:
+            self._pending[name] += text
+            buffered = self._pending[name]
+            cut = buffered.rfind("\n") + 1
+            if len(buffered) >= STREAM_CHUNK_CHARS:
+                cut = len(buffered)
+            if cut:
+                self._pending[name] = buffered[cut:]
+                self._emit(name, buffered[:cut])
+            if any(self._pending.values()):
+                if self._pending_since is None:
+                    self._pending_since = time.monotonic()
+            else:
+                self._pending_since = None
+        return True
+
+    def _flush_all(self) -> None:
+        for name, text in self._pending.items():
+            if text:
+                self._pending[name] = ""
+                self._emit(name, text)
+        self._pending_since = None
+
+    def _emit(self, name: str, text: str) -> None:
+        cell_id = self._current_id()
+        if cell_id is None:  # output between cells (a daemon process): nobody to show it to
+            return
+        text, reached = self._budget.admit_text(text)
+        for start in range(0, len(text), STREAM_CHUNK_CHARS):
+            chunk = text[start : start + STREAM_CHUNK_CHARS]
+            self._sender.send({"type": "stream", "id": cell_id, "name": name, "text": chunk})
+        if reached:
+            self._sender.send(
+                {"type": "stream", "id": cell_id, "name": "stderr", "text": self._budget.notice()}
+            )
+
+
+# ---------------------------------------------------------------------------------------
+# rich display
+
+
+def _is_class(obj: Any) -> bool:
+    return isinstance(obj, type)
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
+
+
+def _normalise_mime(mime: str, value: Any) -> Any:
+    """A value for ``data[mime]`` in a Jupyter bundle, or None to drop it."""
+    if value is None:
+        return None
+    if mime in _BINARY_MIMES:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return protocol.b64encode(bytes(value))
+        return value if isinstance(value, str) else None
+    if mime == "application/json" or mime.endswith("+json"):
+        return value if _jsonable(value) else None
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    return value if isinstance(value, str) else str(value)
+
+
+def _figure_png(obj: Any) -> bytes | None:
+    figure_module = sys.modules.get("matplotlib.figure")
+    if figure_module is None or not isinstance(obj, figure_module.Figure):
+        return None
+    buffer = io.BytesIO()
+    obj.canvas.print_figure(buffer, format="png", bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def mimebundle(obj: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(data, metadata)`` for ``obj`` the way IPython's display formatters build it."""
+    data: dict[str, Any] = {}
+    metadata: dict[str, Any] = {}
+    if not _is_class(obj):
+        method = getattr(obj, "_repr_mimebundle_", None)
+        if callable(method):
+            try:
+                produced = method(include=None, exclude=None)
+            except Exception:
+                produced = None
+            extra_md: Any = None
+            if isinstance(produced, tuple) and len(produced) == 2:
+                produced, extra_md = produced
+            if isinstance(produced, dict):
+                for mime, value in produced.items():
+                    normal = _normalise_mime(str(mime), value)
+                    if normal is not None:
+                        data[str(mime)] = normal
+            if isinstance(extra_md, dict) and _jsonable(extra_md):
+                metadata.update({str(k): v for k, v in extra_md.items()})
+        for mime, attr in _REPR_METHODS:
+            if mime in data:
+                continue
+            method = getattr(obj, attr, None)
+            if not callable(method):
+                continue
+            try:
+                value = method()
+            except Exception:
+                continue
+            if isinstance(value, tuple) and len(value) == 2:
+                value, md = value
+                if isinstance(md, dict) and _jsonable(md):
+                    metadata[mime] = md
+            normal = _normalise_mime(mime, value)
+            if normal is not None:
+                data[mime] = normal
+        if "image/png" not in data:
+            try:
+                png = _figure_png(obj)
+            except Exception:
+                png = None
+            if png is not None:
+                data["image/png"] = protocol.b64encode(png)
+    if "text/plain" not in data:
+        try:
+            data["text/plain"] = repr(obj)
+        except Exception as exc:
+            data["text/plain"] = f"<{type_name(obj)} object (repr failed: {_one_line(exc)})>"
+    return data, metadata
+
+
+# ---------------------------------------------------------------------------------------
+# --out values: safe formats only
+
+
+def _json_problem(value: Any) -> tuple[str, bool] | None:
+    """None if ``value`` is JSON (str/int/float/bool/None, lists and str-keyed dicts of
+    those); else (what is not, whether that is ``value`` itself)."""
+    stack: list[Any] = [value]
+    seen: set[int] = set()
+    while stack:
+        item = stack.pop()
+        if item is None or isinstance(item, (str, bool, int, float)):
+            continue
+        if isinstance(item, (list, dict)):
+            if id(item) in seen:
+                return f"self-referencing {type_name(item)}", item is value
+            seen.add(id(item))
+            if isinstance(item, list):
+                stack.extend(item)
+                continue
+            for key, inner in item.items():
+                if not isinstance(key, str):
+                    return f"dict with a key of type {type_name(key)}", item is value
+                stack.append(inner)
+            continue
+        return type_name(item), item is value
+    return None
+
+
+def _refusal(name: str, what: str, value: Any) -> dict[str, Any]:
+    return {
+        "error": (
+            f"cannot return {name}: {what} is not JSON, a DataFrame/Series, a numpy array or bytes"
+        ),
+        "type": type_name(value),
+    }
+
+
+def _encode_arrow(name: str, value: Any, pandas: Any) -> dict[str, Any]:
+    tname = type_name(value)
+    try:
+        pyarrow = importlib.import_module("pyarrow")
+        importlib.import_module("pyarrow.ipc")
+    except ImportError:
+        return {"error": f"cannot return {name}: pyarrow is not installed in the sandbox image"}
+    is_series = isinstance(value, pandas.Series)
+    series_name = None
+    frame = value
+    if is_series:
+        series_name = value.name if _jsonable(value.name) else str(value.name)
+        frame = value.to_frame(name="values")
+    try:
+        table = pyarrow.Table.from_pandas(frame, preserve_index=True)
+        sink = pyarrow.BufferOutputStream()
+        with pyarrow.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        raw = sink.getvalue().to_pybytes()
+    except Exception as exc:
+        return {
+            "error": f"cannot return {name}: {tname} cannot be converted to Arrow "
+            f"({_one_line(exc)})",
+            "type": tname,
+        }
+    encoded: dict[str, Any] = {
+        "format": "arrow",
+        "kind": "series" if is_series else "dataframe",
+        "type": tname,
+        "data": protocol.b64encode(raw),
+    }
+    if is_series:
+        encoded["series_name"] = series_name
+    return encoded
+
+
+def _encode_npy(name: str, value: Any, numpy: Any) -> dict[str, Any]:
+    tname = type_name(value)
+    is_scalar = not isinstance(value, numpy.ndarray)
+    array = numpy.asarray(value)
+    buffer = io.BytesIO()
+    try:
+        numpy.save(buffer, array, allow_pickle=False)
+    except (ValueError, TypeError) as exc:
+        return {
+            "error": f"cannot return {name}: a numpy array of dtype {array.dtype} cannot be "
+            f"sent without pickle ({_one_line(exc)})",
+            "type": tname,
+        }
+    return {
+        "format": "npy",
+        "kind": "scalar" if is_scalar else "array",
+        "type": tname,
+        "data": protocol.b64encode(buffer.getvalue()),
+    }
+
+
+def encode_value(name: str, value: Any) -> dict[str, Any]:
+    """One ``--out`` value -> ``{format, type, data, ...}`` or ``{error, type}``."""
+    tname = type_name(value)
+    if isinstance(value, (bytes, bytearray)):
+        return {"format": "bytes", "type": tname, "data": protocol.b64encode(bytes(value))}
+    pandas = sys.modules.get("pandas")
+    if pandas is not None and isinstance(value, (pandas.DataFrame, pandas.Series)):
+        return _encode_arrow(name, value, pandas)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, (numpy.ndarray, numpy.generic)):
+        return _encode_npy(name, value, numpy)
+    problem = _json_problem(value)
+    if problem is not None:
+        what, itself = problem
+        return _refusal(name, what if itself else f"{tname} holding a {what}", value)
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return {"error": f"cannot return {name}: {_one_line(exc)}", "type": tname}
+    return {"format": "json", "type": tname, "data": text}
+
+
+def encode_outputs(names: Sequence[str], namespace: dict[str, Any]) -> dict[str, Any]:
+    """Every requested ``--out`` name, encoded (errors per name, never an exception)."""
+    outputs: dict[str, Any] = {}
+    total = 0
+    for name in names:
+        if name not in namespace:
+            outputs[name] = {"error": f"cannot return {name}: name {name!r} is not defined"}
+            continue
+        try:
+            encoded = encode_value(name, namespace[name])
+        except Exception as exc:
+            encoded = {
+                "error": f"cannot return {name}: {_one_line(exc)}",
+                "type": type_name(namespace[name]),
+            }
+        size = len(encoded.get("data") or "")
+        if total + size > OUTPUT_LIMIT_BYTES:
+            encoded = {
+                "error": f"cannot return {name}: its encoded size ({format_bytes(size)}) is over "
+                f"the channel limit of {format_bytes(OUTPUT_LIMIT_BYTES)} per cell",
+                "type": encoded.get("type", type_name(namespace[name])),
+            }
+            size = 0
+        total += size
+        outputs[name] = encoded
+    return outputs
+
+
+# ---------------------------------------------------------------------------------------
+# matplotlib: Agg backend, figures shown inline
+
+
+class _PyplotHook:
+    """A ``sys.meta_path`` finder that patches ``matplotlib.pyplot.show`` right after pyplot
+    is imported (duck-typed: ``importlib.abc`` costs 25 ms of agent start-up)."""
+
+    def __init__(self, on_import: Callable[[types.ModuleType], None]) -> None:
+        self._on_import = on_import
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: types.ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "matplotlib.pyplot":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+        original = loader.exec_module
+        on_import = self._on_import
+
+        def exec_module(module: types.ModuleType) -> None:
+            original(module)
+            with contextlib.suppress(Exception):
+                on_import(module)
+
+        setattr(loader, "exec_module", exec_module)  # noqa: B010 - patch one loader instance
+        return spec
+
+
+# ---------------------------------------------------------------------------------------
+# the kernel: persistent namespace, cells, interrupts
+
+
+def _sigint_outside_cell(signum: int, frame: types.FrameType | None) -> None:
+    """SIGINT while the agent itself (not a cell) runs: ignored."""
+
+
+class Kernel:
+    """Runs cells in one persistent ``__main__`` namespace (main thread only)."""
+
+    def __init__(self, sender: Sender) -> None:
+        self.sender = sender
+        self.budget = OutputBudget()
+        self.execution_count = 0
+        self.current_id: str | None = None
+        self._requested_interrupt: str | None = None
+        self._main_ident = threading.get_ident()
+        self.module = types.ModuleType("__main__")
+        self.namespace: dict[str, Any] = self.module.__dict__
+        self.namespace["__builtins__"] = builtins
+        self.capture: OutputCapture | None = None
+        self.channel_check: Callable[[], bool] | None = None
+        self.stdout: io.TextIOWrapper | None = None
+        self.stderr: io.TextIOWrapper | None = None
+
+    # setup ---------------------------------------------------------------------------
+
+    def install(self) -> None:
+        """Capture fds 1/2, replace ``sys.std*``, ``__main__``, ``display`` and pyplot."""
+        self.capture = OutputCapture(self.sender, self.budget, lambda: self.current_id)
+        self.stdout = self._text_stream(1)
+        self.stderr = self._text_stream(2)
+        sys.stdout = self.stdout
+        sys.stderr = self.stderr
+        sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115
+        for name in ("stdout", "stderr", "stdin"):  # libraries that use sys.__stdout__
+            setattr(sys, f"__{name}__", getattr(sys, name))
+        sys.modules["__main__"] = self.module
+        sys.argv = [""]
+        builtins.display = self.display_builtin  # type: ignore[attr-defined]
+        builtins.input = _no_input
+        os.environ.setdefault("MPLBACKEND", "Agg")
+        sys.meta_path.insert(0, _PyplotHook(self._patch_pyplot))
+        sys.path.insert(0, "")  # like a REPL: modules in the working directory import
+        signal.signal(signal.SIGINT, _sigint_outside_cell)
+        _agent_thread("wflo-agent-flush", self._flush_loop)
+
+    @staticmethod
+    def _text_stream(fd: int) -> io.TextIOWrapper:
+        raw = io.FileIO(fd, "w", closefd=False)
+        return io.TextIOWrapper(
+            io.BufferedWriter(raw),
+            encoding="utf-8",
+            errors="backslashreplace",
+            line_buffering=True,
+            write_through=True,
+        )
+
+    def _flush_loop(self) -> None:
+        """Partial lines left in the Python-level buffers reach the pipe within a tick;
+        and a channel fd closed (or replaced) by a cell ends the agent within a tick."""
+        _block_sigint()
+        while True:
+            time.sleep(FLUSH_INTERVAL_S)
+            if self.channel_check is not None and not self.channel_check():
+                self.sender.diag("wflo-agent: a cell closed the channel; exiting")
+                os._exit(EXIT_CHANNEL_LOST)
+            if self.current_id is None:
+                continue
+            for stream in (self.stdout, self.stderr):
+                if stream is not None:
+                    with contextlib.suppress(Exception):
+                        stream.buffer.flush()
+
+    def _flush_std(self) -> None:
+        for stream in {
+            id(s): s for s in (self.stdout, self.stderr, sys.stdout, sys.stderr)
+        }.values():
+            with contextlib.suppress(Exception):
+                if stream is not None:
+                    stream.flush()
+
+    def _sync_output(self) -> None:
+        self._flush_std()
+        if self.capture is not None:
+            self.capture.sync()
+
+    # interrupts ----------------------------------------------------------------------
+
+    def interrupt(self, cell_id: str | None) -> None:
+        """From the channel thread: raise KeyboardInterrupt in cell ``cell_id``."""
+        target = cell_id if cell_id is not None else self.current_id
+        if target is None:
+            return
+        self._requested_interrupt = target
+        if self.current_id == target:
+            signal.pthread_kill(self._main_ident, signal.SIGINT)
+
+    @contextlib.contextmanager
+    def _user_signals(self, cell_id: str) -> Iterator[None]:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            if self._requested_interrupt == cell_id:
+                raise KeyboardInterrupt
+            yield
+        finally:
+            signal.signal(signal.SIGINT, _sigint_outside_cell)
+
+    # display -------------------------------------------------------------------------
+
+    def display_builtin(
+        self,
+        *objs: Any,
+        metadata: dict[str, Any] | None = None,
+        raw: bool = False,
+        **_ignored: Any,
+    ) -> None:
+        """``display(obj, ...)``: show objects in the cell's output, like IPython."""
+        for obj in objs:
+            if raw and isinstance(obj, dict):
+                data = {str(k): v for k, v in obj.items() if _normalise_mime(str(k), v) is not None}
+                self.publish(data, dict(metadata or {}))
+            else:
+                data, md = mimebundle(obj)
+                if metadata:
+                    md.update(metadata)
+                self.publish(data, md)
+
+    def publish(
+        self, data: dict[str, Any], metadata: dict[str, Any], kind: str = "display_data"
+    ) -> None:
+        cell_id = self.current_id
+        if cell_id is None:
+            return
+        self._sync_output()  # text printed before the display arrives before it
+        frame = {
+            "type": "display",
+            "id": cell_id,
+            "data": data,
+            "metadata": metadata if _jsonable(metadata) else {},
+            "kind": kind,
+        }
+        try:
+            encoded_size = len(json.dumps(frame["data"]))
+        except (TypeError, ValueError):
+            return
+        fits, reached = self.budget.admit_size(encoded_size)
+        if fits:
+            self.sender.send(frame)
+        if reached:
+            self.sender.send(
+                {"type": "stream", "id": cell_id, "name": "stderr", "text": self.budget.notice()}
+            )
+
+    def _patch_pyplot(self, pyplot: types.ModuleType) -> None:
+        def show(*args: Any, **kwargs: Any) -> None:
+            self.flush_figures()
+
+        pyplot.show = show  # type: ignore[attr-defined]
+
+    def flush_figures(self) -> None:
+        """Send every open matplotlib figure as a PNG, then close them all."""
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is None or self.current_id is None:
+            return
+        try:
+            for number in list(pyplot.get_fignums()):
+                figure = pyplot.figure(number)
+                data, md = mimebundle(figure)
+                self.publish(data, md)
+        finally:
+            pyplot.close("all")
+
+    # cells ---------------------------------------------------------------------------
+
+    def run(self, frame: dict[str, Any]) -> None:
+        """One ``exec`` frame -> stream/display frames -> one ``result`` frame."""
+        cell_id = str(frame.get("id"))
+        self.execution_count += 1
+        count = self.execution_count
+        cap = frame.get("output_cap")
+        self.budget.reset(cap if isinstance(cap, int) else DEFAULT_OUTPUT_CAP)
+        if self.capture is not None:
+            self.capture.ensure_stdio()
+        self._restore_std_streams()
+        self.current_id = cell_id
+        error: dict[str, Any] | None = None
+        outputs: dict[str, Any] = {}
+        try:
+            try:
+                error = self._load_inputs(frame.get("inputs") or {})
+                if error is None:
+                    error = self._run_code(str(frame.get("code") or ""), count, cell_id)
+                try:
+                    self.flush_figures()
+                except Exception as exc:
+                    error = error or _error_dict(exc)
+            finally:
+                self._sync_output()
+            if error is None:
+                names = frame.get("outputs") or []
+                outputs = encode_outputs([str(n) for n in names], self.namespace)
+        except KeyboardInterrupt:  # arrived in agent code, just after the cell's own code
+            error = error or {"ename": "KeyboardInterrupt", "evalue": "", "traceback": ""}
+        finally:
+            self.current_id = None
+        self.sender.send(
+            {
+                "type": "result",
+                "id": cell_id,
+                "ok": error is None,
+                "error": error,
+                "outputs": outputs,
+                "execution_count": count,
+            }
+        )
+
+    def _restore_std_streams(self) -> None:
+        for attr, mine in (("stdout", self.stdout), ("stderr", self.stderr)):
+            current = getattr(sys, attr)
+            if current is None or getattr(current, "closed", False):
+                setattr(sys, attr, mine)
+
+    def _load_inputs(self, inputs: dict[str, Any]) -> dict[str, Any] | None:
+        for name, payload in inputs.items():
+            try:
+                if not str(name).isidentifier():
+                    raise ValueError(f"{name!r} is not a Python identifier")
+                if not isinstance(payload, dict) or payload.get("format") != "pickle":
+                    raise ValueError("inputs must come as pickle")
+                value = pickle.loads(protocol.b64decode(str(payload.get("data"))))
+            except Exception as exc:
+                return {
+                    "ename": type(exc).__name__,
+                    "evalue": f"cannot load input {name}: {_one_line(exc)}",
+                    "traceback": "",
+                }
+            self.namespace[str(name)] = value
+        return None
+
+    def _run_code(self, code: str, count: int, cell_id: str) -> dict[str, Any] | None:
+        filename = f"<wflo-cell-{count}>"
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        try:
+            tree = ast.parse(code, filename, "exec")
+            expression: ast.Expression | None = None
+            if tree.body and isinstance(tree.body[-1], ast.Expr) and not _ends_with_semicolon(code):
+                last = tree.body.pop()
+                assert isinstance(last, ast.Expr)
+                expression = ast.Expression(last.value)
+            body = compile(tree, filename, "exec")
+            tail = compile(expression, filename, "eval") if expression is not None else None
+        except (SyntaxError, ValueError, OverflowError) as exc:
+            return _error_dict(exc, skip_agent_frames=True)
+        try:
+            with self._user_signals(cell_id):
+                exec(body, self.namespace)
+                value = eval(tail, self.namespace) if tail is not None else None
+        except SystemExit as exc:
+            if exc.code in (None, 0):
+                return None
+            return _error_dict(exc, skip_agent_frames=True)
+        except BaseException as exc:
+            return _error_dict(exc, skip_agent_frames=True)
+        if value is not None:
+            self.namespace["_"] = value
+            try:
+                data, md = mimebundle(value)
+                self.publish(data, md, kind="execute_result")
+            except Exception as exc:
+                return _error_dict(exc)
+        return None
+
+
+def _ends_with_semicolon(code: str) -> bool:
+    for line in reversed(code.splitlines()):
+        stripped = line.split("#", 1)[0].strip() if "#" in line else line.strip()
+        if stripped:
+            return stripped.endswith(";")
+    return False
+
+
+def _error_dict(exc: BaseException, skip_agent_frames: bool = False) -> dict[str, Any]:
+    tb = exc.__traceback__
+    if skip_agent_frames:
+        here = os.path.abspath(__file__)
+        while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) == here:
+            tb = tb.tb_next
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+    except Exception:
+        text = f"{type(exc).__name__} (the traceback could not be formatted)\n"
+    try:
+        evalue = str(exc)
+    except Exception:
+        evalue = "<str() of the exception failed>"
+    return {"ename": type(exc).__name__, "evalue": evalue, "traceback": text}
+
+
+def _no_input(prompt: object = "") -> str:
+    raise EOFError("input() is not available inside a %%wflo sandbox cell (no stdin)")
+
+
+# ---------------------------------------------------------------------------------------
+# entry point
+
+
+class Agent:
+    """Connects to the host, then serves frames until ``shutdown`` or the host goes away."""
+
+    def __init__(self, socket_path: str, token: str) -> None:
+        global _diag_fd
+        _diag_fd = _high_fd(os.dup(2))
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.connect(socket_path)
+        fd = _high_fd(raw.detach())
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=fd)
+        self.token = token
+        self.sender = Sender(self.sock, self.diag)
+        self.kernel = Kernel(self.sender)
+        identity = os.fstat(fd)
+        self._channel_identity = (identity.st_dev, identity.st_ino)
+        self._channel_fd = fd
+        self.kernel.channel_check = self.channel_intact
+        self.inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+
+    def channel_intact(self) -> bool:
+        """Is the channel fd still open and still the socket the agent connected?"""
+        try:
+            info = os.fstat(self._channel_fd)
+        except OSError:
+            return False
+        return (info.st_dev, info.st_ino) == self._channel_identity
+
+    def diag(self, message: str) -> None:
+        """A line for ``docker logs`` (the container's original stderr), never the cell."""
+        diag(message)
+
+    def serve(self) -> int:
+        self.kernel.install()
+        _agent_thread("wflo-agent-recv", self._receive)
+        self.sender.send(
+            {
+                "type": "ready",
+                "token": self.token,
+                "protocol": protocol.PROTOCOL_VERSION,
+                "pid": os.getpid(),
+                "python": sys.version.split()[0],
+            }
+        )
+        while True:
+            try:
+                frame = self.inbox.get()
+                if frame["type"] == "shutdown":
+                    self.sender.close()
+                    return 0
+                self.kernel.run(frame)
+            except KeyboardInterrupt:  # a late interrupt between cells: nothing to stop
+                signal.signal(signal.SIGINT, _sigint_outside_cell)
+
+    def _receive(self) -> None:
+        _block_sigint()
+        while True:
+            try:
+                frame = protocol.recv_frame(self.sock)
+            except protocol.ChannelClosed:
+                os._exit(0)
+            except (protocol.ProtocolError, OSError) as exc:
+                self.diag(f"wflo-agent: channel error ({exc}); exiting")
+                os._exit(EXIT_CHANNEL_LOST)
+            kind = frame["type"]
+            if kind == "ping":
+                self.sender.send({"type": "pong", "id": frame.get("id")})
+            elif kind == "interrupt":
+                cell_id = frame.get("id")
+                self.kernel.interrupt(None if cell_id is None else str(cell_id))
+            elif kind in ("exec", "shutdown"):
+                self.inbox.put(frame)
+            # llm_response is reserved for the gateway; unknown frames are ignored
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        sys.stderr.write("usage: python3 -I agent.py /run/wflo/<socket>\n")
+        return 2
+    token = os.environ.pop("WFLO_AGENT_TOKEN", "")
+    agent = Agent(argv[1], token)
+    try:
+        code = agent.serve()
+    except BaseException:
+        agent.diag("wflo-agent: internal error\n" + traceback.format_exc())
+        os._exit(70)
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

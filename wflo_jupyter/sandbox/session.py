@@ -1,0 +1,969 @@
+"""``SandboxSession``: one long-lived hardened container per kernel session, host side.
+
+Owns the container's whole life: the 0700 socket directory and the Unix socket the
+host LISTENS on, the container (same hardening as ``docker_runner.hardened_options``,
+plus the read-only agent and socket binds and ``--init``), the handshake (``ready`` with
+a per-container token), running cells over the framed channel
+(``sandbox.agent.protocol``), timeouts (interrupt, then kill after a grace period),
+telling apart a cell error, a timeout, an OOM kill and a dead agent, replacing a lost
+container on the next cell, idle stop, ``--fresh`` throwaway containers, and removing
+everything on ``close()``. ``reap_orphans`` removes containers of kernels that died.
+
+Thread model: ``execute``/``start``/``restart``/``stop_if_idle`` serialise on one lock;
+``interrupt()`` and ``close()`` may be called from any thread while a cell runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+import secrets
+import select
+import shutil
+import signal
+import socket
+import stat
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, NotFound
+from docker.models.containers import Container
+
+from wflo_jupyter.core.errors import SandboxError
+from wflo_jupyter.core.steps import format_size
+from wflo_jupyter.sandbox.agent import AGENT_DIR
+from wflo_jupyter.sandbox.agent.protocol import (
+    HANDSHAKE_MAX_FRAME_BYTES,
+    MAX_FRAME_BYTES,
+    ChannelClosed,
+    Frame,
+    FrameDecoder,
+    ProtocolError,
+    encode_frame,
+    recv_frame,
+)
+from wflo_jupyter.sandbox.docker_runner import (
+    LABEL_PREFIX,
+    TMP_TMPFS_SIZE,
+    WORKSPACE_TMPFS_SIZE,
+    check_image,
+    hardened_options,
+)
+from wflo_jupyter.sandbox.values import ValueTransferError, decode_outputs, encode_inputs
+
+MB = 1024 * 1024
+DEFAULT_IMAGE = "wflo-runtime:python3.11"
+DEFAULT_OUTPUT_CAP = 10 * MB
+AGENT_MOUNT = "/opt/wflo-agent"
+SOCKET_MOUNT = "/run/wflo"
+SOCKET_NAME = "agent.sock"
+SANDBOX_UID = 1000
+AGENT_EXIT_CHANNEL_LOST = 75
+"""The agent's exit code when its channel broke or was closed by the cell."""
+ENV_ALLOWLIST = ("HOME", "PATH", "LANG", "PYTHONUNBUFFERED", "MPLBACKEND", "MPLCONFIGDIR")
+SANDBOX_ENV = {
+    "HOME": "/workspace",
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+    "PYTHONUNBUFFERED": "1",
+    "MPLBACKEND": "Agg",
+    "MPLCONFIGDIR": "/tmp",
+}
+"""The whole environment of a sandbox (plus the agent's token, which the agent removes
+from ``os.environ`` before any cell runs). Nothing from the host's environment."""
+
+StreamCallback = Callable[[str, str], None]
+DisplayCallback = Callable[[dict[str, Any], dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Resource limits of a sandbox container (memory without swap)."""
+
+    memory_bytes: int = 512 * MB
+    cpus: float = 1.0
+    pids_limit: int = 128
+    workspace_size: str = WORKSPACE_TMPFS_SIZE
+    tmp_size: str = TMP_TMPFS_SIZE
+
+
+@dataclass
+class ExecResult:
+    """The outcome of one cell in a sandbox session.
+
+    ``exit_reason``: ``ok`` | ``error`` (the code raised) | ``timeout`` | ``interrupted``
+    | ``oom`` | ``killed`` (the session was closed under the cell) | ``agent_died``.
+    ``state_lost``: the namespace the earlier cells built is gone (this cell's failure
+    destroyed the container, or the container had been stopped or had died since the last
+    cell and this cell ran in a new one); ``notices`` say which, one line each.
+    """
+
+    ok: bool
+    exit_reason: str
+    ename: str = ""
+    evalue: str = ""
+    traceback: str = ""
+    outputs: dict[str, Any] = field(default_factory=dict)
+    output_errors: dict[str, str] = field(default_factory=dict)
+    stdout: str = ""
+    stderr: str = ""
+    displays: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    seconds: float = 0.0
+    state_lost: bool = False
+    notices: list[str] = field(default_factory=list)
+    execution_count: int | None = None
+    container_id: str = ""
+
+    @property
+    def error_line(self) -> str:
+        """``"ename: evalue"`` (empty when the cell succeeded)."""
+        if self.ok:
+            return ""
+        return f"{self.ename}: {self.evalue}" if self.evalue else self.ename
+
+
+def default_socket_base() -> Path:
+    return Path(tempfile.gettempdir()) / f"wflo-{os.geteuid()}"
+
+
+def _private_dir(path: Path) -> Path:
+    """``path`` as a directory owned by us, mode 0700, not a symlink (created if missing)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise SandboxError(f"sandbox socket directory {path} is not a directory owned by us")
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        path.chmod(0o700)
+    return path
+
+
+def _grant_sandbox_access(directory: Path, sock_path: Path) -> None:
+    """Let uid 1000 in the container connect to the socket, and as few others as we can."""
+    euid = os.geteuid()
+    if euid == 0:
+        os.chown(directory, SANDBOX_UID, SANDBOX_UID)  # stays 0700: root and uid 1000 only
+        os.chown(sock_path, SANDBOX_UID, SANDBOX_UID)
+    elif euid != SANDBOX_UID:
+        # Cannot chown: open the path to others; the per-container token in `ready`
+        # authenticates the agent, and the socket is unlinked once it connected.
+        directory.chmod(0o711)
+        sock_path.chmod(0o666)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exit code unknown"
+    if code > 128:
+        with contextlib.suppress(ValueError):
+            return f"exit code {code}, {signal.Signals(code - 128).name}"
+    return f"exit code {code}"
+
+
+class _Box:
+    """One running container and its channel."""
+
+    def __init__(
+        self,
+        container: Container,
+        sock: socket.socket,
+        sock_dir: Path,
+        limits: SandboxLimits,
+        ready: Frame,
+    ) -> None:
+        self.container = container
+        self.sock = sock
+        self.sock_dir = sock_dir
+        self.limits = limits
+        self.ready = ready
+        self.decoder = FrameDecoder(MAX_FRAME_BYTES)
+        self.send_lock = threading.Lock()
+        self.cells = 0
+        self.destroyed = False
+
+    @property
+    def container_id(self) -> str:
+        return self.container.id or ""
+
+    def send(self, frame: Frame) -> None:
+        data = encode_frame(frame)
+        with self.send_lock:
+            self.sock.sendall(data)
+
+    def read(self, timeout_s: float) -> list[Frame]:
+        """Frames that arrive within ``timeout_s`` ([] if none); ``ChannelClosed`` at EOF."""
+        readable, _, _ = select.select([self.sock], [], [], max(0.0, timeout_s))
+        if not readable:
+            return []
+        data = self.sock.recv(1 << 20)
+        if not data:
+            self.decoder.close()
+            raise ChannelClosed("the sandbox agent closed the channel")
+        return self.decoder.feed(data)
+
+    def channel_alive(self) -> bool:
+        """False if the agent has gone away since the last cell (EOF or junk waiting)."""
+        try:
+            waiting = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return bool(waiting)  # b"": EOF, the agent is gone
+
+    def wait_exit(self, timeout_s: float) -> tuple[int | None, bool]:
+        """(exit code or None if it had to be killed, OOM-killed?) once the container ended."""
+        code: int | None
+        try:
+            status = self.container.wait(timeout=timeout_s)
+            code = int(status.get("StatusCode", -1))
+        except (requests.exceptions.RequestException, APIError, NotFound):
+            code = None
+            self.kill()
+        oom = False
+        with contextlib.suppress(APIError, NotFound, requests.exceptions.RequestException):
+            self.container.reload()
+            oom = bool(self.container.attrs.get("State", {}).get("OOMKilled"))
+        return code, oom
+
+    def kill(self) -> None:
+        with contextlib.suppress(APIError, NotFound, requests.exceptions.RequestException):
+            self.container.kill()
+
+    def destroy(self) -> None:
+        """Close the channel, remove the container and the socket directory (idempotent)."""
+        if self.destroyed:
+            return
+        self.destroyed = True
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        with contextlib.suppress(APIError, NotFound, requests.exceptions.RequestException):
+            self.container.remove(force=True)
+        shutil.rmtree(self.sock_dir, ignore_errors=True)
+
+
+class SandboxSession:
+    """A persistent sandbox: one container with the agent, reused by every cell.
+
+    Started lazily by the first ``execute`` (or eagerly by ``start()``, e.g. from a
+    background thread after ``%load_ext``). A container lost to a timeout kill, an OOM
+    kill, a dead agent or ``stop_if_idle`` is replaced by the next ``execute``.
+    """
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        session_id: str,
+        *,
+        image: str = DEFAULT_IMAGE,
+        limits: SandboxLimits | None = None,
+        socket_base: Path | None = None,
+        role: str = "session",
+        ready_timeout_s: float = 30.0,
+        interrupt_grace_s: float = 2.0,
+        agent_dir: Path = AGENT_DIR,
+    ) -> None:
+        self.client = client
+        self.session_id = session_id
+        self.image = image
+        self.limits = limits or SandboxLimits()
+        self.socket_base = socket_base
+        self.role = role
+        self.ready_timeout_s = ready_timeout_s
+        self.interrupt_grace_s = interrupt_grace_s
+        self.agent_dir = agent_dir
+        self._lock = threading.RLock()
+        self._box: _Box | None = None
+        self._image_checked = False
+        self._busy = False
+        self._closing = False
+        self._last_used = time.monotonic()
+        self._lost_notice: str | None = None
+        self._running_cell: str | None = None
+        self._interrupt_request: tuple[str, float] | None = None
+
+    # -- introspection ------------------------------------------------------------------
+
+    @property
+    def container_id(self) -> str | None:
+        box = self._box
+        return box.container_id if box is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._box is not None
+
+    @property
+    def idle_seconds(self) -> float:
+        return 0.0 if self._busy else time.monotonic() - self._last_used
+
+    def labels(self) -> dict[str, str]:
+        return {
+            f"{LABEL_PREFIX}.session": self.session_id,
+            f"{LABEL_PREFIX}.kernel-pid": str(os.getpid()),
+            f"{LABEL_PREFIX}.hostname": socket.gethostname(),
+            f"{LABEL_PREFIX}.created": datetime.now(UTC).isoformat(timespec="seconds"),
+            f"{LABEL_PREFIX}.role": self.role,
+        }
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the container and wait for its agent (no-op when one is running)."""
+        with self._lock:
+            if self._box is None:
+                self._box = self._launch()
+
+    def restart(self) -> None:
+        """Replace the container by a new one (the namespace is dropped)."""
+        with self._lock:
+            self._discard()
+            self._lost_notice = None
+            self._box = self._launch()
+
+    def close(self) -> None:
+        """Remove the container and the socket directory. Idempotent; may be called from
+        another thread while a cell runs (that cell then ends with ``killed``)."""
+        self._closing = True
+        try:
+            box = self._box
+            if box is not None:
+                box.kill()  # unblocks a running execute, which then cleans up
+            with self._lock:
+                self._discard()
+                self._lost_notice = None
+        finally:
+            self._closing = False
+
+    def __enter__(self) -> SandboxSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def stop_if_idle(self, idle_s: float) -> bool:
+        """Stop the container if no cell ran for ``idle_s`` seconds; the next ``execute``
+        starts a new one and reports ``state_lost`` with a notice. True if it stopped."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            box = self._box
+            if box is None or self._busy or time.monotonic() - self._last_used < idle_s:
+                return False
+            self._discard()
+            if box.cells:
+                self._lost_notice = (
+                    f"the sandbox was idle for more than {idle_s:g} s and was stopped; "
+                    "this cell runs in a new one, state from earlier cells was lost"
+                )
+            return True
+        finally:
+            self._lock.release()
+
+    def interrupt(self) -> bool:
+        """Raise KeyboardInterrupt in the running cell (any thread). If the cell does not
+        stop within the grace period, its container is killed. True if a cell was running."""
+        box, cell_id = self._box, self._running_cell
+        if box is None or cell_id is None:
+            return False
+        self._interrupt_request = (cell_id, time.monotonic())
+        with contextlib.suppress(OSError, ProtocolError):
+            box.send({"type": "interrupt", "id": cell_id})
+        return True
+
+    def ping(self, timeout_s: float = 5.0) -> float:
+        """Round trip of a ``ping`` frame to the agent in seconds (starts the container)."""
+        with self._lock:
+            if self._box is None:
+                self._box = self._launch()
+            box = self._box
+            ping_id = uuid.uuid4().hex
+            started = time.perf_counter()
+            box.send({"type": "ping", "id": ping_id})
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                for frame in box.read(deadline - time.monotonic()):
+                    if frame["type"] == "pong" and frame.get("id") == ping_id:
+                        return time.perf_counter() - started
+            raise SandboxError(f"the sandbox agent did not answer a ping within {timeout_s:g} s")
+
+    # -- cells --------------------------------------------------------------------------
+
+    def execute(
+        self,
+        code: str,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        outputs: Sequence[str] = (),
+        timeout_s: float = 60.0,
+        on_stream: StreamCallback | None = None,
+        on_display: DisplayCallback | None = None,
+        output_cap: int = DEFAULT_OUTPUT_CAP,
+        limits: SandboxLimits | None = None,
+    ) -> ExecResult:
+        """Run ``code`` in the session's namespace; stream output through the callbacks.
+
+        Never raises for what the code does (errors, timeouts, limits, a dead agent are in
+        the result). Raises ``SandboxError`` when no container could be started and
+        ``ValueTransferError`` when an ``inputs`` value cannot be pickled.
+        """
+        payload = encode_inputs(inputs or {})
+        with self._lock:
+            self._busy = True
+            try:
+                return self._execute(
+                    code,
+                    payload,
+                    list(outputs),
+                    timeout_s,
+                    on_stream,
+                    on_display,
+                    output_cap,
+                    limits,
+                )
+            finally:
+                self._running_cell = None
+                self._busy = False
+                self._last_used = time.monotonic()
+
+    def run_fresh(self, code: str, **kwargs: Any) -> ExecResult:
+        """``--fresh``: run ``code`` in a throwaway container (same image, limits and agent;
+        none of this session's state), removed afterwards. Same arguments as ``execute``."""
+        limits = kwargs.pop("limits", None) or self.limits
+        fresh = SandboxSession(
+            self.client,
+            self.session_id,
+            image=self.image,
+            limits=limits,
+            socket_base=self.socket_base,
+            role="fresh",
+            ready_timeout_s=self.ready_timeout_s,
+            interrupt_grace_s=self.interrupt_grace_s,
+            agent_dir=self.agent_dir,
+        )
+        try:
+            return fresh.execute(code, **kwargs)
+        finally:
+            fresh.close()
+
+    def _execute(
+        self,
+        code: str,
+        inputs: dict[str, dict[str, str]],
+        outputs: list[str],
+        timeout_s: float,
+        on_stream: StreamCallback | None,
+        on_display: DisplayCallback | None,
+        output_cap: int,
+        limits: SandboxLimits | None,
+    ) -> ExecResult:
+        result = ExecResult(ok=False, exit_reason="error")
+        parts: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        try:
+            return self._run_cell(
+                result,
+                parts,
+                code,
+                inputs,
+                outputs,
+                timeout_s,
+                on_stream,
+                on_display,
+                output_cap,
+                limits,
+            )
+        finally:
+            result.stdout = "".join(parts["stdout"])
+            result.stderr = "".join(parts["stderr"])
+
+    def _run_cell(
+        self,
+        result: ExecResult,
+        parts: dict[str, list[str]],
+        code: str,
+        inputs: dict[str, dict[str, str]],
+        outputs: list[str],
+        timeout_s: float,
+        on_stream: StreamCallback | None,
+        on_display: DisplayCallback | None,
+        output_cap: int,
+        limits: SandboxLimits | None,
+    ) -> ExecResult:
+        started = time.monotonic()
+        if self._lost_notice:
+            result.notices.append(self._lost_notice)
+            result.state_lost = True
+            self._lost_notice = None
+        box = self._box
+        if box is not None and not box.channel_alive():
+            code_, oom = box.wait_exit(2.0)
+            self._discard()
+            what = (
+                f"memory limit {format_size(box.limits.memory_bytes)} exceeded (OOM-killed)"
+                if oom
+                else f"the sandbox agent died ({_describe_exit(code_)})"
+            )
+            if box.cells:
+                result.state_lost = True
+                result.notices.append(
+                    f"{what} after the last cell; this cell runs in a new sandbox, "
+                    "state from earlier cells was lost"
+                )
+            box = None
+        if box is None:
+            box = self._box = self._launch(limits)
+        elif limits is not None and limits != box.limits:
+            self._apply_limits(box, limits, result)
+        result.container_id = box.container_id
+        cell_id = uuid.uuid4().hex
+        frame = {
+            "type": "exec",
+            "id": cell_id,
+            "code": code,
+            "inputs": inputs,
+            "outputs": outputs,
+            "output_cap": int(output_cap),
+        }
+        try:
+            box.send(frame)
+        except ProtocolError as exc:
+            raise ValueTransferError("inputs", f"cannot send the cell: {exc}") from None
+        except OSError as exc:
+            return self._lost(box, result, started, exc)
+        box.cells += 1
+        self._running_cell = cell_id
+        deadline = started + timeout_s
+        interrupted_by: str | None = None
+        host_cap = int(output_cap) + MB  # the agent enforces the cap; this guards the host
+        received = 0
+        callback_failed = False
+        while True:
+            now = time.monotonic()
+            request = self._interrupt_request
+            if request is not None and request[0] == cell_id and interrupted_by is None:
+                interrupted_by = "user"
+                deadline = request[1] + self.interrupt_grace_s
+            if now >= deadline:
+                if interrupted_by is None:
+                    interrupted_by = "timeout"
+                    deadline = now + self.interrupt_grace_s
+                    with contextlib.suppress(OSError):
+                        box.send({"type": "interrupt", "id": cell_id})
+                    continue
+                return self._kill_stuck(box, result, started, timeout_s, interrupted_by)
+            try:
+                frames = box.read(min(deadline - now, 0.25))
+            except KeyboardInterrupt:  # the kernel was interrupted while waiting
+                if interrupted_by is None:
+                    self._interrupt_request = (cell_id, time.monotonic())
+                    with contextlib.suppress(OSError):
+                        box.send({"type": "interrupt", "id": cell_id})
+                    continue
+                return self._kill_stuck(box, result, started, timeout_s, interrupted_by)
+            except (ProtocolError, OSError) as exc:
+                return self._lost(box, result, started, exc)
+            for incoming in frames:
+                kind = incoming["type"]
+                if incoming.get("id") != cell_id:
+                    continue
+                if kind == "stream":
+                    text = str(incoming.get("text", ""))
+                    name = "stderr" if incoming.get("name") == "stderr" else "stdout"
+                    received += len(text)
+                    if received > host_cap:
+                        continue
+                    parts[name].append(text)
+                    if on_stream is not None:
+                        try:
+                            on_stream(name, text)
+                        except Exception as exc:
+                            callback_failed = self._callback_failed(result, exc, callback_failed)
+                elif kind == "display":
+                    data = incoming.get("data")
+                    metadata = incoming.get("metadata")
+                    if not isinstance(data, dict):
+                        continue
+                    metadata = metadata if isinstance(metadata, dict) else {}
+                    if on_display is None:
+                        result.displays.append((data, metadata))
+                        continue
+                    try:
+                        on_display(data, metadata)
+                    except Exception as exc:
+                        callback_failed = self._callback_failed(result, exc, callback_failed)
+                elif kind == "result":
+                    return self._finish(result, incoming, started, timeout_s, interrupted_by)
+                elif kind == "llm_request":  # reserved: the gateway answers these later
+                    with contextlib.suppress(OSError):
+                        box.send(
+                            {
+                                "type": "llm_response",
+                                "id": cell_id,
+                                "call_id": incoming.get("call_id"),
+                                "ok": False,
+                                "error": "no LLM gateway is attached to this sandbox",
+                            }
+                        )
+
+    @staticmethod
+    def _callback_failed(result: ExecResult, exc: Exception, already: bool) -> bool:
+        if not already:
+            result.notices.append(f"an output callback failed: {type(exc).__name__}: {exc}")
+        return True
+
+    def _finish(
+        self,
+        result: ExecResult,
+        frame: Frame,
+        started: float,
+        timeout_s: float,
+        interrupted_by: str | None,
+    ) -> ExecResult:
+        result.seconds = time.monotonic() - started
+        count = frame.get("execution_count")
+        result.execution_count = count if isinstance(count, int) else None
+        payloads = frame.get("outputs")
+        if isinstance(payloads, dict):
+            result.outputs, result.output_errors = decode_outputs(payloads)
+        if frame.get("ok") is True:
+            result.ok = True
+            result.exit_reason = "ok"
+            return result
+        error = frame.get("error") if isinstance(frame.get("error"), dict) else {}
+        assert isinstance(error, dict)
+        result.ename = str(error.get("ename") or "Error")
+        result.evalue = str(error.get("evalue") or "")
+        result.traceback = str(error.get("traceback") or "")
+        if result.ename == "KeyboardInterrupt" and interrupted_by == "timeout":
+            result.exit_reason = "timeout"
+            result.ename = "TimeoutError"
+            result.evalue = (
+                f"the cell ran longer than {timeout_s:g} s and was interrupted; "
+                "the session's state is kept"
+            )
+        elif result.ename == "KeyboardInterrupt" and interrupted_by == "user":
+            result.exit_reason = "interrupted"
+        else:
+            result.exit_reason = "error"
+        return result
+
+    def _kill_stuck(
+        self,
+        box: _Box,
+        result: ExecResult,
+        started: float,
+        timeout_s: float,
+        interrupted_by: str | None,
+    ) -> ExecResult:
+        """The cell ignored the interrupt for the whole grace period: kill the container."""
+        box.kill()
+        self._discard()
+        result.seconds = time.monotonic() - started
+        result.state_lost = True
+        result.ok = False
+        if interrupted_by == "user":
+            result.exit_reason = "interrupted"
+            result.ename = "KeyboardInterrupt"
+            result.evalue = (
+                f"the cell did not stop within {self.interrupt_grace_s:g} s of the interrupt; "
+                "the sandbox was killed and its state was lost"
+            )
+        else:
+            result.exit_reason = "timeout"
+            result.ename = "TimeoutError"
+            result.evalue = (
+                f"the cell ran longer than {timeout_s:g} s and did not stop when interrupted; "
+                "the sandbox was killed and its state was lost"
+            )
+        return result
+
+    def _lost(self, box: _Box, result: ExecResult, started: float, exc: Exception) -> ExecResult:
+        """The channel ended or broke while a cell ran: find out why, drop the container."""
+        corrupted = isinstance(exc, ProtocolError) and not isinstance(exc, ChannelClosed)
+        if corrupted:
+            box.kill()
+        code, oom = box.wait_exit(3.0)
+        self._discard()
+        result.seconds = time.monotonic() - started
+        result.ok = False
+        result.state_lost = True
+        if self._closing:
+            result.exit_reason = "killed"
+            result.ename = "SandboxKilled"
+            result.evalue = "the sandbox session was closed while the cell ran"
+        elif oom:
+            result.exit_reason = "oom"
+            result.ename = "MemoryLimitExceeded"
+            result.evalue = (
+                f"memory limit {format_size(box.limits.memory_bytes)} exceeded (OOM-killed); "
+                "state was lost"
+            )
+        elif corrupted:
+            result.exit_reason = "agent_died"
+            result.ename = "SandboxDied"
+            result.evalue = (
+                f"the sandbox channel was corrupted ({exc}); the sandbox was killed "
+                "and state was lost"
+            )
+        elif code == AGENT_EXIT_CHANNEL_LOST:
+            result.exit_reason = "agent_died"
+            result.ename = "SandboxDied"
+            result.evalue = (
+                f"the sandbox agent lost its channel to the host (exit code {code}); state was lost"
+            )
+        elif code is None:
+            result.exit_reason = "agent_died"
+            result.ename = "SandboxDied"
+            result.evalue = (
+                "the sandbox agent closed its channel; the sandbox was killed and state was lost"
+            )
+        else:
+            result.exit_reason = "agent_died"
+            result.ename = "SandboxDied"
+            result.evalue = f"the sandbox agent died ({_describe_exit(code)}); state was lost"
+        return result
+
+    def _apply_limits(self, box: _Box, limits: SandboxLimits, result: ExecResult) -> None:
+        """Change memory / CPU / pids limits of the running container in place."""
+        api = cast(Any, self.client.api)
+        data = {
+            "Memory": limits.memory_bytes,
+            "MemorySwap": limits.memory_bytes,
+            "NanoCpus": int(limits.cpus * 1e9),
+            "PidsLimit": limits.pids_limit,
+        }
+        try:
+            response = api._post_json(
+                api._url("/containers/{0}/update", box.container_id), data=data
+            )
+            api._raise_for_status(response)
+        except (APIError, requests.exceptions.RequestException) as exc:
+            explanation = getattr(exc, "explanation", None) or str(exc)
+            result.notices.append(
+                f"could not change the running sandbox's limits ({' '.join(explanation.split())}); "
+                f"this cell runs with memory {format_size(box.limits.memory_bytes)}, "
+                f"{box.limits.cpus:g} CPUs, {box.limits.pids_limit} pids"
+            )
+            return
+        box.limits = replace(
+            limits, workspace_size=box.limits.workspace_size, tmp_size=box.limits.tmp_size
+        )
+
+    # -- containers ---------------------------------------------------------------------
+
+    def _discard(self) -> None:
+        box, self._box = self._box, None
+        if box is not None:
+            box.destroy()
+
+    def _socket_dir(self) -> Path:
+        base = self.socket_base or default_socket_base()
+        # A Unix socket path has to fit in 108 bytes.
+        if len(str(base)) > 60:
+            base = default_socket_base()
+        _private_dir(base)
+        return Path(tempfile.mkdtemp(prefix=f"s{os.getpid()}-", dir=base))
+
+    def _launch(self, limits: SandboxLimits | None = None) -> _Box:
+        """Create, start and handshake one container. Never leaks one when this fails."""
+        limits = limits or self.limits
+        if not self._image_checked:
+            check_image(self.client, self.image)
+            self._image_checked = True
+        sock_dir = self._socket_dir()
+        sock_path = sock_dir / SOCKET_NAME
+        listener: socket.socket | None = None
+        container: Container | None = None
+        conn: socket.socket | None = None
+        launched: _Box | None = None
+        try:
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(str(sock_path))
+            listener.listen(4)
+            _grant_sandbox_access(sock_dir, sock_path)
+            token = secrets.token_hex(16)
+            options = hardened_options(
+                memory_bytes=limits.memory_bytes,
+                cpus=limits.cpus,
+                pids_limit=limits.pids_limit,
+                labels=self.labels(),
+                environment={**SANDBOX_ENV, "WFLO_AGENT_TOKEN": token},
+                workspace_size=limits.workspace_size,
+                tmp_size=limits.tmp_size,
+            )
+            try:
+                container = self.client.containers.create(
+                    self.image,
+                    ["python3", "-I", f"{AGENT_MOUNT}/agent.py", f"{SOCKET_MOUNT}/{SOCKET_NAME}"],
+                    detach=True,
+                    init=True,
+                    volumes={
+                        str(self.agent_dir): {"bind": AGENT_MOUNT, "mode": "ro"},
+                        str(sock_dir): {"bind": SOCKET_MOUNT, "mode": "ro"},
+                    },
+                    **options,
+                )
+                container.start()
+            except APIError as exc:
+                raise SandboxError(
+                    f"could not start the sandbox: {' '.join(str(exc.explanation or exc).split())}"
+                ) from None
+            except (DockerException, requests.exceptions.RequestException) as exc:
+                raise SandboxError(
+                    f"could not start the sandbox: {type(exc).__name__}: {exc}"
+                ) from None
+            conn, ready = self._accept(listener, container, token)
+            box = _Box(container, conn, sock_dir, limits, ready)
+            conn = None
+            container = None
+            launched = box
+            return box
+        finally:
+            if listener is not None:
+                listener.close()
+            with contextlib.suppress(OSError):
+                sock_path.unlink()  # nobody else can connect from now on
+            if conn is not None:
+                conn.close()
+            if container is not None:  # failed half way: never leak it
+                with contextlib.suppress(APIError, NotFound, requests.exceptions.RequestException):
+                    container.remove(force=True)
+            if launched is None:
+                shutil.rmtree(sock_dir, ignore_errors=True)
+
+    def _accept(
+        self, listener: socket.socket, container: Container, token: str
+    ) -> tuple[socket.socket, Frame]:
+        """Wait for the agent to connect and say ``ready`` with the right token."""
+        deadline = time.monotonic() + self.ready_timeout_s
+        next_check = time.monotonic() + 0.5
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                raise SandboxError(
+                    f"the sandbox agent did not connect within {self.ready_timeout_s:g} s"
+                    + self._logs_hint(container)
+                )
+            readable, _, _ = select.select([listener], [], [], min(0.1, deadline - now))
+            if not readable:
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + 0.5
+                    container.reload()
+                    if container.status in ("exited", "dead"):
+                        code = container.attrs.get("State", {}).get("ExitCode")
+                        raise SandboxError(
+                            f"the sandbox agent exited at start (exit code {code})"
+                            + self._logs_hint(container)
+                        )
+                continue
+            conn, _ = listener.accept()
+            try:
+                conn.settimeout(max(0.5, deadline - time.monotonic()))
+                frame = recv_frame(conn, HANDSHAKE_MAX_FRAME_BYTES)
+                conn.settimeout(None)
+            except (ProtocolError, OSError):
+                conn.close()
+                continue
+            presented = frame.get("token")
+            if (
+                frame["type"] == "ready"
+                and isinstance(presented, str)
+                and hmac.compare_digest(presented.encode(), token.encode())
+            ):
+                return conn, frame
+            conn.close()
+
+    @staticmethod
+    def _logs_hint(container: Container) -> str:
+        try:
+            logs = container.logs(tail=5).decode("utf-8", "replace").strip()
+        except (APIError, NotFound, requests.exceptions.RequestException):
+            return ""
+        last = logs.splitlines()[-1] if logs else ""
+        return f": {last}" if last else ""
+
+
+# -- orphans ----------------------------------------------------------------------------
+
+
+def _process_started_after(pid: int, moment: datetime) -> bool:
+    """True if process ``pid`` started after ``moment`` (its pid was reused); False if
+    unknown (no /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        started = boot + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
+    return started > moment.timestamp() + 2
+
+
+def kernel_alive(pid: int, created: str | None = None) -> bool:
+    """Is ``pid`` a live process on this host that existed when ``created`` (ISO time)?"""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    if created:
+        try:
+            moment = datetime.fromisoformat(created)
+        except ValueError:
+            return True
+        if _process_started_after(pid, moment):
+            return False
+    return True
+
+
+def reap_orphans(client: docker.DockerClient, *, socket_base: Path | None = None) -> list[str]:
+    """Remove ``org.wflo.*`` containers whose kernel process is gone from this host (and
+    their leftover socket directories). Returns the ids of the removed containers."""
+    host = socket.gethostname()
+    removed: list[str] = []
+    found = client.containers.list(all=True, filters={"label": f"{LABEL_PREFIX}.kernel-pid"})
+    for container in found:
+        labels = container.labels or {}
+        if labels.get(f"{LABEL_PREFIX}.hostname", host) != host:
+            continue
+        try:
+            pid = int(labels.get(f"{LABEL_PREFIX}.kernel-pid", ""))
+        except ValueError:
+            continue
+        if pid == os.getpid() or kernel_alive(pid, labels.get(f"{LABEL_PREFIX}.created")):
+            continue
+        try:
+            container.remove(force=True)
+        except NotFound:
+            continue
+        except APIError:
+            continue
+        removed.append(container.id or "")
+    base = socket_base or default_socket_base()
+    if base.is_dir():
+        for entry in base.iterdir():
+            pid_text = entry.name[1:].split("-", 1)[0]
+            if (
+                entry.name.startswith("s")
+                and pid_text.isdigit()
+                and int(pid_text) != os.getpid()
+                and not kernel_alive(int(pid_text))
+            ):
+                shutil.rmtree(entry, ignore_errors=True)
+    return removed
