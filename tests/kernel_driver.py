@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ class CellRun:
     stderr: str = ""
     error: dict[str, Any] | None = None
     data: list[dict[str, Any]] = field(default_factory=list)
+    timeline: list[tuple[float, str, str]] = field(default_factory=list)
 
     @property
     def error_line(self) -> str:
@@ -47,6 +49,7 @@ class Kernel:
                 continue
             kind, content = msg["msg_type"], msg["content"]
             if kind == "stream":
+                result.timeline.append((time.monotonic(), content["name"], content["text"]))
                 if content["name"] == "stdout":
                     result.stdout += content["text"]
                 else:

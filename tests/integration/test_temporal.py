@@ -12,8 +12,11 @@ from wflo_jupyter.core.steps import StepInput
 from wflo_jupyter.ledger.store import Ledger
 from wflo_jupyter.orchestration.activities import StepActivities
 from wflo_jupyter.orchestration.loop import BackgroundLoop
+from wflo_jupyter.orchestration.stepio import StepIO, StepIORegistry
 from wflo_jupyter.orchestration.worker import StepRunner
-from wflo_jupyter.sandbox.docker_runner import DockerSandbox
+from wflo_jupyter.sandbox.session import SandboxSession
+
+Env = tuple[StepRunner, Ledger, str, StepIORegistry]
 
 pytestmark = [
     pytest.mark.integration,
@@ -29,17 +32,31 @@ def env(
     temporal_address: str,
     docker_client: docker.DockerClient,
     runtime_image: str,
-) -> Iterator[tuple[StepRunner, Ledger, str]]:
+) -> Iterator[tuple[StepRunner, Ledger, str, StepIORegistry]]:
     session_id = str(uuid.uuid4())
     ledger = Ledger.connect(fresh_database_url)
     ledger.open_session(session_id)
     loop = BackgroundLoop()
-    activities = StepActivities(ledger, DockerSandbox(docker_client, session_id))
+    sandbox = SandboxSession(docker_client, session_id, image=runtime_image)
+    fresh_images: dict[str, SandboxSession] = {}
+
+    def sandbox_for(image: str) -> SandboxSession:
+        if image == runtime_image:
+            return sandbox
+        return fresh_images.setdefault(
+            image, SandboxSession(docker_client, session_id, image=image)
+        )
+
+    registry = StepIORegistry()
+    activities = StepActivities(ledger, sandbox_for, registry)
     runner = StepRunner(loop, temporal_address, "default", f"test-{session_id}", activities)
-    yield runner, ledger, session_id
+    yield runner, ledger, session_id, registry
     runner.close()
     loop.stop()
     ledger.close()
+    sandbox.close()
+    for other in fresh_images.values():
+        other.close()
 
 
 def _step(session_id: str, code: str, image: str, **overrides: object) -> StepInput:
@@ -59,14 +76,16 @@ def _step(session_id: str, code: str, image: str, **overrides: object) -> StepIn
     return StepInput(**fields)  # type: ignore[arg-type]
 
 
-def test_workflow_runs_code_and_records_the_step(
-    env: tuple[StepRunner, Ledger, str], runtime_image: str
-) -> None:
-    runner, ledger, session_id = env
+def test_workflow_runs_code_and_records_the_step(env: Env, runtime_image: str) -> None:
+    runner, ledger, session_id, registry = env
     step = _step(session_id, "print('from temporal')", runtime_image)
+    io = registry.open(step.step_id, StepIO())
     result = runner.run(step, timeout_s=120)
     assert result.ok
-    assert result.stdout == "from temporal\n"
+    streamed = []
+    while not io.events.empty():
+        streamed.append(io.events.get_nowait())
+    assert streamed == [("stream", "stdout", "from temporal\n")]
     assert result.workflow_id == f"wflo-step-{step.step_id}"
     assert runner.describe(result.workflow_id) == "COMPLETED"
     row = ledger.step(step.step_id)
@@ -77,10 +96,8 @@ def test_workflow_runs_code_and_records_the_step(
     assert row.workflow_id == result.workflow_id
 
 
-def test_failing_code_fails_the_step_not_the_workflow(
-    env: tuple[StepRunner, Ledger, str], runtime_image: str
-) -> None:
-    runner, ledger, session_id = env
+def test_failing_code_fails_the_step_not_the_workflow(env: Env, runtime_image: str) -> None:
+    runner, ledger, session_id, _registry = env
     step = _step(session_id, "raise ValueError('bad input')", runtime_image)
     result = runner.run(step, timeout_s=120)
     assert (result.status, result.error_name, result.error_value) == (
@@ -95,10 +112,8 @@ def test_failing_code_fails_the_step_not_the_workflow(
     assert row.error == "ValueError: bad input"
 
 
-def test_code_execution_with_timeout(
-    env: tuple[StepRunner, Ledger, str], runtime_image: str
-) -> None:
-    runner, ledger, session_id = env
+def test_code_execution_with_timeout(env: Env, runtime_image: str) -> None:
+    runner, ledger, session_id, _registry = env
     step = _step(session_id, "import time; time.sleep(120)", runtime_image, timeout_s=2.0)
     result = runner.run(step, timeout_s=120)
     assert result.exit_reason == "timeout"
@@ -108,10 +123,8 @@ def test_code_execution_with_timeout(
     assert row.exit_reason == "timeout"
 
 
-def test_retries_rerun_a_failing_cell(
-    env: tuple[StepRunner, Ledger, str], runtime_image: str
-) -> None:
-    runner, _ledger, session_id = env
+def test_retries_rerun_a_failing_cell(env: Env, runtime_image: str) -> None:
+    runner, _ledger, session_id, _registry = env
     step = _step(session_id, "import random; raise SystemExit(1)", runtime_image, retries=2)
     result = runner.run(step, timeout_s=180)
     assert result.status == "failed"
@@ -128,8 +141,8 @@ async def _count_activities(runner: StepRunner, workflow_id: str) -> dict[str, i
     return counts
 
 
-def test_missing_image_is_a_clear_step_failure(env: tuple[StepRunner, Ledger, str]) -> None:
-    runner, ledger, session_id = env
+def test_missing_image_is_a_clear_step_failure(env: Env) -> None:
+    runner, ledger, session_id, _registry = env
     step = _step(session_id, "print(1)", "wflo-missing:none")
     result = runner.run(step, timeout_s=120)
     assert result.exit_reason == "sandbox"

@@ -29,3 +29,7 @@ class StepFailed(WfloError):
     def __init__(self, message: str, traceback_text: str = "") -> None:
         super().__init__(message)
         self.traceback_text = traceback_text
+
+
+class UnsafeOutput(WfloError):
+    """A ``--out`` value is not in a safe format; it was not brought back."""

@@ -6,29 +6,44 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from IPython.display import HTML
+from IPython.display import HTML, publish_display_data
 
 from wflo_jupyter.core.money import format_usd
 from wflo_jupyter.core.steps import StepResult
 from wflo_jupyter.ledger.models import StepRow
+from wflo_jupyter.orchestration.stepio import OutputEvent
 from wflo_jupyter.session import WfloSession
 
 
+def show_event(event: OutputEvent) -> None:
+    """Render one live output event of the sandbox in the running cell."""
+    kind, first, second = event
+    if kind == "stream":
+        stream = sys.stderr if first == "stderr" else sys.stdout
+        stream.write(second)
+        stream.flush()
+    elif kind == "display":
+        publish_display_data(first, second or {})
+    elif kind == "notice":
+        sys.stderr.write(f"[wflo] {first}\n")
+        sys.stderr.flush()
+
+
 def show_result(result: StepResult) -> None:
-    """Write the sandbox's stdout and stderr to the running cell's streams."""
-    if result.stdout:
-        sys.stdout.write(result.stdout)
-        sys.stdout.flush()
-    if result.stderr:
-        sys.stderr.write(result.stderr)
+    """After the step: the sandbox traceback of a failed cell, on stderr."""
+    if not result.ok and result.traceback:
+        sys.stderr.write(
+            result.traceback if result.traceback.endswith("\n") else result.traceback + "\n"
+        )
         sys.stderr.flush()
 
 
 def failure_line(result: StepResult) -> str:
-    """``ZeroDivisionError: division by zero (in the sandbox, exit 1)``."""
+    """``ZeroDivisionError: division by zero (in the sandbox)``; a limit or a dead sandbox
+    names itself: ``... (in the sandbox: timeout)``."""
     what = f"{result.error_name}: {result.error_value}" if result.error_name else result.error_value
-    where = f"exit {result.exit_code}" if result.exit_code is not None else result.exit_reason
-    return f"{what or 'the cell failed'} (in the sandbox, {where})"
+    where = "" if result.exit_reason == "error" else f": {result.exit_reason}"
+    return f"{what or 'the cell failed'} (in the sandbox{where})"
 
 
 def _html_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -29,6 +29,7 @@ def load(shell: InteractiveShell) -> None:
     shell.register_magics(magics)
     shell.set_custom_exc((WfloError,), _show_wflo_error)
     setattr(shell, _MAGICS_ATTR, magics)
+    magics.prewarm()
 
 
 def unload(shell: InteractiveShell) -> None:

@@ -14,7 +14,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Float, Int, Unicode
 
 from wflo_jupyter.core.commands import parse_line_command
-from wflo_jupyter.core.errors import ConfigError, SpecError, StepFailed
+from wflo_jupyter.core.errors import ConfigError, SpecError, StepFailed, UnsafeOutput
 from wflo_jupyter.core.steps import StepDefaults, parse_step_spec
 from wflo_jupyter.jupyter import display
 from wflo_jupyter.session import WfloSession
@@ -32,6 +32,9 @@ class WfloMagics(Magics):
     pids_limit = Int(128, help="Sandbox process limit.").tag(config=True)
     image = Unicode("", help="Sandbox image (default: WFLO_RUNTIME_IMAGE).").tag(config=True)
     retries = Int(0, help="Default retries of a failing cell.").tag(config=True)
+    idle_timeout = Float(
+        1800.0, help="Seconds of inactivity after which the sandbox container is stopped."
+    ).tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
@@ -51,6 +54,7 @@ class WfloMagics(Magics):
                 notebook_path=os.environ.get("WFLO_NOTEBOOK_PATH")
                 or os.environ.get("JPY_SESSION_NAME"),
                 progress=lambda m: print(f"[wflo] {m}", file=sys.stderr),
+                idle_timeout_s=self.idle_timeout,
             )
         return self._session
 
@@ -75,12 +79,28 @@ class WfloMagics(Magics):
             spec = parse_step_spec(line, cell, self.defaults())
         except SpecError as exc:
             raise UsageError(str(exc)) from None
-        session = self.session
-        result = session.run_step(spec)
+        namespace = self.shell.user_ns if self.shell is not None else {}
+        missing = [name for name in spec.inputs if name not in namespace]
+        if missing:
+            raise UsageError(f"--in: no variable named {missing[0]!r} in the notebook")
+        inputs = {name: namespace[name] for name in spec.inputs}
+        result, io = self.session.run_step(spec, inputs, on_event=display.show_event)
         display.show_result(result)
+        namespace.update(io.values)
         if not result.ok:
             raise StepFailed(display.failure_line(result), result.traceback)
+        if io.value_errors:
+            raise UnsafeOutput("; ".join(io.value_errors.values()))
         return None
+
+    def prewarm(self) -> None:
+        """Start the sandbox container in the background (no-op on a bad setting: the
+        first cell reports it)."""
+        try:
+            image = self.defaults().image
+            self.session.prewarm(image)
+        except UsageError:
+            pass
 
     def _line(self, line: str) -> Any:
         try:

@@ -1,5 +1,5 @@
 """``StepActivities``: the activities of ``CellWorkflow``, methods on a class built with
-the session's ledger and sandbox."""
+the session's ledger, its sandbox sessions and the in-kernel step IO."""
 
 from __future__ import annotations
 
@@ -11,19 +11,13 @@ from temporalio.exceptions import ApplicationError
 from wflo_jupyter.core.errors import SandboxError
 from wflo_jupyter.core.steps import StepInput, StepResult
 from wflo_jupyter.ledger.store import Ledger
-from wflo_jupyter.sandbox.docker_runner import DockerSandbox
+from wflo_jupyter.orchestration.stepio import StepIO, StepIORegistry
+from wflo_jupyter.sandbox.session import ExecResult, SandboxLimits, SandboxSession
+from wflo_jupyter.sandbox.values import ValueTransferError
 
+TRACEBACK_LIMIT = 64 * 1024  # what travels through the workflow history
 
-def _error_from_stderr(stderr: str) -> tuple[str, str]:
-    """Exception name and message from the last line of a Python traceback."""
-    for line in reversed(stderr.strip().splitlines()):
-        if line.startswith("[wflo]"):
-            continue
-        name, sep, value = line.partition(":")
-        if sep and name.replace(".", "").replace("_", "").isalnum() and " " not in name:
-            return name.strip(), value.strip()
-        return "", line.strip()
-    return "", ""
+SandboxFor = Callable[[str], SandboxSession]
 
 
 class StepActivities:
@@ -32,11 +26,13 @@ class StepActivities:
     def __init__(
         self,
         ledger: Ledger,
-        sandbox: DockerSandbox,
+        sandbox_for: SandboxFor,
+        step_io: StepIORegistry,
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self.ledger = ledger
-        self.sandbox = sandbox
+        self.sandbox_for = sandbox_for
+        self.step_io = step_io
         self.on_change = on_change or (lambda: None)
 
     @activity.defn(name="open_step")
@@ -55,44 +51,49 @@ class StepActivities:
 
     @activity.defn(name="execute")
     def execute(self, step: StepInput) -> StepResult:
-        try:
-            run = self.sandbox.run(
-                step.code,
-                step_id=step.step_id,
-                image=step.image,
-                timeout_s=step.timeout_s,
-                memory_bytes=step.memory_bytes,
-                cpus=step.cpus,
-                pids_limit=step.pids_limit,
-            )
-        except SandboxError as exc:
-            raise ApplicationError(str(exc), type="SandboxError", non_retryable=True) from None
-        error_name, error_value = ("", "")
-        if run.reason == "timeout":
-            error_name, error_value = (
-                "TimeoutError",
-                f"cell exceeded --timeout {step.timeout_s:g} s",
-            )
-        elif run.reason == "oom":
-            error_name, error_value = "MemoryError", "memory limit exceeded (OOM-killed)"
-        elif run.reason != "ok":
-            error_name, error_value = _error_from_stderr(run.stderr)
-            error_name = error_name or "SandboxError"
-        return StepResult(
-            step_id=step.step_id,
-            status="completed" if run.reason == "ok" else "failed",
-            exit_code=run.exit_code,
-            exit_reason=run.reason,
-            stdout=run.stdout,
-            stderr=run.stderr,
-            error_name=error_name,
-            error_value=error_value,
-            traceback=run.stderr if run.reason != "ok" else "",
-            sandbox_seconds=run.seconds,
-            duration_s=run.seconds,
+        io = self.step_io.get(step.step_id) or StepIO()
+        limits = SandboxLimits(
+            memory_bytes=step.memory_bytes, cpus=step.cpus, pids_limit=step.pids_limit
         )
+        try:
+            sandbox = self.sandbox_for(step.image)
+            run = sandbox.run_fresh if io.fresh else sandbox.execute
+            result = run(
+                step.code,
+                inputs=io.inputs,
+                outputs=io.outputs,
+                timeout_s=step.timeout_s,
+                on_stream=io.stream,
+                on_display=io.display,
+                output_cap=io.output_cap,
+                limits=limits,
+            )
+        except (SandboxError, ValueTransferError) as exc:
+            raise ApplicationError(str(exc), type="SandboxError", non_retryable=True) from None
+        for notice in result.notices:
+            io.notice(notice)
+        io.values.update(result.outputs)
+        io.value_errors.update(result.output_errors)
+        io.state_lost = io.state_lost or result.state_lost
+        return _step_result(step, result)
 
     @activity.defn(name="close_step")
     def close_step(self, result: StepResult) -> None:
         self.ledger.finish_step(result)
         self.on_change()
+
+
+def _step_result(step: StepInput, result: ExecResult) -> StepResult:
+    """The JSON-sized summary of a sandbox run that the workflow records."""
+    status = "completed" if result.ok else "failed"
+    return StepResult(
+        step_id=step.step_id,
+        status=status,
+        exit_code=0 if result.ok else (1 if result.exit_reason == "error" else None),
+        exit_reason=result.exit_reason,
+        error_name=result.ename if not result.ok else "",
+        error_value=result.evalue if not result.ok else "",
+        traceback=result.traceback[-TRACEBACK_LIMIT:],
+        sandbox_seconds=result.seconds,
+        duration_s=result.seconds,
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.worker import Worker
@@ -49,8 +49,8 @@ class StepRunner:
         self._worker_task = asyncio.get_running_loop().create_task(worker.run())
         return worker
 
-    def run(self, step: StepInput, timeout_s: float) -> StepResult:
-        """Run one step to its end and return its result."""
+    def submit(self, step: StepInput) -> Future[StepResult]:
+        """Start the step's workflow; the future resolves to its result."""
 
         async def go() -> StepResult:
             return await self.client.execute_workflow(
@@ -61,10 +61,18 @@ class StepRunner:
                 request_eager_start=True,
             )
 
+        return self.loop.submit(go())
+
+    def result(self, future: Future[StepResult], timeout_s: float | None = None) -> StepResult:
+        """Wait for a submitted step; workflow failures become one-line ``WfloError``s."""
         try:
-            return self.loop.run(go(), timeout_s)
+            return future.result(timeout_s)
         except WorkflowFailureError as exc:
             raise WfloError(f"workflow failed: {exc.cause or exc}") from None
+
+    def run(self, step: StepInput, timeout_s: float) -> StepResult:
+        """Run one step to its end and return its result."""
+        return self.result(self.submit(step), timeout_s)
 
     def describe(self, workflow_id: str) -> str:
         """The workflow's status name (``COMPLETED``, ``RUNNING``, ...)."""
