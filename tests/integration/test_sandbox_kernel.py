@@ -3,7 +3,6 @@ live output, rich display, --in/--out, and a long session that leaks nothing."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import docker
