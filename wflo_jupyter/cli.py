@@ -223,6 +223,30 @@ def relay(
         ledger.close()
 
 
+sandbox_app = typer.Typer(help="Sandbox containers.", no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+
+
+@sandbox_app.command("prune")
+def sandbox_prune() -> None:
+    """Remove sandbox containers whose kernel is gone (and their socket directories)."""
+    from wflo_jupyter.sandbox.docker_runner import connect_docker
+    from wflo_jupyter.sandbox.session import reap_orphans
+
+    try:
+        client = connect_docker(_settings().docker_host)
+    except WfloError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    try:
+        removed = reap_orphans(client)
+    finally:
+        client.close()
+    console.print(f"removed {len(removed)} orphaned sandbox container(s)")
+    for container_id in removed:
+        console.print(f"  {container_id[:12]}")
+
+
 events_app = typer.Typer(help="The event stream on Kafka.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
 

@@ -3,12 +3,14 @@ report, and one-line errors for bad settings."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import docker
 import pytest
 
 pytestmark = [
@@ -143,3 +145,30 @@ def test_events_tail_prints_relayed_events(stack_env: dict[str, str], tmp_path: 
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert any(e["key"] == step_id and e["type"] == "step.started" for e in lines)
+
+
+@pytest.mark.docker
+def test_sandbox_prune_removes_orphans_of_dead_kernels(
+    tmp_path: Path, docker_client: docker.DockerClient, runtime_image: str
+) -> None:
+    # A container labelled as belonging to a kernel pid that no longer exists.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    container = docker_client.containers.create(
+        runtime_image,
+        ["sleep", "300"],
+        labels={
+            "org.wflo.session": "orphan-test",
+            "org.wflo.kernel-pid": str(dead.pid),
+            "org.wflo.created": "2026-01-01T00:00:00+00:00",
+        },
+    )
+    try:
+        result = wflo("sandbox", "prune", home=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "removed" in result.stdout and container.id[:12] in result.stdout
+        with pytest.raises(docker.errors.NotFound):
+            docker_client.containers.get(container.id)
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
