@@ -152,3 +152,42 @@ def test_bad_line_commands(line: str, message: str) -> None:
         parse_line_command(line)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_budget_commands() -> None:
+    from wflo_jupyter.core.commands import parse_line_command
+
+    assert parse_line_command("budget").options == {
+        "team": None,
+        "period": None,
+        "limit_micros": None,
+    }
+    assert parse_line_command("budget 0.50").options["limit_micros"] == 500_000
+    team = parse_line_command("budget --team ml 5 --period day").options
+    assert (team["team"], team["limit_micros"], team["period"]) == ("ml", 5_000_000, "day")
+    assert parse_line_command("team ml").options == {"name": "ml"}
+    assert parse_line_command("cache clear --model gpt-4o").options == {
+        "action": "clear",
+        "model": "gpt-4o",
+    }
+    assert parse_line_command("report --all").options == {"all_sessions": True}
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("budget -1", "%wflo budget: a budget cannot be negative"),
+        ("budget lots", "%wflo budget: not a dollar amount: 'lots'"),
+        ("budget 1 --period day", "--period applies to a team budget"),
+        ("budget --team ml 1 --period week", "invalid choice: 'week'"),
+        ("team", "the following arguments are required: name"),
+        ("cache purge", "invalid choice: 'purge'"),
+        ("cache stats --model x", "--model applies to clear only"),
+    ],
+)
+def test_bad_budget_commands(line: str, message: str) -> None:
+    from wflo_jupyter.core.commands import parse_line_command
+
+    with pytest.raises(SpecError) as info:
+        parse_line_command(line)
+    assert message in str(info.value)

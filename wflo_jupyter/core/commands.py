@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from wflo_jupyter.core.errors import SpecError
+from wflo_jupyter.core.money import usd_to_micros
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,6 +46,16 @@ def _parsers() -> dict[str, _Parser]:
     events.add_argument("-n", type=_positive_int, default=20, dest="limit")
     events.add_argument("--all", action="store_true", dest="all_sessions")
     add("restart")
+    budget = add("budget")
+    budget.add_argument("amount", nargs="?", default=None)
+    budget.add_argument("--team", default=None)
+    budget.add_argument("--period", choices=("none", "day", "month"), default=None)
+    add("team").add_argument("name")
+    add("report").add_argument("--all", action="store_true", dest="all_sessions")
+    add("meter")
+    cache = add("cache")
+    cache.add_argument("action", choices=("stats", "clear"))
+    cache.add_argument("--model", default=None)
     return parsers
 
 
@@ -60,7 +71,9 @@ class LineCommand:
 
 
 def parse_line_command(line: str) -> LineCommand:
-    """Parse ``status``, ``runs [-n N]``, ``events [-n N] [--all]``, ``restart``."""
+    """Parse ``status``, ``runs [-n N]``, ``events [-n N] [--all]``, ``restart``,
+    ``budget [USD] [--team NAME [--period day|month]]``, ``team NAME``, ``report [--all]``,
+    ``meter``, ``cache stats|clear [--model M]``."""
     try:
         words = shlex.split(line)
     except ValueError as exc:
@@ -72,4 +85,27 @@ def parse_line_command(line: str) -> LineCommand:
     if name not in parsers:
         raise SpecError(f"%wflo: unknown command {name!r}; use one of: {', '.join(COMMANDS)}")
     options = vars(parsers[name].parse_args(rest))
+    if name == "budget":
+        _check_budget(options)
+    if name == "team":
+        _check_team_name("%wflo team", options["name"])
+    if name == "cache" and options["model"] is not None and options["action"] != "clear":
+        raise SpecError("%wflo cache stats: --model applies to clear only")
     return LineCommand(name, options)
+
+
+def _check_team_name(prog: str, team: str) -> None:
+    if not team.strip() or len(team) > 200 or any(c.isspace() for c in team):
+        raise SpecError(f"{prog}: a team name is one word of at most 200 characters: {team!r}")
+
+
+def _check_budget(options: dict[str, Any]) -> None:
+    amount = options.pop("amount")
+    if options["team"] is not None:
+        _check_team_name("%wflo budget --team", options["team"])
+    if options["period"] is not None and options["team"] is None:
+        raise SpecError("%wflo budget: --period applies to a team budget (--team NAME)")
+    try:
+        options["limit_micros"] = usd_to_micros(amount) if amount is not None else None
+    except ValueError as exc:
+        raise SpecError(f"%wflo budget: {exc}") from None

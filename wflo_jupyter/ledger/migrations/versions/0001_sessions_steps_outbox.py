@@ -23,7 +23,9 @@ def upgrade() -> None:
         sa.Column("user_name", sa.String(128)),
         sa.Column("hostname", sa.String(255)),
         sa.Column("pid", sa.Integer()),
-        sa.Column("started_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+        sa.Column(
+            "started_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
         sa.Column("ended_at", sa.DateTime(timezone=True)),
     )
     op.create_table(
@@ -48,7 +50,9 @@ def upgrade() -> None:
         sa.Column("duration_ms", sa.BigInteger()),
         sa.Column("workflow_id", sa.String(255)),
         sa.Column("image", sa.String(255)),
-        sa.Column("started_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+        sa.Column(
+            "started_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
         sa.Column("finished_at", sa.DateTime(timezone=True)),
     )
     op.create_index("ix_steps_session_seq", "steps", ["session_id", "seq"])
@@ -61,7 +65,9 @@ def upgrade() -> None:
         sa.Column("topic", sa.String(255), nullable=False),
         sa.Column("key", sa.String(255), nullable=False),
         sa.Column("envelope", postgresql.JSONB(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
         sa.Column("sent_at", sa.DateTime(timezone=True)),
         sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("last_error", sa.Text()),
