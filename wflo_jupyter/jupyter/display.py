@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import html
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.display import HTML, publish_display_data
 
-from wflo_jupyter.core.money import format_usd
+from wflo_jupyter.core.budget import BudgetState
+from wflo_jupyter.core.money import format_usd, micros_to_usd
 from wflo_jupyter.core.steps import StepResult
 from wflo_jupyter.ledger.models import StepRow
+from wflo_jupyter.ledger.reports import StepCostRow
 from wflo_jupyter.orchestration.stepio import OutputEvent
 from wflo_jupyter.session import WfloSession
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def show_event(event: OutputEvent) -> None:
@@ -100,3 +106,76 @@ def status(session: WfloSession) -> HTML:
         ("session", session.session_id),
     ]
     return HTML(_html_table(("engine", "where"), rows))
+
+
+NO_LIMIT_MICROS = 10**15  # a budget this large is "no limit" ($1 billion)
+
+
+def budget_line(state: BudgetState) -> str:
+    """``notebook budget $0.50 — spent $0.12, reserved $0.00 (24%)``."""
+    scope = state.scope
+    name = f"team {scope.key}" if scope.kind == "team" else scope.kind
+    spent, reserved = format_usd(state.spent_micros), format_usd(state.reserved_micros)
+    if state.limit_micros >= NO_LIMIT_MICROS:
+        return f"{name} budget: no limit — spent {spent}, reserved {reserved}"
+    used = 100 * (state.spent_micros + state.reserved_micros) / max(1, state.limit_micros)
+    period = f" per {state.period}" if state.period != "none" else ""
+    return (
+        f"{name} budget {format_usd(state.limit_micros)}{period} — spent {spent}, "
+        f"reserved {reserved} ({used:.0f}%)"
+    )
+
+
+def budget_states(states: Sequence[BudgetState]) -> HTML:
+    return HTML("<br>".join(html.escape(budget_line(s)) for s in states))
+
+
+def report_frame(rows: Sequence[StepCostRow]) -> pd.DataFrame:
+    """One row per step: calls, tokens by kind, cost, cache savings, duration."""
+    import pandas as pd
+
+    records = [
+        {
+            "step": r.seq,
+            "name": r.name,
+            "status": r.status,
+            "calls": r.calls,
+            "cached calls": r.cached_calls,
+            "simulated calls": r.simulated_calls,
+            "input tokens": r.input_tokens,
+            "cache-read tokens": r.cache_read_tokens,
+            "cache-write tokens": r.cache_write_tokens,
+            "output tokens": r.output_tokens,
+            "reasoning tokens": r.reasoning_tokens,
+            "LLM cost $": float(micros_to_usd(r.llm_cost_micros)),
+            "compute cost $": float(micros_to_usd(r.compute_cost_micros)),
+            "cost $": float(micros_to_usd(r.cost_micros)),
+            "saved $": float(micros_to_usd(r.saved_micros)),
+            "duration s": (r.duration_ms or 0) / 1000,
+        }
+        for r in rows
+    ]
+    return pd.DataFrame.from_records(records).set_index("step") if records else pd.DataFrame()
+
+
+def cost_chart(frame: pd.DataFrame) -> None:
+    """A bar chart of cost per step (and cache savings), shown in the cell."""
+    if frame.empty:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    figure, axes = plt.subplots(figsize=(max(4.0, 0.5 * len(frame) + 2), 3))
+    labels = [f"{i} {n}"[:24] for i, n in zip(frame.index, frame["name"], strict=True)]
+    axes.bar(labels, frame["cost $"], label="cost $")
+    axes.bar(labels, frame["saved $"], bottom=frame["cost $"], label="saved by cache $", alpha=0.5)
+    axes.set_ylabel("USD")
+    axes.set_title("cost per step")
+    axes.tick_params(axis="x", labelrotation=45)
+    axes.legend()
+    figure.tight_layout()
+    display(figure)
+    plt.close(figure)

@@ -1,0 +1,326 @@
+"""``LlmGateway``: one LLM call from the sandbox, end to end, on the host.
+
+cache lookup (Redis, single-flight across kernels) → hit: answer at $0 and record the
+saved dollars → miss: worst-case estimate → reserve against every enclosing budget
+(atomic, Postgres) → provider call with the host's key → price the real usage → settle
+(ledger row, outbox events and NOTIFY in one transaction) → cache store → answer.
+
+A refused reservation never reaches the provider: the cell's SDK gets an error in the
+provider's own shape carrying the ``BudgetExceeded`` line, and the cell shows it too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from wflo_jupyter.cache.keys import DEFAULT_NAMESPACE, cache_key
+from wflo_jupyter.cache.llm_cache import CachedResponse, LlmCache
+from wflo_jupyter.cache.locks import LockTimeout, RedisLock, single_flight
+from wflo_jupyter.core.budget import BudgetExceeded, BudgetScope
+from wflo_jupyter.core.errors import WfloError
+from wflo_jupyter.core.pricing import Usage, normalise_usage
+from wflo_jupyter.gateway.streams import SseEvent, SseParser, assemble, synthesise
+from wflo_jupyter.gateway.upstream import ProviderRoutes, UpstreamResponse, error_body, scrub
+from wflo_jupyter.ledger.budgets import BudgetLedger, LlmCall
+from wflo_jupyter.ledger.pricing import PriceBook
+
+log = logging.getLogger(__name__)
+
+BUDGET_STATUS = 402
+
+
+class UpstreamLike(Protocol):
+    def send(
+        self,
+        provider: str,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        stream: bool = False,
+    ) -> AbstractContextManager[UpstreamResponse]: ...
+
+
+class Responder(Protocol):
+    """Where the answer goes (the agent channel, for a cell's request)."""
+
+    def full(self, status: int, headers: dict[str, str], body: bytes) -> None: ...
+    def start(self, status: int, headers: dict[str, str]) -> None: ...
+    def chunk(self, data: bytes) -> None: ...
+    def end(self, error: str | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class GatewayRequest:
+    """One request the sandbox's SDK made."""
+
+    provider: str  # "openai" | "anthropic"
+    endpoint: str  # "chat" | "responses" | "embeddings" | "messages"
+    path: str
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.body.get("stream"))
+
+    @property
+    def model(self) -> str:
+        return str(self.body.get("model") or "")
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """Which step the call belongs to and which budgets enclose it (narrowest first)."""
+
+    step_id: str | None
+    scopes: tuple[BudgetScope, ...]
+    no_cache: bool = False
+    namespace: str = DEFAULT_NAMESPACE
+    notice: Callable[[str], None] = field(default=lambda _text: None)
+
+
+class _ProviderFailed(Exception):
+    """The provider answered with an error: passed to the cell, never cached."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        super().__init__(status)
+        self.status, self.headers, self.body = status, headers, body
+
+
+@dataclass
+class _Paid:
+    body: dict[str, Any]
+    usage: Usage
+    cost_micros: int
+    streamed: bool
+
+
+class LlmGateway:
+    """Host side of every LLM call a session's cells make."""
+
+    def __init__(
+        self,
+        *,
+        routes: ProviderRoutes,
+        upstream: UpstreamLike,
+        budgets: BudgetLedger,
+        prices: PriceBook,
+        cache: LlmCache | None = None,
+        lock_factory: Callable[[str], RedisLock] | None = None,
+        simulated: bool = False,
+        lease_s: float = 900.0,
+        flight_wait_s: float = 900.0,
+    ) -> None:
+        self.routes = routes
+        self.upstream = upstream
+        self.budgets = budgets
+        self.prices = prices
+        self.cache = cache
+        self.lock_factory = lock_factory
+        self.simulated = simulated
+        self.lease_s = lease_s
+        self.flight_wait_s = flight_wait_s
+
+    # -- entry point ------------------------------------------------------------------------
+    def handle(self, request: GatewayRequest, ctx: CallContext, responder: Responder) -> None:
+        """Answer ``request`` through ``responder``; never raises for the call's own
+        failures (they become provider-shaped errors)."""
+        provider = request.provider
+        try:
+            if not request.model:
+                self._error(responder, provider, 400, "you must provide a model parameter")
+                return
+            if self.cache is None or self.lock_factory is None or ctx.no_cache:
+                paid = self._call_paid(request, ctx, responder)
+                if not paid.streamed:
+                    self._answer(responder, request, paid.body)
+                return
+            self._cached_call(request, ctx, responder)
+        except _ProviderFailed as failed:
+            headers = {
+                k: v
+                for k, v in failed.headers.items()
+                if k in ("content-type", "retry-after", "retry-after-ms")
+            }
+            secrets = self.routes.secrets()
+            responder.full(
+                failed.status,
+                headers,
+                scrub(failed.body.decode("utf-8", "replace"), secrets).encode(),
+            )
+        except BudgetExceeded as refused:
+            line = f"BudgetExceeded: {refused}"
+            ctx.notice(line)
+            self._error(responder, provider, BUDGET_STATUS, line)
+        except (WfloError, ValueError, LockTimeout) as exc:
+            self._error(responder, provider, 400, f"{type(exc).__name__}: {exc}")
+        except ConnectionError as exc:
+            self._error(responder, provider, 502, scrub(str(exc), self.routes.secrets()))
+
+    # -- the cache path ---------------------------------------------------------------------
+    def _cached_call(self, request: GatewayRequest, ctx: CallContext, responder: Responder) -> None:
+        assert self.cache is not None
+        assert self.lock_factory is not None
+        route = self.routes.route(request.provider)
+        key = cache_key(
+            provider=request.provider,
+            base_url=route.base_url,
+            endpoint=request.endpoint,
+            body=request.body,
+            namespace=ctx.namespace,
+            headers=request.headers,
+        )
+        paid: list[_Paid] = []
+
+        def compute() -> CachedResponse:
+            result = self._call_paid(request, ctx, responder, request_hash=key.digest)
+            paid.append(result)
+            return CachedResponse(
+                body=result.body,
+                usage=asdict(result.usage),
+                saved_micros=result.cost_micros,
+                model=request.model,
+            )
+
+        value, was_leader = single_flight(
+            self.cache, self.lock_factory, key, compute, self.flight_wait_s
+        )
+        if was_leader:
+            self.cache.record_miss(key.namespace)
+            if not (paid and paid[0].streamed):
+                self._answer(responder, request, value.body)
+            return
+        self.cache.record_hit(key.namespace, value.saved_micros)
+        self.budgets.record_cached_call(
+            ctx.step_id,
+            LlmCall(
+                provider=request.provider,
+                model=request.model,
+                endpoint=request.endpoint,
+                saved_micros=value.saved_micros,
+                cached=True,
+                simulated=self.simulated,
+                latency_ms=0,
+                request_hash=key.digest,
+            ),
+        )
+        self._answer(responder, request, value.body)
+
+    # -- the paid path ----------------------------------------------------------------------
+    def _call_paid(
+        self,
+        request: GatewayRequest,
+        ctx: CallContext,
+        responder: Responder,
+        request_hash: str | None = None,
+    ) -> _Paid:
+        provider, model, endpoint = request.provider, request.model, request.endpoint
+        worst = self.prices.worst_case(provider, model, request.body, endpoint=endpoint)
+        body = worst.apply_to(request.body)
+        wants_usage = bool((request.body.get("stream_options") or {}).get("include_usage"))
+        if request.stream and endpoint == "chat":
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        reservation = self.budgets.reserve(
+            ctx.scopes,
+            worst.micros,
+            lease_s=self.lease_s,
+            step_id=ctx.step_id,
+            call_label=f"{model}, {worst.max_tokens_field}={worst.max_tokens}",
+        )
+        started = time.monotonic()
+        try:
+            with self.upstream.send(
+                provider,
+                request.path,
+                json.dumps(body).encode(),
+                request.headers,
+                stream=request.stream,
+            ) as reply:
+                if reply.status != 200 or (request.stream and reply.chunks is None):
+                    raise _ProviderFailed(reply.status, reply.headers, reply.body)
+                if request.stream and reply.chunks is not None:
+                    full = self._relay_stream(
+                        endpoint,
+                        reply.chunks,
+                        responder,
+                        strip_usage=endpoint == "chat" and not wants_usage,
+                    )
+                    streamed = True
+                else:
+                    full = json.loads(reply.body)
+                    streamed = False
+            usage = normalise_usage(provider, full.get("usage") or {})
+            cost = self.prices.cost_micros(provider, model, usage)
+            self.budgets.settle(
+                reservation,
+                cost,
+                call=LlmCall(
+                    provider=provider,
+                    model=model,
+                    endpoint=endpoint,
+                    usage=usage,
+                    simulated=self.simulated,
+                    latency_ms=round((time.monotonic() - started) * 1000),
+                    request_hash=request_hash,
+                ),
+            )
+        except BaseException:
+            self.budgets.release(reservation)
+            raise
+        return _Paid(full, usage, cost, streamed)
+
+    @staticmethod
+    def _relay_stream(
+        endpoint: str, chunks: Iterable[bytes], responder: Responder, *, strip_usage: bool
+    ) -> dict[str, Any]:
+        """Forward a provider stream event by event while assembling the full answer."""
+        parser = SseParser()
+        events: list[SseEvent] = []
+        responder.start(200, {"content-type": "text/event-stream"})
+        try:
+            for chunk in chunks:
+                for event in parser.feed(chunk):
+                    events.append(event)
+                    if strip_usage and _usage_only_chunk(event):
+                        continue  # we asked for usage; the cell did not
+                    responder.chunk(event.encode())
+        finally:
+            responder.end()
+        return assemble(endpoint, events)
+
+    # -- answers ----------------------------------------------------------------------------
+    @staticmethod
+    def _answer(responder: Responder, request: GatewayRequest, body: dict[str, Any]) -> None:
+        if request.stream and request.endpoint != "embeddings":
+            wants_usage = bool((request.body.get("stream_options") or {}).get("include_usage"))
+            responder.start(200, {"content-type": "text/event-stream"})
+            for event in synthesise(request.endpoint, body, include_usage=wants_usage):
+                responder.chunk(event.encode())
+            responder.end()
+            return
+        responder.full(200, {"content-type": "application/json"}, json.dumps(body).encode())
+
+    @staticmethod
+    def _error(responder: Responder, provider: str, status: int, message: str) -> None:
+        responder.full(
+            status,
+            {"content-type": "application/json"},
+            json.dumps(error_body(provider, status, message)).encode(),
+        )
+
+
+def _usage_only_chunk(event: SseEvent) -> bool:
+    if not event.data.startswith("{"):
+        return False
+    try:
+        data = json.loads(event.data)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and data.get("choices") == [] and "usage" in data
