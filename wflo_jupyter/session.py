@@ -20,6 +20,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from wflo_jupyter.core.budget import BudgetNotFound
+from wflo_jupyter.core.errors import WfloError
 from wflo_jupyter.core.steps import StepInput, StepResult, StepSpec
 from wflo_jupyter.orchestration.stepio import OutputEvent, StepIO, StepIORegistry
 from wflo_jupyter.stack.settings import Endpoints, Settings, resolve_endpoints
@@ -27,14 +29,19 @@ from wflo_jupyter.stack.settings import Endpoints, Settings, resolve_endpoints
 if TYPE_CHECKING:
     import docker
 
+    from wflo_jupyter.core.budget import BudgetState
     from wflo_jupyter.events.relay import OutboxRelay
+    from wflo_jupyter.ledger.budgets import BudgetLedger
     from wflo_jupyter.ledger.models import StepRow
+    from wflo_jupyter.ledger.reports import StepCostRow
     from wflo_jupyter.ledger.store import Ledger
     from wflo_jupyter.orchestration.loop import BackgroundLoop
     from wflo_jupyter.orchestration.worker import StepRunner
     from wflo_jupyter.sandbox.session import SandboxSession
 
 log = logging.getLogger(__name__)
+
+NO_LIMIT_MICROS = 10**15  # a notebook budget nobody set: record spending, refuse nothing
 
 
 class WfloSession:
@@ -69,10 +76,22 @@ class WfloSession:
         self.runner: StepRunner | None = None
         self.relay: OutboxRelay | None = None
         self.loop: BackgroundLoop | None = None
+        self.budgets: BudgetLedger | None = None
+        self.teams: list[str] = []
+        self.compute_price_micros = 0
 
     @property
     def task_queue(self) -> str:
         return f"wflo-session-{self.session_id}"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def notebook_key(self) -> str:
+        """The notebook budget's key: the notebook's path when known, else the session."""
+        return self.notebook_path or self.session_id
 
     # -- sandbox containers -----------------------------------------------------------------
     def docker_client(self) -> docker.DockerClient:
@@ -153,6 +172,7 @@ class WfloSession:
             if self._started:
                 return
             from wflo_jupyter.events.relay import OutboxRelay
+            from wflo_jupyter.ledger.budgets import BudgetLedger
             from wflo_jupyter.ledger.store import Ledger
             from wflo_jupyter.orchestration.activities import StepActivities
             from wflo_jupyter.orchestration.loop import BackgroundLoop
@@ -174,11 +194,17 @@ class WfloSession:
                 if endpoints.kafka_bootstrap
                 else None
             )
+            budgets = BudgetLedger(ledger.engine)
+            try:
+                budgets.state("notebook", self.notebook_key)
+            except BudgetNotFound:
+                budgets.set_budget("notebook", self.notebook_key, NO_LIMIT_MICROS)
             activities = StepActivities(
                 ledger,
                 self.sandbox_for,
                 self.step_io,
                 on_change=relay.wake if relay else None,
+                budgets=budgets,
             )
             loop = BackgroundLoop()
             try:
@@ -203,6 +229,7 @@ class WfloSession:
                 relay,
                 loop,
             )
+            self.budgets = budgets
             self._started = True
 
     # -- steps ------------------------------------------------------------------------------
@@ -229,6 +256,9 @@ class WfloSession:
             image=spec.image,
             budget_micros=spec.budget_micros,
             retries=spec.retries,
+            notebook_key=self.notebook_key,
+            teams=list(self.teams),
+            compute_price_micros=self.compute_price_micros,
         )
         io = self.step_io.open(
             step_id, StepIO(inputs=dict(inputs or {}), outputs=spec.outputs, fresh=spec.fresh)
@@ -279,6 +309,55 @@ class WfloSession:
         self.start()
         assert self.ledger is not None
         return self.ledger.recent_events(limit, None if all_sessions else self.session_id)
+
+    # -- budgets and reports ----------------------------------------------------------------
+    def _budgets(self) -> BudgetLedger:
+        self.start()
+        assert self.budgets is not None
+        return self.budgets
+
+    def budget_states(self) -> list[BudgetState]:
+        """The notebook's budget and every team budget this session is charged to."""
+        budgets = self._budgets()
+        return [budgets.state("notebook", self.notebook_key)] + [
+            budgets.state("team", team) for team in self.teams
+        ]
+
+    def set_notebook_budget(self, limit_micros: int) -> BudgetState:
+        return self._budgets().set_budget("notebook", self.notebook_key, limit_micros)
+
+    def set_team_budget(self, team: str, limit_micros: int, period: str | None) -> BudgetState:
+        budgets = self._budgets()
+        if period is None:
+            try:
+                period = budgets.state("team", team).period
+            except BudgetNotFound:
+                period = "none"
+        return budgets.set_budget("team", team, limit_micros, period)
+
+    def team_state(self, team: str) -> BudgetState:
+        try:
+            return self._budgets().state("team", team)
+        except BudgetNotFound:
+            raise WfloError(
+                f"no team budget {team!r}; create it with %wflo budget --team {team} USD"
+            ) from None
+
+    def join_team(self, team: str) -> BudgetState:
+        """Also charge this notebook's steps to ``team`` (its budget must exist)."""
+        state = self.team_state(team)
+        if team not in self.teams:
+            self.teams.append(team)
+        return state
+
+    def report_rows(self, all_sessions: bool = False) -> list[StepCostRow]:
+        from wflo_jupyter.ledger.reports import step_costs
+
+        self.start()
+        assert self.ledger is not None
+        return step_costs(
+            self.ledger.engine, session_ids=None if all_sessions else [self.session_id]
+        )
 
     # -- shutdown ---------------------------------------------------------------------------
     def close(self) -> None:

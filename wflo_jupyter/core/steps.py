@@ -85,6 +85,19 @@ class StepInput:
     image: str
     budget_micros: int | None
     retries: int = 0
+    notebook_key: str = ""  # the notebook budget this step is charged to
+    teams: list[str] = field(default_factory=list)  # team budgets it is also charged to
+    compute_price_micros: int = 0  # per CPU-second of sandbox time
+
+    def budget_scopes(self) -> list[tuple[str, str]]:
+        """``(kind, key)`` of every budget enclosing this step, narrowest first."""
+        scopes: list[tuple[str, str]] = []
+        if self.budget_micros is not None:
+            scopes.append(("cell", self.step_id))
+        if self.notebook_key:
+            scopes.append(("notebook", self.notebook_key))
+        scopes.extend(("team", team) for team in self.teams)
+        return scopes
 
 
 @dataclass
@@ -103,6 +116,7 @@ class StepResult:
     duration_s: float = 0.0
     sandbox_seconds: float = 0.0
     workflow_id: str = ""
+    cost_micros: int = 0
     events: list[str] = field(default_factory=list)
 
     @property

@@ -86,6 +86,10 @@ class CallContext:
     notice: Callable[[str], None] = field(default=lambda _text: None)
 
 
+class _StreamBroken(Exception):
+    """The provider's stream failed after the answer had started (already reported)."""
+
+
 class _ProviderFailed(Exception):
     """The provider answered with an error: passed to the cell, never cached."""
 
@@ -163,6 +167,8 @@ class LlmGateway:
             self._error(responder, provider, 400, f"{type(exc).__name__}: {exc}")
         except ConnectionError as exc:
             self._error(responder, provider, 502, scrub(str(exc), self.routes.secrets()))
+        except _StreamBroken:
+            pass  # the stream's end frame already carried the error
 
     # -- the cache path ---------------------------------------------------------------------
     def _cached_call(self, request: GatewayRequest, ctx: CallContext, responder: Responder) -> None:
@@ -291,8 +297,10 @@ class LlmGateway:
                     if strip_usage and _usage_only_chunk(event):
                         continue  # we asked for usage; the cell did not
                     responder.chunk(event.encode())
-        finally:
-            responder.end()
+        except Exception as exc:
+            responder.end(f"the provider's stream broke off: {type(exc).__name__}")
+            raise _StreamBroken from exc
+        responder.end()
         return assemble(endpoint, events)
 
     # -- answers ----------------------------------------------------------------------------

@@ -199,7 +199,7 @@ class Upstream:
                     retry_waits=waits,
                 )
                 if stream and response.status_code == 200:
-                    result.chunks = response.iter_raw()
+                    result.chunks = response.iter_bytes()
                 else:
                     result.body = response.read()
                 yield result

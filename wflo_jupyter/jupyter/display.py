@@ -162,13 +162,13 @@ def cost_chart(frame: pd.DataFrame) -> None:
     """A bar chart of cost per step (and cache savings), shown in the cell."""
     if frame.empty:
         return
-    import matplotlib
+    import io
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from IPython.display import display
+    from IPython.display import Image, display
+    from matplotlib.figure import Figure
 
-    figure, axes = plt.subplots(figsize=(max(4.0, 0.5 * len(frame) + 2), 3))
+    figure = Figure(figsize=(max(4.0, 0.5 * len(frame) + 2), 3))
+    axes = figure.subplots()
     labels = [f"{i} {n}"[:24] for i, n in zip(frame.index, frame["name"], strict=True)]
     axes.bar(labels, frame["cost $"], label="cost $")
     axes.bar(labels, frame["saved $"], bottom=frame["cost $"], label="saved by cache $", alpha=0.5)
@@ -177,5 +177,54 @@ def cost_chart(frame: pd.DataFrame) -> None:
     axes.tick_params(axis="x", labelrotation=45)
     axes.legend()
     figure.tight_layout()
-    display(figure)
-    plt.close(figure)
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=100)
+    display(Image(data=png.getvalue(), format="png"))
+
+
+def _meter_html(states: Sequence[BudgetState]) -> str:
+    rows = []
+    for state in states:
+        limited = state.limit_micros < NO_LIMIT_MICROS
+        used = state.spent_micros + state.reserved_micros
+        percent = min(100.0, 100 * used / max(1, state.limit_micros)) if limited else 0.0
+        colour = "#c0392b" if percent >= 90 else "#e67e22" if percent >= 75 else "#2e86c1"
+        bar = (
+            f'<div style="background:#eee;width:220px;height:8px;border-radius:4px">'
+            f'<div style="background:{colour};width:{percent:.1f}%;height:8px;'
+            f'border-radius:4px"></div></div>'
+            if limited
+            else ""
+        )
+        rows.append(f"<div style='margin:2px 0'>{html.escape(budget_line(state))}{bar}</div>")
+    return "".join(rows)
+
+
+def meter(session: WfloSession) -> Any:
+    """A live budget widget: it updates from Postgres NOTIFY whenever money moves (from
+    this kernel or any other sharing a team budget)."""
+    import threading
+
+    import ipywidgets
+
+    widget = ipywidgets.HTML(value=_meter_html(session.budget_states()))
+    budgets = session.budgets
+    assert budgets is not None
+
+    def follow() -> None:
+        while not session.closed:
+            try:
+                for _state in budgets.watch(
+                    "notebook", session.notebook_key, timeout=5.0, initial=False
+                ):
+                    widget.value = _meter_html(session.budget_states())
+                    if session.closed:
+                        return
+                widget.value = _meter_html(session.budget_states())  # team budgets too
+            except Exception:
+                if session.closed:
+                    return
+                threading.Event().wait(2.0)
+
+    threading.Thread(target=follow, name="wflo-meter", daemon=True).start()
+    return widget

@@ -11,10 +11,11 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from traitlets import Float, Int, Unicode
+from traitlets import Float, Int, TraitError, Unicode, validate
 
 from wflo_jupyter.core.commands import parse_line_command
 from wflo_jupyter.core.errors import ConfigError, SpecError, StepFailed, UnsafeOutput
+from wflo_jupyter.core.money import usd_to_micros
 from wflo_jupyter.core.steps import StepDefaults, parse_step_spec
 from wflo_jupyter.jupyter import display
 from wflo_jupyter.session import WfloSession
@@ -32,9 +33,19 @@ class WfloMagics(Magics):
     pids_limit = Int(128, help="Sandbox process limit.").tag(config=True)
     image = Unicode("", help="Sandbox image (default: WFLO_RUNTIME_IMAGE).").tag(config=True)
     retries = Int(0, help="Default retries of a failing cell.").tag(config=True)
+    compute_price = Float(
+        0.0, help="USD per second of sandbox time, charged to the step's budgets."
+    ).tag(config=True)
     idle_timeout = Float(
         1800.0, help="Seconds of inactivity after which the sandbox container is stopped."
     ).tag(config=True)
+
+    @validate("compute_price", "timeout", "cpus")
+    def _positive(self, proposal: Any) -> Any:
+        value = proposal["value"]
+        if value < 0 or (proposal["trait"].name != "compute_price" and value == 0):
+            raise TraitError(f"WfloMagics.{proposal['trait'].name} must be positive, got {value}")
+        return value
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
@@ -84,7 +95,9 @@ class WfloMagics(Magics):
         if missing:
             raise UsageError(f"--in: no variable named {missing[0]!r} in the notebook")
         inputs = {name: namespace[name] for name in spec.inputs}
-        result, io = self.session.run_step(spec, inputs, on_event=display.show_event)
+        session = self.session
+        session.compute_price_micros = usd_to_micros(str(self.compute_price))
+        result, io = session.run_step(spec, inputs, on_event=display.show_event)
         display.show_result(result)
         namespace.update(io.values)
         if not result.ok:
@@ -114,11 +127,34 @@ class WfloMagics(Magics):
             return display.events_table(
                 session.events(command.options["limit"], command.options["all_sessions"])
             )
+        if command.name == "budget":
+            return self._budget(session, command.options)
+        if command.name == "team":
+            state = session.join_team(command.options["name"])
+            print(f"[wflo] this notebook's steps are also charged to team {state.scope.key}")
+            return display.budget_states([state])
+        if command.name == "report":
+            frame = display.report_frame(session.report_rows(command.options["all_sessions"]))
+            display.cost_chart(frame)
+            return frame
+        if command.name == "meter":
+            return display.meter(session)
         if command.name == "restart":
             session.restart_sandbox()
             print("[wflo] new sandbox session: state from earlier cells was dropped")
             return None
         return display.status(session)
+
+    @staticmethod
+    def _budget(session: WfloSession, options: dict[str, Any]) -> Any:
+        team, limit = options["team"], options["limit_micros"]
+        if team is None and limit is None:
+            return display.budget_states(session.budget_states())
+        if team is None:
+            return display.budget_states([session.set_notebook_budget(limit)])
+        if limit is None:
+            return display.budget_states([session.team_state(team)])
+        return display.budget_states([session.set_team_budget(team, limit, options["period"])])
 
     def close(self) -> None:
         if self._session is not None:

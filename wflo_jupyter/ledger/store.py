@@ -155,6 +155,8 @@ class Ledger:
         pid: int | None = None,
     ) -> None:
         with self._sessions.begin() as db:
+            if db.get(SessionRow, session_id) is not None:
+                return  # a retried start of the same session
             db.add(
                 SessionRow(
                     id=session_id,

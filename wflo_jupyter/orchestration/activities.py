@@ -4,12 +4,14 @@ the session's ledger, its sandbox sessions and the in-kernel step IO."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from wflo_jupyter.core.errors import SandboxError
 from wflo_jupyter.core.steps import StepInput, StepResult
+from wflo_jupyter.ledger.budgets import BudgetLedger, ThresholdCrossed
 from wflo_jupyter.ledger.store import Ledger
 from wflo_jupyter.orchestration.stepio import StepIO, StepIORegistry
 from wflo_jupyter.sandbox.session import ExecResult, SandboxLimits, SandboxSession
@@ -29,8 +31,10 @@ class StepActivities:
         sandbox_for: SandboxFor,
         step_io: StepIORegistry,
         on_change: Callable[[], None] | None = None,
+        budgets: BudgetLedger | None = None,
     ) -> None:
         self.ledger = ledger
+        self.budgets = budgets
         self.sandbox_for = sandbox_for
         self.step_io = step_io
         self.on_change = on_change or (lambda: None)
@@ -46,12 +50,16 @@ class StepActivities:
             workflow_id=activity.info().workflow_id or "",
             image=step.image,
         )
+        if self.budgets is not None and step.budget_micros is not None:
+            self.budgets.set_budget("cell", step.step_id, step.budget_micros)
         self.on_change()
         return seq
 
     @activity.defn(name="execute")
     def execute(self, step: StepInput) -> StepResult:
         io = self.step_io.get(step.step_id) or StepIO()
+        if io.before_run is not None:
+            io.before_run(step)
         limits = SandboxLimits(
             memory_bytes=step.memory_bytes, cpus=step.cpus, pids_limit=step.pids_limit
         )
@@ -75,6 +83,15 @@ class StepActivities:
         io.values.update(result.outputs)
         io.value_errors.update(result.output_errors)
         io.state_lost = io.state_lost or result.state_lost
+        if self.budgets is not None and step.compute_price_micros > 0 and result.seconds > 0:
+            settlement = self.budgets.charge_compute(
+                step.step_id,
+                Decimal(str(result.seconds)),
+                step.compute_price_micros,
+                scopes=step.budget_scopes(),
+            )
+            for crossed in settlement.thresholds:
+                io.notice(threshold_line(crossed))
         return _step_result(step, result)
 
     @activity.defn(name="close_step")
@@ -97,3 +114,14 @@ def _step_result(step: StepInput, result: ExecResult) -> StepResult:
         sandbox_seconds=result.seconds,
         duration_s=result.seconds,
     )
+
+
+def threshold_line(crossed: ThresholdCrossed) -> str:
+    """``notebook budget crossed 75%: $0.38 of $0.50``."""
+    from wflo_jupyter.core.money import format_usd
+
+    scope = crossed.scope
+    name = f"team {scope.key}" if scope.kind == "team" else scope.kind
+    state = crossed.state
+    used = format_usd(state.spent_micros + state.reserved_micros)
+    return f"{name} budget crossed {crossed.threshold}%: {used} of {format_usd(state.limit_micros)}"

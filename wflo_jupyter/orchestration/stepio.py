@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ class StepIO:
     values: dict[str, Any] = field(default_factory=dict)
     value_errors: dict[str, str] = field(default_factory=dict)
     state_lost: bool = False
+    before_run: Callable[[Any], None] | None = None  # called with the StepInput
 
     def stream(self, name: str, text: str) -> None:
         self.events.put(("stream", name, text))

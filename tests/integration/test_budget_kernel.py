@@ -1,0 +1,78 @@
+"""Budgets from a real kernel: %wflo budget / team / report / meter, compute cost and
+threshold notices in the cell."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.kernel_driver import Kernel
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.kernel,
+    pytest.mark.docker,
+    pytest.mark.temporal,
+    pytest.mark.postgres,
+]
+
+
+@pytest.fixture(scope="module")
+def kernel(stack_env: dict[str, str], runtime_image: str) -> Iterator[Kernel]:
+    k = Kernel()
+    assert k.run("%load_ext wflo_jupyter").status == "ok"
+    yield k
+    k.run("%unload_ext wflo_jupyter")
+    k.shutdown()
+
+
+def _html(run) -> str:
+    return "".join(d.get("text/html", "") for d in run.data)
+
+
+def test_notebook_budget_show_and_set(kernel: Kernel) -> None:
+    assert "notebook budget: no limit — spent $0.00" in _html(kernel.run("%wflo budget"))
+    set_run = kernel.run("%wflo budget 0.50")
+    assert "notebook budget $0.50 — spent $0.00, reserved $0.00 (0%)" in _html(set_run)
+    bad = kernel.run("%wflo budget -1")
+    assert "UsageError: %wflo budget: a budget cannot be negative: '-1'" in bad.stderr
+    assert kernel.alive()
+
+
+def test_team_budget_and_joining(kernel: Kernel) -> None:
+    team = f"team{uuid.uuid4().hex[:6]}"
+    missing = kernel.run(f"%wflo team {team}")
+    assert missing.error is not None
+    assert missing.error_line == (
+        f"WfloError: no team budget {team!r}; create it with %wflo budget --team {team} USD"
+    )
+    created = kernel.run(f"%wflo budget --team {team} 5 --period day")
+    assert f"team {team} budget $5.00 per day — spent $0.00" in _html(created)
+    joined = kernel.run(f"%wflo team {team}")
+    assert f"also charged to team {team}" in joined.stdout
+    assert f"team {team} budget" in _html(kernel.run("%wflo budget"))
+
+
+def test_compute_cost_counts_against_budgets_and_warns(kernel: Kernel) -> None:
+    kernel.run("%config WfloMagics.compute_price = 1.0")  # $1 per sandbox second
+    try:
+        run = kernel.run("%%wflo --budget 0.10 --name costly\nimport time\ntime.sleep(0.5)")
+    finally:
+        kernel.run("%config WfloMagics.compute_price = 0.0")
+    assert run.status == "ok", run.error
+    for threshold in (50, 75, 90, 100):
+        assert f"cell budget crossed {threshold}%" in run.stderr
+    report = kernel.run("%wflo report")
+    html = _html(report)
+    assert "costly" in html and "compute cost $" in html
+    assert any("image/png" in d for d in report.data)  # the cost chart
+    bad = kernel.run("%config WfloMagics.compute_price = -1")
+    assert "must be positive" in bad.stderr + bad.error_line
+
+
+def test_meter_is_a_live_widget(kernel: Kernel) -> None:
+    run = kernel.run("%wflo meter")
+    assert run.status == "ok", run.error
+    assert any("application/vnd.jupyter.widget-view+json" in d for d in run.data)
