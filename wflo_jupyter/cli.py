@@ -15,6 +15,7 @@ from rich.table import Table
 
 from wflo_jupyter.core.errors import WfloError
 from wflo_jupyter.core.money import format_usd
+from wflo_jupyter.ledger.reports import StepCostRow
 from wflo_jupyter.stack.settings import ENGINES, VARIABLE_BY_ENGINE, Settings, resolve_endpoints
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="wflo-jupyter command line.")
@@ -102,47 +103,94 @@ def migrate() -> None:
         raise typer.Exit(1) from None
 
 
-def _steps_table(session_ids: list[str] | None) -> Table:
+def _cost_rows(session_ids: list[str] | None) -> list[StepCostRow]:
+    from wflo_jupyter.ledger.reports import step_costs
     from wflo_jupyter.ledger.store import Ledger
 
     endpoints = resolve_endpoints(_settings(), progress=_progress)
     ledger = Ledger.connect(endpoints.database_url)
     try:
-        rows = [
-            s
-            for s in ledger.steps(limit=10_000)
-            if session_ids is None or s.session_id in session_ids
-        ]
+        return step_costs(ledger.engine, session_ids=session_ids)
     finally:
         ledger.close()
-    table = Table("#", "name", "status", "exit", "duration", "sandbox", "cost", title="steps")
-    total = 0
-    for step in rows:
-        total += step.cost_micros
+
+
+def _steps_table(rows: list[StepCostRow]) -> Table:
+    from wflo_jupyter.ledger.reports import totals
+
+    table = Table(
+        "#",
+        "name",
+        "status",
+        "duration",
+        "calls",
+        "cached",
+        "in tok",
+        "out tok",
+        "cost",
+        "saved",
+        title="steps",
+    )
+    for row in rows:
+        simulated = " (simulated)" if row.simulated_calls else ""
         table.add_row(
-            str(step.seq),
-            step.name,
-            step.status if step.status == "completed" else f"[red]{step.status}[/red]",
-            step.exit_reason or "",
-            f"{(step.duration_ms or 0) / 1000:.2f} s",
-            f"{(step.sandbox_ms or 0) / 1000:.2f} s",
-            format_usd(step.cost_micros),
+            str(row.seq),
+            row.name,
+            row.status if row.status == "completed" else f"[red]{row.status}[/red]",
+            f"{(row.duration_ms or 0) / 1000:.2f} s",
+            f"{row.calls}{simulated}",
+            str(row.cached_calls),
+            str(row.input_tokens + row.cache_read_tokens + row.cache_write_tokens),
+            str(row.output_tokens),
+            format_usd(row.cost_micros),
+            format_usd(row.saved_micros),
         )
+    total = totals(rows)
     table.add_section()
-    table.add_row("", f"{len(rows)} steps", "", "", "", "", format_usd(total))
+    table.add_row(
+        "",
+        f"{len(rows)} steps",
+        "",
+        "",
+        str(total["calls"]),
+        str(total["cached_calls"]),
+        str(total["input_tokens"] + total["cache_read_tokens"] + total["cache_write_tokens"]),
+        str(total["output_tokens"]),
+        format_usd(total["cost_micros"]),
+        format_usd(total["saved_micros"]),
+    )
     return table
 
 
 @app.command()
 def report(
     session: Annotated[list[str] | None, typer.Option(help="Only these session ids.")] = None,
+    csv_file: Annotated[Path | None, typer.Option("--csv", help="Also write CSV here.")] = None,
+    json_file: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
 ) -> None:
-    """Cost and outcome of each recorded step."""
+    """Cost and outcome of each recorded step (tokens, cost, cache savings)."""
+    import csv
+    import json
+
+    from wflo_jupyter.ledger.reports import as_dict
+
     try:
-        console.print(_steps_table(session))
+        rows = _cost_rows(session)
     except WfloError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
+    console.print(_steps_table(rows))
+    records = [as_dict(row) for row in rows]
+    if csv_file is not None:
+        with csv_file.open("w", newline="") as handle:
+            fields = list(records[0]) if records else ["step_id"]
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(records)
+        console.print(f"wrote {len(records)} rows to {csv_file}")
+    if json_file is not None:
+        json_file.write_text(json.dumps(records, indent=2))
+        console.print(f"wrote {len(records)} rows to {json_file}")
 
 
 @app.command()
@@ -195,7 +243,7 @@ def demo(
         sessions = ledger.sessions_of_notebook(notebook_key, since)
     finally:
         ledger.close()
-    console.print(_steps_table(sessions))
+    console.print(_steps_table(_cost_rows(sessions)))
 
 
 @app.command()

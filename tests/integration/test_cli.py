@@ -172,3 +172,37 @@ def test_sandbox_prune_removes_orphans_of_dead_kernels(
     finally:
         with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True)
+
+
+def test_report_writes_csv_and_json(stack_env: dict[str, str], tmp_path: Path) -> None:
+    from tests.helpers import start_step
+    from wflo_jupyter.core.steps import StepResult
+    from wflo_jupyter.ledger.store import Ledger
+
+    ledger = Ledger.connect(stack_env["WFLO_DATABASE_URL"])
+    try:
+        session_id, step_id = start_step(ledger, name="reported-step")
+        ledger.finish_step(
+            StepResult(step_id=step_id, status="completed", exit_code=0, exit_reason="ok")
+        )
+    finally:
+        ledger.close()
+    env = {k: v for k, v in stack_env.items() if k != "WFLO_HOME"}
+    csv_path, json_path = tmp_path / "r.csv", tmp_path / "r.json"
+    result = wflo(
+        "report",
+        "--session",
+        session_id,
+        "--csv",
+        str(csv_path),
+        "--json",
+        str(json_path),
+        home=tmp_path,
+        extra_env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "reported-step" in result.stdout and "1 steps" in result.stdout
+    (row,) = json.loads(json_path.read_text())
+    assert row["step_id"] == step_id and row["cost_micros"] == 0 and row["cost_usd"] == "0"
+    header = csv_path.read_text().splitlines()[0].split(",")
+    assert {"step_id", "name", "cost_micros", "saved_micros", "input_tokens"} <= set(header)
