@@ -38,7 +38,14 @@ class Kernel:
         self.client.wait_for_ready(timeout=60)
 
     def run(self, code: str, timeout: float = 180) -> CellRun:
-        msg_id = self.client.execute(code, allow_stdin=False)
+        return self.collect(self.submit(code), timeout)
+
+    def submit(self, code: str) -> str:
+        """Start running ``code``; ``collect`` its outputs later."""
+        return str(self.client.execute(code, allow_stdin=False))
+
+    def collect(self, msg_id: str, timeout: float = 180) -> CellRun:
+        code = msg_id
         result = CellRun(status="unknown")
         while True:
             try:

@@ -1,0 +1,63 @@
+"""PostgreSQL restarted in the middle of a notebook: the step in flight completes or ends
+with a clear error, nothing recorded is lost, the next cell works without a kernel
+restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.kernel_driver import Kernel
+from wflo_jupyter.ledger.store import Ledger, with_database
+from wflo_jupyter.stack.local import LocalStack
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.postgres,
+    pytest.mark.kernel,
+    pytest.mark.docker,
+    pytest.mark.temporal,
+]
+
+
+def test_postgres_restart_mid_notebook(
+    stack_env: dict[str, str], runtime_image: str, tmp_path: Path
+) -> None:
+    private = LocalStack(tmp_path / "pg")
+    url = with_database(private.up(only=["postgres"])["postgres"].url, "wflo")
+    kernel = Kernel(env={"WFLO_DATABASE_URL": url})
+    try:
+        assert kernel.run("%load_ext wflo_jupyter").status == "ok"
+        before = kernel.run("%%wflo --name before-restart\nprint('before')")
+        assert before.stdout == "before\n", before.error
+        session_id = kernel.run(
+            "print(get_ipython().find_magic('wflo').__self__.session.session_id)"
+        ).stdout.strip()
+
+        in_flight = kernel.submit(
+            "%%wflo --name in-flight\nimport time\ntime.sleep(3)\nprint('done')"
+        )
+        private.down()
+        private.up(only=["postgres"])
+        flight = kernel.collect(in_flight, timeout=300)
+        if flight.status == "ok":
+            assert flight.stdout == "done\n"
+        else:  # a clear, one-line error
+            assert flight.error is not None
+            assert "\n" not in flight.error["evalue"]
+
+        after = kernel.run("%%wflo --name after-restart\nprint('after')", timeout=300)
+        assert after.stdout == "after\n", after.error
+        assert kernel.alive()
+    finally:
+        kernel.run("%unload_ext wflo_jupyter")
+        kernel.shutdown()
+    ledger = Ledger.connect(url)
+    try:
+        names = {s.name: s.status for s in ledger.steps(session_id)}
+    finally:
+        ledger.close()
+        private.down()
+    assert names["before-restart"] == "completed"  # nothing already recorded was lost
+    assert names["after-restart"] == "completed"
