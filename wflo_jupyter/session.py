@@ -29,8 +29,10 @@ from wflo_jupyter.stack.settings import Endpoints, Settings, resolve_endpoints
 if TYPE_CHECKING:
     import docker
 
+    from wflo_jupyter.cache.llm_cache import LlmCache
     from wflo_jupyter.core.budget import BudgetState
     from wflo_jupyter.events.relay import OutboxRelay
+    from wflo_jupyter.gateway.service import LlmGateway
     from wflo_jupyter.ledger.budgets import BudgetLedger
     from wflo_jupyter.ledger.models import StepRow
     from wflo_jupyter.ledger.reports import StepCostRow
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
     from wflo_jupyter.sandbox.session import SandboxSession
 
 log = logging.getLogger(__name__)
+
+LlmHandler = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], None]
 
 NO_LIMIT_MICROS = 10**15  # a notebook budget nobody set: record spending, refuse nothing
 
@@ -70,6 +74,7 @@ class WfloSession:
         self._stop = threading.Event()
         self._docker: docker.DockerClient | None = None
         self._sandboxes: dict[str, SandboxSession] = {}
+        self._isolation: str | None = None
         self._watchdog: threading.Thread | None = None
         self.endpoints: Endpoints | None = None
         self.ledger: Ledger | None = None
@@ -77,8 +82,13 @@ class WfloSession:
         self.relay: OutboxRelay | None = None
         self.loop: BackgroundLoop | None = None
         self.budgets: BudgetLedger | None = None
+        self.gateway: LlmGateway | None = None
+        self.cache: LlmCache | None = None
         self.teams: list[str] = []
         self.compute_price_micros = 0
+        self.price_overrides: dict[str, Any] = {}
+        self._noted: set[str] = set()
+        self._note_sink: Callable[[str], None] | None = None
 
     @property
     def task_queue(self) -> str:
@@ -109,17 +119,25 @@ class WfloSession:
                     log.warning("sandbox reaper: %s", exc)
             return self._docker
 
+    def isolation(self) -> str:
+        """The isolation mode of this kernel's sandboxes (chosen once: WFLO_ISOLATION)."""
+        if self._isolation is None:
+            from wflo_jupyter.sandbox.isolation import choose_isolation
+
+            self._isolation = choose_isolation(self.settings.isolation, self.settings.docker_host)
+        return self._isolation
+
     def sandbox_for(self, image: str) -> SandboxSession:
-        """The kernel's persistent sandbox container for ``image`` (created on demand)."""
-        client = self.docker_client()
+        """The kernel's persistent sandbox for ``image`` (created on demand)."""
+        from wflo_jupyter.sandbox.isolation import open_sandbox_session
+
         with self._sandbox_lock:
             sandbox = self._sandboxes.get(image)
-            if sandbox is None:
-                from wflo_jupyter.sandbox.session import SandboxSession
-
-                sandbox = SandboxSession(client, self.session_id, image=image)
-                self._sandboxes[image] = sandbox
+        if sandbox is not None:
             return sandbox
+        created = open_sandbox_session(self.isolation(), self.session_id, image, self.docker_client)
+        with self._sandbox_lock:
+            return self._sandboxes.setdefault(image, created)
 
     def prewarm(self, image: str) -> threading.Thread:
         """Start the sandbox container for ``image`` in the background (errors are logged
@@ -179,7 +197,8 @@ class WfloSession:
             from wflo_jupyter.orchestration.worker import StepRunner
 
             endpoints = resolve_endpoints(self.settings, progress=self.progress)
-            self.docker_client()
+            if self.isolation() == "docker":
+                self.docker_client()
             ledger = Ledger.connect(endpoints.database_url)
             ledger.open_session(
                 self.session_id,
@@ -199,6 +218,7 @@ class WfloSession:
                 budgets.state("notebook", self.notebook_key)
             except BudgetNotFound:
                 budgets.set_budget("notebook", self.notebook_key, NO_LIMIT_MICROS)
+            self.gateway = self._build_gateway(budgets, endpoints)
             activities = StepActivities(
                 ledger,
                 self.sandbox_for,
@@ -263,6 +283,8 @@ class WfloSession:
         io = self.step_io.open(
             step_id, StepIO(inputs=dict(inputs or {}), outputs=spec.outputs, fresh=spec.fresh)
         )
+        io.llm_handler = self.llm_handler(step, io, spec.no_cache)
+        self._note_sink = io.notice
         deliver = on_event or (lambda _event: None)
         started = time.monotonic()
         future = self.runner.submit(step)
@@ -281,6 +303,7 @@ class WfloSession:
                     self.interrupt()
             result = self.runner.result(future)
         finally:
+            self._note_sink = None
             self.step_io.close(step_id)
         result.duration_s = time.monotonic() - started
         return result, io
@@ -309,6 +332,85 @@ class WfloSession:
         self.start()
         assert self.ledger is not None
         return self.ledger.recent_events(limit, None if all_sessions else self.session_id)
+
+    # -- LLM calls ----------------------------------------------------------------------------
+    def _note_once(self, text: str) -> None:
+        """A one-line notice shown once per session (e.g. a missing tokenizer)."""
+        if text in self._noted:
+            return
+        self._noted.add(text)
+        sink = self._note_sink
+        if sink is not None:
+            sink(text)
+        else:
+            log.warning("%s", text)
+
+    def _build_gateway(self, budgets: BudgetLedger, endpoints: Endpoints) -> LlmGateway:
+        from wflo_jupyter.cache.llm_cache import LlmCache
+        from wflo_jupyter.cache.locks import RedisLock
+        from wflo_jupyter.cache.redis_client import connect_redis
+        from wflo_jupyter.gateway.mock import MockUpstream
+        from wflo_jupyter.gateway.service import LlmGateway, UpstreamLike
+        from wflo_jupyter.gateway.upstream import ProviderRoutes, Upstream
+        from wflo_jupyter.ledger.pricing import PriceBook, TokenCounter
+
+        routes = ProviderRoutes.from_env()
+        counter = TokenCounter(self.settings.home, on_missing=self._note_once)
+        prices = PriceBook(self.price_overrides or None, counter=counter)
+        simulated = self.settings.provider == "mock"
+        upstream: UpstreamLike = (
+            MockUpstream(lambda provider, model, body: counter.count(provider, model, body)[0])
+            if simulated
+            else Upstream(routes)
+        )
+        lock_factory = None
+        self.cache = None
+        if endpoints.redis_url:
+            client = connect_redis(endpoints.redis_url)
+            self.cache = LlmCache(client)
+            lock_factory = lambda name: RedisLock(client, name)  # noqa: E731
+        return LlmGateway(
+            routes=routes,
+            upstream=upstream,
+            budgets=budgets,
+            prices=prices,
+            cache=self.cache,
+            lock_factory=lock_factory,
+            simulated=simulated,
+        )
+
+    def llm_handler(self, step: StepInput, io: StepIO, no_cache: bool) -> LlmHandler:
+        """What the sandbox calls for each ``llm_request`` frame of ``step``'s cell."""
+        from wflo_jupyter.core.budget import BudgetScope
+        from wflo_jupyter.gateway.channel import BadLlmRequest, ChannelResponder, request_from_frame
+        from wflo_jupyter.gateway.service import CallContext
+
+        gateway = self.gateway
+        assert gateway is not None
+        context = CallContext(
+            step_id=step.step_id,
+            scopes=tuple(BudgetScope(kind, key) for kind, key in step.budget_scopes()),  # type: ignore[arg-type]
+            no_cache=no_cache,
+            notice=io.notice,
+        )
+
+        def handle(frame: dict[str, Any], send: Callable[[dict[str, Any]], None]) -> None:
+            responder = ChannelResponder(send, str(frame.get("id", "")))
+            try:
+                request = request_from_frame(frame)
+            except BadLlmRequest as exc:
+                responder.refuse("openai", 400, str(exc))
+                return
+            try:
+                gateway.handle(request, context, responder)
+            except Exception as exc:  # never leave the SDK waiting
+                log.exception("LLM gateway failed")
+                if not responder.answered:
+                    responder.refuse(
+                        request.provider, 500, f"wflo gateway error: {type(exc).__name__}"
+                    )
+
+        return handle
 
     # -- budgets and reports ----------------------------------------------------------------
     def _budgets(self) -> BudgetLedger:

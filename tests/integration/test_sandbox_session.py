@@ -584,9 +584,21 @@ def test_hardening_of_the_session_container(
     assert lines[1] == "0000000000000000 1"
     assert lines[2] == "['lo']"
     env = eval(lines[3])  # a printed list of names
-    assert "OPENAI_API_KEY" not in env
+    # The provider variables the agent sets point at its loopback proxy and hold the
+    # per-session sandbox token, never the host's key.
     assert "WFLO_AGENT_TOKEN" not in env
+    keys = ok(
+        session,
+        "import os\nprint(os.environ['OPENAI_API_KEY'], os.environ['ANTHROPIC_API_KEY'])\n"
+        "print(b'sk-host-secret' in open('/proc/self/environ', 'rb').read())",
+    ).stdout.split()
+    assert keys[0] == keys[1] and keys[0].startswith("wflo-sandbox-")
+    assert keys[2] == "False"
     assert set(env) <= {
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "OPENAI_BASE_URL",
+        "ANTHROPIC_BASE_URL",
         "HOME",
         "PATH",
         "LANG",

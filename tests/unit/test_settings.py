@@ -59,3 +59,12 @@ def test_bad_values_name_the_variable(variable: str, value: str, tmp_path: Path)
     assert message.startswith(variable + ":")
     assert value in message
     assert "\n" not in message
+
+
+def test_provider_setting(tmp_path: Path) -> None:
+    assert Settings.from_env({"WFLO_HOME": str(tmp_path)}).provider == "real"
+    assert (
+        Settings.from_env({"WFLO_HOME": str(tmp_path), "WFLO_PROVIDER": "mock"}).provider == "mock"
+    )
+    with pytest.raises(ConfigError, match="WFLO_PROVIDER: 'fake' is not 'mock'"):
+        Settings.from_env({"WFLO_HOME": str(tmp_path), "WFLO_PROVIDER": "fake"})

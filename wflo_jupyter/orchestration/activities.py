@@ -65,6 +65,7 @@ class StepActivities:
         )
         try:
             sandbox = self.sandbox_for(step.image)
+            sandbox.llm_handler = io.llm_handler
             run = sandbox.run_fresh if io.fresh else sandbox.execute
             result = run(
                 step.code,

@@ -32,6 +32,8 @@ class StepIO:
     value_errors: dict[str, str] = field(default_factory=dict)
     state_lost: bool = False
     before_run: Callable[[Any], None] | None = None  # called with the StepInput
+    # answers the cell's LLM calls: (llm_request frame, send) -> None
+    llm_handler: Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], None] | None = None
 
     def stream(self, name: str, text: str) -> None:
         self.events.put(("stream", name, text))

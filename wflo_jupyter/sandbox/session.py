@@ -1,13 +1,23 @@
-"""``SandboxSession``: one long-lived hardened container per kernel session, host side.
+"""``SandboxSession``: one long-lived sandboxed agent per kernel session, host side.
 
-Owns the container's whole life: the 0700 socket directory and the Unix socket the
-host LISTENS on, the container (same hardening as ``docker_runner.hardened_options``,
-plus the read-only agent and socket binds and ``--init``), the handshake (``ready`` with
-a per-container token), running cells over the framed channel
+Owns the sandbox's whole life: the 0700 socket directory and the Unix socket the host
+LISTENS on, starting the agent through an ``AgentLauncher`` (the isolation backend), the
+handshake (``ready`` with a per-sandbox token), running cells over the framed channel
 (``sandbox.agent.protocol``), timeouts (interrupt, then kill after a grace period),
 telling apart a cell error, a timeout, an OOM kill and a dead agent, replacing a lost
-container on the next cell, idle stop, ``--fresh`` throwaway containers, and removing
+sandbox on the next cell, idle stop, ``--fresh`` throwaway sandboxes, and removing
 everything on ``close()``. ``reap_orphans`` removes containers of kernels that died.
+
+Isolation backends (``AgentLauncher`` -> ``AgentHandle``; the channel, protocol,
+timeouts and death detection above are the same for all of them):
+
+- ``DockerLauncher`` (``isolation == "docker"``, the default): a hardened container
+  (same hardening as ``docker_runner.hardened_options``, plus the read-only agent and
+  socket binds and ``--init``);
+- ``sandbox.bwrap.BubblewrapLauncher`` (``"bubblewrap"``): the agent under ``bwrap``
+  with the host's ``python3``; weaker, and every cell says so;
+- ``sandbox.isolation.UnisolatedLauncher`` (``"unisolated"``): a plain host subprocess,
+  only when explicitly requested; every cell says it is not isolated.
 
 Thread model: ``execute``/``start``/``restart``/``stop_if_idle`` serialise on one lock;
 ``interrupt()`` and ``close()`` may be called from any thread while a cell runs.
@@ -28,7 +38,9 @@ import tempfile
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +62,8 @@ from wflo_jupyter.sandbox.agent.protocol import (
     FrameDecoder,
     ProtocolError,
     encode_frame,
+    llm_error_response,
+    llm_route,
     recv_frame,
 )
 from wflo_jupyter.sandbox.docker_runner import (
@@ -83,6 +97,7 @@ SANDBOX_ENV = {
 from ``os.environ`` before any cell runs). Nothing from the host's environment."""
 
 StreamCallback = Callable[[str, str], None]
+LlmHandler = Callable[[Frame, Callable[[Frame], None]], None]
 DisplayCallback = Callable[[dict[str, Any], dict[str, Any]], None]
 
 
@@ -106,6 +121,8 @@ class ExecResult:
     ``state_lost``: the namespace the earlier cells built is gone (this cell's failure
     destroyed the container, or the container had been stopped or had died since the last
     cell and this cell ran in a new one); ``notices`` say which, one line each.
+    ``isolation``: ``docker`` | ``bubblewrap`` | ``unisolated``; the two weaker ones put
+    a one-line notice saying so first in ``notices`` of every cell.
     """
 
     ok: bool
@@ -123,6 +140,7 @@ class ExecResult:
     notices: list[str] = field(default_factory=list)
     execution_count: int | None = None
     container_id: str = ""
+    isolation: str = "docker"
 
     @property
     def error_line(self) -> str:
@@ -169,18 +187,239 @@ def _describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
+# -- isolation backends -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """What a launcher needs to start one agent: it must run ``agent.py`` from
+    ``agent_dir`` with the Unix socket ``sock_dir / socket_name`` as its argument (where
+    the sandbox sees it), ``token`` in ``WFLO_AGENT_TOKEN`` and ``SANDBOX_ENV`` as the
+    rest of its environment, within ``limits``."""
+
+    sock_dir: Path
+    socket_name: str
+    token: str
+    limits: SandboxLimits
+    labels: Mapping[str, str]
+    image: str
+    agent_dir: Path
+    role: str
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return {**SANDBOX_ENV, "WFLO_AGENT_TOKEN": self.token}
+
+
+class AgentHandle(ABC):
+    """One started agent (a container, a bubblewrap sandbox, a host process)."""
+
+    notice: str | None = None
+    """A one-line notice every cell run by this agent carries (the isolation it gets
+    when that is weaker than Docker's), or None."""
+
+    @property
+    @abstractmethod
+    def id(self) -> str:
+        """Container id, or ``bwrap-<pid>`` / ``host-<pid>``."""
+
+    @property
+    def pid(self) -> int | None:
+        """The host pid of the launched process (None for a container)."""
+        return None
+
+    @abstractmethod
+    def poll(self) -> int | None:
+        """The exit code once the agent has ended (signals as 128+N), else None."""
+
+    @abstractmethod
+    def wait_exit(self, timeout_s: float) -> tuple[int | None, bool]:
+        """(exit code, or None if it had to be killed; OOM-killed?) once it ended."""
+
+    @abstractmethod
+    def kill(self) -> None:
+        """SIGKILL everything the agent started (idempotent, never raises)."""
+
+    @abstractmethod
+    def destroy(self) -> None:
+        """Kill it and remove everything it left (idempotent, never raises)."""
+
+    @abstractmethod
+    def apply_limits(self, limits: SandboxLimits) -> str | None:
+        """Change memory / CPU / pids limits in place: None, or why that failed."""
+
+    def logs_tail(self) -> str:
+        """The last lines the agent wrote to its own stderr (for start-up failures)."""
+        return ""
+
+    def explain_error(self, ename: str, limits: SandboxLimits) -> str | None:
+        """A one-line explanation of a cell error this sandbox caused (e.g. which limit
+        raised a ``MemoryError``), or None."""
+        return None
+
+
+class AgentLauncher(ABC):
+    """Starts agents with one kind of isolation (``isolation`` names it)."""
+
+    isolation: str = ""
+
+    def prepare(self, image: str) -> None:  # noqa: B027 - optional hook
+        """Checks before the first launch of a session (e.g. that ``image`` exists)."""
+
+    def socket_base(self, requested: Path | None) -> Path:
+        """The private directory under which per-sandbox socket directories are made."""
+        base = requested or default_socket_base()
+        # A Unix socket path has to fit in 108 bytes.
+        if len(str(base)) > 60:
+            base = default_socket_base()
+        return _private_dir(base)
+
+    def grant_access(self, directory: Path, sock_path: Path) -> None:
+        """Let the sandbox's user connect to the socket (Docker's uid 1000 by default)."""
+        _grant_sandbox_access(directory, sock_path)
+
+    @abstractmethod
+    def launch(self, request: LaunchRequest) -> AgentHandle:
+        """Start the agent (``SandboxError`` if that failed; never leaks it)."""
+
+
+class DockerAgent(AgentHandle):
+    """The agent in a hardened Docker container."""
+
+    def __init__(self, client: docker.DockerClient, container: Container) -> None:
+        self.client = client
+        self.container = container
+
+    @property
+    def id(self) -> str:
+        return self.container.id or ""
+
+    def poll(self) -> int | None:
+        self.container.reload()
+        if self.container.status in ("exited", "dead"):
+            return int(self.container.attrs.get("State", {}).get("ExitCode", -1))
+        return None
+
+    def wait_exit(self, timeout_s: float) -> tuple[int | None, bool]:
+        code: int | None
+        try:
+            status = self.container.wait(timeout=timeout_s)
+            code = int(status.get("StatusCode", -1))
+        except (requests.exceptions.RequestException, APIError, NotFound):
+            code = None
+            self.kill()
+        oom = False
+        with contextlib.suppress(APIError, NotFound, requests.exceptions.RequestException):
+            self.container.reload()
+            oom = bool(self.container.attrs.get("State", {}).get("OOMKilled"))
+        return code, oom
+
+    def kill(self) -> None:
+        with contextlib.suppress(APIError, NotFound, requests.exceptions.RequestException):
+            self.container.kill()
+
+    def destroy(self) -> None:
+        with contextlib.suppress(APIError, NotFound, requests.exceptions.RequestException):
+            self.container.remove(force=True)
+
+    def apply_limits(self, limits: SandboxLimits) -> str | None:
+        api = cast(Any, self.client.api)
+        data = {
+            "Memory": limits.memory_bytes,
+            "MemorySwap": limits.memory_bytes,
+            "NanoCpus": int(limits.cpus * 1e9),
+            "PidsLimit": limits.pids_limit,
+        }
+        try:
+            response = api._post_json(api._url("/containers/{0}/update", self.id), data=data)
+            api._raise_for_status(response)
+        except (APIError, requests.exceptions.RequestException) as exc:
+            explanation = getattr(exc, "explanation", None) or str(exc)
+            return " ".join(explanation.split())
+        return None
+
+    def logs_tail(self) -> str:
+        try:
+            return self.container.logs(tail=5).decode("utf-8", "replace")
+        except (APIError, NotFound, requests.exceptions.RequestException):
+            return ""
+
+
+class DockerLauncher(AgentLauncher):
+    """Session containers on a Docker engine (the default, strongest isolation)."""
+
+    isolation = "docker"
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.client = client
+
+    def prepare(self, image: str) -> None:
+        check_image(self.client, image)
+
+    def launch(self, request: LaunchRequest) -> AgentHandle:
+        limits = request.limits
+        options = hardened_options(
+            memory_bytes=limits.memory_bytes,
+            cpus=limits.cpus,
+            pids_limit=limits.pids_limit,
+            labels=request.labels,
+            environment=request.environment,
+            workspace_size=limits.workspace_size,
+            tmp_size=limits.tmp_size,
+        )
+        container: Container | None = None
+        try:
+            container = self.client.containers.create(
+                request.image,
+                [
+                    "python3",
+                    "-I",
+                    f"{AGENT_MOUNT}/agent.py",
+                    f"{SOCKET_MOUNT}/{request.socket_name}",
+                ],
+                detach=True,
+                init=True,
+                volumes={
+                    str(request.agent_dir): {"bind": AGENT_MOUNT, "mode": "ro"},
+                    str(request.sock_dir): {"bind": SOCKET_MOUNT, "mode": "ro"},
+                },
+                **options,
+            )
+            container.start()
+            return DockerAgent(self.client, container)
+        except APIError as exc:
+            self._remove(container)
+            raise SandboxError(
+                f"could not start the sandbox: {' '.join(str(exc.explanation or exc).split())}"
+            ) from None
+        except (DockerException, requests.exceptions.RequestException) as exc:
+            self._remove(container)
+            raise SandboxError(
+                f"could not start the sandbox: {type(exc).__name__}: {exc}"
+            ) from None
+        except BaseException:
+            self._remove(container)
+            raise
+
+    @staticmethod
+    def _remove(container: Container | None) -> None:
+        if container is not None:  # failed half way: never leak it
+            with contextlib.suppress(APIError, NotFound, requests.exceptions.RequestException):
+                container.remove(force=True)
+
+
 class _Box:
-    """One running container and its channel."""
+    """One running sandbox (its agent handle) and its channel."""
 
     def __init__(
         self,
-        container: Container,
+        handle: AgentHandle,
         sock: socket.socket,
         sock_dir: Path,
         limits: SandboxLimits,
         ready: Frame,
     ) -> None:
-        self.container = container
+        self.handle = handle
         self.sock = sock
         self.sock_dir = sock_dir
         self.limits = limits
@@ -192,7 +431,7 @@ class _Box:
 
     @property
     def container_id(self) -> str:
-        return self.container.id or ""
+        return self.handle.id
 
     def send(self, frame: Frame) -> None:
         data = encode_frame(frame)
@@ -221,47 +460,37 @@ class _Box:
         return bool(waiting)  # b"": EOF, the agent is gone
 
     def wait_exit(self, timeout_s: float) -> tuple[int | None, bool]:
-        """(exit code or None if it had to be killed, OOM-killed?) once the container ended."""
-        code: int | None
-        try:
-            status = self.container.wait(timeout=timeout_s)
-            code = int(status.get("StatusCode", -1))
-        except (requests.exceptions.RequestException, APIError, NotFound):
-            code = None
-            self.kill()
-        oom = False
-        with contextlib.suppress(APIError, NotFound, requests.exceptions.RequestException):
-            self.container.reload()
-            oom = bool(self.container.attrs.get("State", {}).get("OOMKilled"))
-        return code, oom
+        """(exit code or None if it had to be killed, OOM-killed?) once the sandbox ended."""
+        return self.handle.wait_exit(timeout_s)
 
     def kill(self) -> None:
-        with contextlib.suppress(APIError, NotFound, requests.exceptions.RequestException):
-            self.container.kill()
+        self.handle.kill()
 
     def destroy(self) -> None:
-        """Close the channel, remove the container and the socket directory (idempotent)."""
+        """Close the channel, remove the sandbox and the socket directory (idempotent)."""
         if self.destroyed:
             return
         self.destroyed = True
         with contextlib.suppress(OSError):
             self.sock.close()
-        with contextlib.suppress(APIError, NotFound, requests.exceptions.RequestException):
-            self.container.remove(force=True)
+        self.handle.destroy()
         shutil.rmtree(self.sock_dir, ignore_errors=True)
 
 
 class SandboxSession:
-    """A persistent sandbox: one container with the agent, reused by every cell.
+    """A persistent sandbox: one container (or other isolated agent) reused by every cell.
 
     Started lazily by the first ``execute`` (or eagerly by ``start()``, e.g. from a
-    background thread after ``%load_ext``). A container lost to a timeout kill, an OOM
+    background thread after ``%load_ext``). A sandbox lost to a timeout kill, an OOM
     kill, a dead agent or ``stop_if_idle`` is replaced by the next ``execute``.
+
+    ``launcher`` picks the isolation (default: a ``DockerLauncher`` on ``client``); see
+    ``sandbox.isolation.open_sandbox_session`` to choose it from ``WFLO_ISOLATION``.
     """
 
     def __init__(
         self,
-        client: docker.DockerClient,
+        client: docker.DockerClient | None,
         session_id: str,
         *,
         image: str = DEFAULT_IMAGE,
@@ -271,7 +500,13 @@ class SandboxSession:
         ready_timeout_s: float = 30.0,
         interrupt_grace_s: float = 2.0,
         agent_dir: Path = AGENT_DIR,
+        launcher: AgentLauncher | None = None,
     ) -> None:
+        if launcher is None:
+            if client is None:
+                raise SandboxError("a SandboxSession needs a Docker client or a launcher")
+            launcher = DockerLauncher(client)
+        self.launcher = launcher
         self.client = client
         self.session_id = session_id
         self.image = image
@@ -282,6 +517,8 @@ class SandboxSession:
         self.interrupt_grace_s = interrupt_grace_s
         self.agent_dir = agent_dir
         self._lock = threading.RLock()
+        self.llm_handler: LlmHandler | None = None
+        self._llm_pool: ThreadPoolExecutor | None = None
         self._box: _Box | None = None
         self._image_checked = False
         self._busy = False
@@ -295,8 +532,14 @@ class SandboxSession:
 
     @property
     def container_id(self) -> str | None:
+        """The running sandbox's id (a container id, ``bwrap-<pid>``, ``host-<pid>``)."""
         box = self._box
         return box.container_id if box is not None else None
+
+    @property
+    def isolation(self) -> str:
+        """``docker`` | ``bubblewrap`` | ``unisolated``."""
+        return self.launcher.isolation
 
     @property
     def running(self) -> bool:
@@ -341,6 +584,9 @@ class SandboxSession:
             with self._lock:
                 self._discard()
                 self._lost_notice = None
+                pool, self._llm_pool = self._llm_pool, None
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
         finally:
             self._closing = False
 
@@ -449,7 +695,9 @@ class SandboxSession:
             ready_timeout_s=self.ready_timeout_s,
             interrupt_grace_s=self.interrupt_grace_s,
             agent_dir=self.agent_dir,
+            launcher=self.launcher,
         )
+        fresh.llm_handler = self.llm_handler
         try:
             return fresh.execute(code, **kwargs)
         finally:
@@ -466,7 +714,7 @@ class SandboxSession:
         output_cap: int,
         limits: SandboxLimits | None,
     ) -> ExecResult:
-        result = ExecResult(ok=False, exit_reason="error")
+        result = ExecResult(ok=False, exit_reason="error", isolation=self.isolation)
         parts: dict[str, list[str]] = {"stdout": [], "stderr": []}
         try:
             return self._run_cell(
@@ -523,6 +771,8 @@ class SandboxSession:
             box = self._box = self._launch(limits)
         elif limits is not None and limits != box.limits:
             self._apply_limits(box, limits, result)
+        if box.handle.notice:
+            result.notices.insert(0, box.handle.notice)
         result.container_id = box.container_id
         cell_id = uuid.uuid4().hex
         frame = {
@@ -573,6 +823,9 @@ class SandboxSession:
                 return self._lost(box, result, started, exc)
             for incoming in frames:
                 kind = incoming["type"]
+                if kind == "llm_request":
+                    self._serve_llm(box, incoming)
+                    continue
                 if incoming.get("id") != cell_id:
                     continue
                 if kind == "stream":
@@ -601,18 +854,40 @@ class SandboxSession:
                     except Exception as exc:
                         callback_failed = self._callback_failed(result, exc, callback_failed)
                 elif kind == "result":
-                    return self._finish(result, incoming, started, timeout_s, interrupted_by)
-                elif kind == "llm_request":  # reserved: the gateway answers these later
-                    with contextlib.suppress(OSError):
-                        box.send(
-                            {
-                                "type": "llm_response",
-                                "id": cell_id,
-                                "call_id": incoming.get("call_id"),
-                                "ok": False,
-                                "error": "no LLM gateway is attached to this sandbox",
-                            }
-                        )
+                    self._finish(result, incoming, started, timeout_s, interrupted_by)
+                    if not result.ok:
+                        hint = box.handle.explain_error(result.ename, box.limits)
+                        if hint and not result.evalue:
+                            result.evalue = hint
+                        elif hint:
+                            result.notices.append(hint)
+                    return result
+
+    def _serve_llm(self, box: _Box, frame: Frame) -> None:
+        """Hand an ``llm_request`` to the gateway on a worker thread (the read loop must
+        keep delivering output); every request gets exactly one answer."""
+
+        def send(reply: Frame) -> None:
+            with contextlib.suppress(OSError):
+                box.send(reply)
+
+        handler = self.llm_handler
+        if handler is None:
+            route = llm_route(str(frame.get("path", "")))
+            send(
+                llm_error_response(
+                    str(frame.get("id", "")),
+                    route[0] if route else "openai",
+                    503,
+                    "no LLM gateway is attached to this sandbox",
+                )
+            )
+            return
+        with self._lock:
+            if self._llm_pool is None:
+                self._llm_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="wflo-llm")
+            pool = self._llm_pool
+        pool.submit(handler, frame, send)
 
     @staticmethod
     def _callback_failed(result: ExecResult, exc: Exception, already: bool) -> bool:
@@ -733,23 +1008,11 @@ class SandboxSession:
         return result
 
     def _apply_limits(self, box: _Box, limits: SandboxLimits, result: ExecResult) -> None:
-        """Change memory / CPU / pids limits of the running container in place."""
-        api = cast(Any, self.client.api)
-        data = {
-            "Memory": limits.memory_bytes,
-            "MemorySwap": limits.memory_bytes,
-            "NanoCpus": int(limits.cpus * 1e9),
-            "PidsLimit": limits.pids_limit,
-        }
-        try:
-            response = api._post_json(
-                api._url("/containers/{0}/update", box.container_id), data=data
-            )
-            api._raise_for_status(response)
-        except (APIError, requests.exceptions.RequestException) as exc:
-            explanation = getattr(exc, "explanation", None) or str(exc)
+        """Change memory / CPU / pids limits of the running sandbox in place."""
+        problem = box.handle.apply_limits(limits)
+        if problem is not None:
             result.notices.append(
-                f"could not change the running sandbox's limits ({' '.join(explanation.split())}); "
+                f"could not change the running sandbox's limits ({problem}); "
                 f"this cell runs with memory {format_size(box.limits.memory_bytes)}, "
                 f"{box.limits.cpus:g} CPUs, {box.limits.pids_limit} pids"
             )
@@ -758,7 +1021,7 @@ class SandboxSession:
             limits, workspace_size=box.limits.workspace_size, tmp_size=box.limits.tmp_size
         )
 
-    # -- containers ---------------------------------------------------------------------
+    # -- sandboxes ----------------------------------------------------------------------
 
     def _discard(self) -> None:
         box, self._box = self._box, None
@@ -766,65 +1029,43 @@ class SandboxSession:
             box.destroy()
 
     def _socket_dir(self) -> Path:
-        base = self.socket_base or default_socket_base()
-        # A Unix socket path has to fit in 108 bytes.
-        if len(str(base)) > 60:
-            base = default_socket_base()
-        _private_dir(base)
+        base = self.launcher.socket_base(self.socket_base)
         return Path(tempfile.mkdtemp(prefix=f"s{os.getpid()}-", dir=base))
 
     def _launch(self, limits: SandboxLimits | None = None) -> _Box:
-        """Create, start and handshake one container. Never leaks one when this fails."""
+        """Start one sandbox and handshake its agent. Never leaks one when this fails."""
         limits = limits or self.limits
         if not self._image_checked:
-            check_image(self.client, self.image)
+            self.launcher.prepare(self.image)
             self._image_checked = True
         sock_dir = self._socket_dir()
         sock_path = sock_dir / SOCKET_NAME
         listener: socket.socket | None = None
-        container: Container | None = None
+        handle: AgentHandle | None = None
         conn: socket.socket | None = None
         launched: _Box | None = None
         try:
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             listener.bind(str(sock_path))
             listener.listen(4)
-            _grant_sandbox_access(sock_dir, sock_path)
+            self.launcher.grant_access(sock_dir, sock_path)
             token = secrets.token_hex(16)
-            options = hardened_options(
-                memory_bytes=limits.memory_bytes,
-                cpus=limits.cpus,
-                pids_limit=limits.pids_limit,
-                labels=self.labels(),
-                environment={**SANDBOX_ENV, "WFLO_AGENT_TOKEN": token},
-                workspace_size=limits.workspace_size,
-                tmp_size=limits.tmp_size,
-            )
-            try:
-                container = self.client.containers.create(
-                    self.image,
-                    ["python3", "-I", f"{AGENT_MOUNT}/agent.py", f"{SOCKET_MOUNT}/{SOCKET_NAME}"],
-                    detach=True,
-                    init=True,
-                    volumes={
-                        str(self.agent_dir): {"bind": AGENT_MOUNT, "mode": "ro"},
-                        str(sock_dir): {"bind": SOCKET_MOUNT, "mode": "ro"},
-                    },
-                    **options,
+            handle = self.launcher.launch(
+                LaunchRequest(
+                    sock_dir=sock_dir,
+                    socket_name=SOCKET_NAME,
+                    token=token,
+                    limits=limits,
+                    labels=self.labels(),
+                    image=self.image,
+                    agent_dir=self.agent_dir,
+                    role=self.role,
                 )
-                container.start()
-            except APIError as exc:
-                raise SandboxError(
-                    f"could not start the sandbox: {' '.join(str(exc.explanation or exc).split())}"
-                ) from None
-            except (DockerException, requests.exceptions.RequestException) as exc:
-                raise SandboxError(
-                    f"could not start the sandbox: {type(exc).__name__}: {exc}"
-                ) from None
-            conn, ready = self._accept(listener, container, token)
-            box = _Box(container, conn, sock_dir, limits, ready)
+            )
+            conn, ready = self._accept(listener, handle, token)
+            box = _Box(handle, conn, sock_dir, limits, ready)
             conn = None
-            container = None
+            handle = None
             launched = box
             return box
         finally:
@@ -834,14 +1075,13 @@ class SandboxSession:
                 sock_path.unlink()  # nobody else can connect from now on
             if conn is not None:
                 conn.close()
-            if container is not None:  # failed half way: never leak it
-                with contextlib.suppress(APIError, NotFound, requests.exceptions.RequestException):
-                    container.remove(force=True)
+            if handle is not None:  # failed half way: never leak it
+                handle.destroy()
             if launched is None:
                 shutil.rmtree(sock_dir, ignore_errors=True)
 
     def _accept(
-        self, listener: socket.socket, container: Container, token: str
+        self, listener: socket.socket, handle: AgentHandle, token: str
     ) -> tuple[socket.socket, Frame]:
         """Wait for the agent to connect and say ``ready`` with the right token."""
         deadline = time.monotonic() + self.ready_timeout_s
@@ -851,18 +1091,17 @@ class SandboxSession:
             if now >= deadline:
                 raise SandboxError(
                     f"the sandbox agent did not connect within {self.ready_timeout_s:g} s"
-                    + self._logs_hint(container)
+                    + self._logs_hint(handle)
                 )
             readable, _, _ = select.select([listener], [], [], min(0.1, deadline - now))
             if not readable:
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + 0.5
-                    container.reload()
-                    if container.status in ("exited", "dead"):
-                        code = container.attrs.get("State", {}).get("ExitCode")
+                    code = handle.poll()
+                    if code is not None:
                         raise SandboxError(
                             f"the sandbox agent exited at start (exit code {code})"
-                            + self._logs_hint(container)
+                            + self._logs_hint(handle)
                         )
                 continue
             conn, _ = listener.accept()
@@ -883,12 +1122,9 @@ class SandboxSession:
             conn.close()
 
     @staticmethod
-    def _logs_hint(container: Container) -> str:
-        try:
-            logs = container.logs(tail=5).decode("utf-8", "replace").strip()
-        except (APIError, NotFound, requests.exceptions.RequestException):
-            return ""
-        last = logs.splitlines()[-1] if logs else ""
+    def _logs_hint(handle: AgentHandle) -> str:
+        logs = handle.logs_tail().strip()
+        last = logs.splitlines()[-1].strip() if logs else ""
         return f": {last}" if last else ""
 
 
@@ -955,7 +1191,13 @@ def reap_orphans(client: docker.DockerClient, *, socket_base: Path | None = None
         except APIError:
             continue
         removed.append(container.id or "")
-    base = socket_base or default_socket_base()
+    reap_socket_dirs(socket_base or default_socket_base())
+    return removed
+
+
+def reap_socket_dirs(base: Path) -> list[Path]:
+    """Remove the ``s<kernel pid>-*`` directories under ``base`` whose kernel is gone."""
+    removed: list[Path] = []
     if base.is_dir():
         for entry in base.iterdir():
             pid_text = entry.name[1:].split("-", 1)[0]
@@ -966,4 +1208,5 @@ def reap_orphans(client: docker.DockerClient, *, socket_base: Path | None = None
                 and not kernel_alive(int(pid_text))
             ):
                 shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
     return removed

@@ -64,6 +64,15 @@ def _check_kafka(value: str) -> str:
     return ",".join(servers)
 
 
+def _check_isolation(value: str | None) -> str:
+    mode = (value or "auto").lower()
+    if mode not in ("auto", "docker", "bubblewrap", "unisolated"):
+        raise ConfigError(
+            f"WFLO_ISOLATION: {value!r} is not one of auto, docker, bubblewrap, unisolated"
+        )
+    return mode
+
+
 def _check_docker(value: str) -> str:
     if urlsplit(value).scheme in ("unix", "tcp", "ssh", "npipe", "http", "https"):
         return value
@@ -82,6 +91,8 @@ class Settings:
     temporal_namespace: str = "default"
     docker_host: str | None = None
     runtime_image: str = "wflo-runtime:python3.11"
+    provider: str = "real"  # "real" | "mock" (WFLO_PROVIDER=mock: simulated answers)
+    isolation: str = "auto"  # WFLO_ISOLATION: auto | docker | bubblewrap | unisolated
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -98,6 +109,11 @@ class Settings:
         kafka = get("WFLO_KAFKA_BOOTSTRAP")
         temporal = get("WFLO_TEMPORAL_ADDRESS")
         docker_host = get("WFLO_DOCKER_HOST")
+        provider = (get("WFLO_PROVIDER") or "real").lower()
+        if provider not in ("real", "mock"):
+            raise ConfigError(
+                f"WFLO_PROVIDER: {provider!r} is not 'mock' (or unset for real providers)"
+            )
         return cls(
             home=home,
             database_url=normalize_database_url(database) if database else None,
@@ -109,6 +125,8 @@ class Settings:
             temporal_namespace=get("WFLO_TEMPORAL_NAMESPACE") or "default",
             docker_host=_check_docker(docker_host) if docker_host else None,
             runtime_image=get("WFLO_RUNTIME_IMAGE") or "wflo-runtime:python3.11",
+            provider=provider,
+            isolation=_check_isolation(get("WFLO_ISOLATION")),
         )
 
     def configured(self, engine: str) -> str | None:

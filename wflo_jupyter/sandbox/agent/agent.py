@@ -20,6 +20,12 @@ token in ``WFLO_AGENT_TOKEN``), it connects back to the host over the Unix socke
 - values: ``--in`` values arrive pickled (the host is trusted); ``--out`` values leave
   only as JSON, bytes, ``.npy`` (``allow_pickle=False``) or Arrow IPC, anything else is
   refused with a one-line error naming the variable and its type.
+- LLM calls: a loopback HTTP proxy (``127.0.0.1:<port>``) that the official ``openai``
+  and ``anthropic`` SDKs reach through ``OPENAI_BASE_URL`` / ``ANTHROPIC_BASE_URL`` set in
+  the agent's own environment, with a per-session token as their API keys; every call
+  becomes one ``llm_request`` frame and the host's answer frames are written back to the
+  SDK, streams chunk by chunk (``protocol`` documents the frames). Provider keys never
+  enter the sandbox.
 
 Hardening of the channel "as far as practical": the socket lives on a high, close-on-exec
 fd that subprocesses never inherit, reading/writing it happens only in agent threads,
@@ -68,6 +74,10 @@ def _load_protocol() -> types.ModuleType:
     exec(code, module.__dict__)
     return module
 
+
+if TYPE_CHECKING:
+    import http.server
+    import socketserver
 
 if TYPE_CHECKING or __package__:
     from . import protocol
@@ -176,6 +186,8 @@ class Sender:
         self._sock = sock
         self.diag = diag
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.on_lost: Callable[[], None] | None = None
+        """Called (in the writer thread) when the socket broke, just before the agent exits."""
         self._thread = _agent_thread("wflo-agent-send", self._run)
 
     def send(self, frame: dict[str, Any]) -> None:
@@ -195,6 +207,8 @@ class Sender:
                 self._sock.sendall(data)
             except OSError as exc:
                 self.diag(f"wflo-agent: the channel to the host broke ({exc}); exiting")
+                if self.on_lost is not None:
+                    self.on_lost()
                 os._exit(EXIT_CHANNEL_LOST)
 
 
@@ -967,13 +981,462 @@ def _no_input(prompt: object = "") -> str:
 
 
 # ---------------------------------------------------------------------------------------
+# LLM calls: a loopback HTTP proxy, one ``llm_request`` frame per call
+
+
+LLM_TOKEN_PREFIX = "wflo-sandbox-"
+LLM_MAX_BODY_BYTES = 64 * 1024 * 1024
+"""Largest request body the proxy accepts (413 above it)."""
+LLM_CLIENT_CHECK_S = 0.5
+"""While it waits for the host, a proxy thread checks this often whether its client left."""
+LLM_DRAIN_S = 0.5
+"""When the channel dies, how long waiting requests get to answer 502 before the agent exits."""
+
+
+class LlmRouter:
+    """Answer frames of in-flight LLM calls, one queue per request id: the channel's reading
+    thread ``deliver``s (never blocks), the proxy thread serving the request reads its queue.
+    Frames for an id nobody waits for (cancelled, timed out) are dropped."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: dict[str, queue.SimpleQueue[dict[str, Any]]] = {}
+        self.lost: str | None = None
+
+    def open(self, request_id: str) -> queue.SimpleQueue[dict[str, Any]] | None:
+        """A queue for ``request_id``'s answer, or None when the channel is gone."""
+        with self._cond:
+            if self.lost is not None:
+                return None
+            inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+            self._pending[request_id] = inbox
+            return inbox
+
+    def forget(self, request_id: str) -> None:
+        with self._cond:
+            self._pending.pop(request_id, None)
+            self._cond.notify_all()
+
+    def deliver(self, frame: dict[str, Any]) -> bool:
+        with self._cond:
+            inbox = self._pending.get(str(frame.get("id")))
+        if inbox is None:
+            return False
+        inbox.put(frame)
+        return True
+
+    def channel_lost(self, reason: str, drain_s: float = LLM_DRAIN_S) -> None:
+        """Every waiting request is answered 502 (``reason``); wait up to ``drain_s`` for
+        the proxy threads to write those answers."""
+        with self._cond:
+            self.lost = reason
+            for inbox in self._pending.values():
+                inbox.put({"type": "_lost", "error": reason})
+            self._cond.wait_for(lambda: not self._pending, drain_s)
+
+
+def _client_gone(sock: socket.socket) -> bool:
+    """Has the HTTP client closed its connection? (It sends nothing while it waits.)"""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
+def _header_items(headers: Any) -> list[tuple[str, str]]:
+    """The host's response headers that may go to the client (no framing, no CR/LF)."""
+    if not isinstance(headers, dict):
+        return []
+    items: list[tuple[str, str]] = []
+    for name, value in headers.items():
+        key = str(name).strip().lower()
+        if not key or key in protocol.LLM_HOP_HEADERS or any(c in key for c in " :\r\n"):
+            continue
+        items.append((key, " ".join(str(value).split())))
+    return items
+
+
+class LlmProxy:
+    """The loopback HTTP proxy the SDKs in cells talk to.
+
+    The listening socket is bound in ``__init__`` (so the port is known before ``ready``);
+    ``http.server`` is imported by the serving thread (it costs tens of milliseconds, off
+    the agent's start-up path; connections wait in the backlog meanwhile). One thread per
+    connection (``ThreadingHTTPServer``), HTTP/1.1 keep-alive; a streamed answer goes out
+    with chunked transfer encoding, each ``llm_response_chunk`` written as it arrives.
+    """
+
+    def __init__(
+        self,
+        sender: Sender,
+        router: LlmRouter,
+        current_cell: Callable[[], str | None],
+        timeout_s: float = protocol.LLM_IDLE_TIMEOUT_S,
+    ) -> None:
+        self.sender = sender
+        self.router = router
+        self.current_cell = current_cell
+        self.timeout_s = timeout_s
+        self.token = LLM_TOKEN_PREFIX + os.urandom(16).hex()
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            raw.bind(("127.0.0.1", 0))
+            raw.listen(128)
+            fd = _high_fd(raw.detach())
+        except BaseException:
+            raw.close()
+            raise
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, fileno=fd)
+        self.port: int = self.listener.getsockname()[1]
+        self.server: socketserver.BaseServer | None = None
+
+    def environment(self) -> dict[str, str]:
+        """What the SDKs need: base URLs of this proxy and the session token as keys."""
+        base = f"http://127.0.0.1:{self.port}"
+        return {
+            "OPENAI_BASE_URL": f"{base}/v1",
+            "ANTHROPIC_BASE_URL": base,
+            "OPENAI_API_KEY": self.token,
+            "ANTHROPIC_API_KEY": self.token,
+        }
+
+    def start(self) -> None:
+        _agent_thread("wflo-agent-llm-proxy", self._serve)
+
+    def _serve(self) -> None:
+        _block_sigint()  # inherited by every connection thread
+        self.server = _make_llm_server(self)
+        self.server.serve_forever(poll_interval=3600)
+
+    # one HTTP request ----------------------------------------------------------------
+
+    def handle(self, client: http.server.BaseHTTPRequestHandler) -> None:
+        """``POST`` from an SDK -> ``llm_request`` -> the host's answer, written back."""
+        route = protocol.llm_route(client.path)
+        guess = "anthropic" if "/messages" in client.path else "openai"
+        if route is None:
+            served = ", ".join(protocol.LLM_ROUTES)
+            self.refuse(
+                client,
+                guess,
+                404,
+                f"{client.path} is not served by the wflo sandbox (only {served})",
+            )
+            return
+        provider, endpoint, path = route
+        if not self._authorised(client):
+            self.refuse(
+                client,
+                provider,
+                401,
+                "invalid API key: inside a wflo sandbox, LLM calls use the session token "
+                "already set in OPENAI_API_KEY / ANTHROPIC_API_KEY",
+            )
+            return
+        body = self._read_json(client, provider)
+        if body is None:
+            return
+        request_id = os.urandom(12).hex()
+        inbox = self.router.open(request_id)
+        if inbox is None:
+            self.refuse(client, provider, 502, "the sandbox has lost its channel to the host")
+            return
+        try:
+            headers = {}
+            for name in protocol.LLM_FORWARDED_HEADERS:
+                value = client.headers.get(name)
+                if value is not None:
+                    headers[name] = str(value)
+            try:
+                self.sender.send(
+                    {
+                        "type": "llm_request",
+                        "id": request_id,
+                        "cell": self.current_cell(),
+                        "provider": provider,
+                        "endpoint": endpoint,
+                        "path": path,
+                        "headers": headers,
+                        "body": body,
+                    }
+                )
+            except protocol.ProtocolError as exc:
+                self.refuse(client, provider, 413, f"the request cannot be sent to the host: {exc}")
+                return
+            self._answer(client, provider, request_id, inbox)
+        finally:
+            self.router.forget(request_id)
+
+    def refuse(
+        self, client: http.server.BaseHTTPRequestHandler, provider: str, status: int, message: str
+    ) -> None:
+        """An error of the proxy itself, in ``provider``'s shape; the connection is closed
+        (the request body may be unread) and the SDK is told not to retry."""
+        data = json.dumps(protocol.llm_error_body(provider, status, message)).encode()
+        client.close_connection = True
+        with contextlib.suppress(OSError):
+            client.send_response(status)
+            client.send_header("Content-Type", "application/json")
+            client.send_header("Content-Length", str(len(data)))
+            client.send_header("Connection", "close")
+            client.send_header("x-should-retry", "false")
+            client.end_headers()
+            client.wfile.write(data)
+
+    def _authorised(self, client: http.server.BaseHTTPRequestHandler) -> bool:
+        import hmac  # already loaded by the serving thread; a dict lookup here
+
+        presented: list[str] = []
+        authorization = str(client.headers.get("authorization") or "")
+        if authorization[:7].lower() == "bearer ":
+            presented.append(authorization[7:].strip())
+        api_key = client.headers.get("x-api-key")
+        if api_key is not None:
+            presented.append(str(api_key).strip())
+        expected = self.token.encode()
+        return any(hmac.compare_digest(p.encode("utf-8", "replace"), expected) for p in presented)
+
+    def _read_json(
+        self, client: http.server.BaseHTTPRequestHandler, provider: str
+    ) -> dict[str, Any] | None:
+        """The request's JSON object, or None after refusing the request."""
+        if "chunked" in str(client.headers.get("transfer-encoding") or "").lower():
+            self.refuse(client, provider, 411, "send the request body with a Content-Length")
+            return None
+        try:
+            length = int(str(client.headers.get("content-length") or "0"))
+        except ValueError:
+            length = -1
+        if length < 0:
+            self.refuse(client, provider, 400, "invalid Content-Length")
+            return None
+        if length > LLM_MAX_BODY_BYTES:
+            self.refuse(
+                client,
+                provider,
+                413,
+                f"request body of {format_bytes(length)} is over the sandbox proxy's limit "
+                f"of {format_bytes(LLM_MAX_BODY_BYTES)}",
+            )
+            return None
+        try:
+            raw = client.rfile.read(length) if length else b""
+        except OSError:
+            client.close_connection = True
+            return None
+        if len(raw) < length:
+            client.close_connection = True
+            return None
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            self.refuse(client, provider, 400, f"the request body is not JSON: {_one_line(exc)}")
+            return None
+        if not isinstance(body, dict):
+            self.refuse(
+                client,
+                provider,
+                400,
+                f"the request body is a JSON {type(body).__name__}, not an object",
+            )
+            return None
+        return body
+
+    # the host's answer ---------------------------------------------------------------
+
+    def _next(
+        self,
+        client: http.server.BaseHTTPRequestHandler,
+        request_id: str,
+        inbox: queue.SimpleQueue[dict[str, Any]],
+    ) -> dict[str, Any] | None:
+        """The next answer frame, ``{"type": "_timeout"}`` after ``timeout_s`` of silence, or
+        None if the client went away meanwhile (the host is told with ``llm_cancel``)."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._cancel(request_id, f"no answer from the host within {self.timeout_s:g} s")
+                return {"type": "_timeout"}
+            try:
+                return inbox.get(timeout=min(left, LLM_CLIENT_CHECK_S))
+            except queue.Empty:
+                pass
+            if _client_gone(client.connection):
+                self._cancel(request_id, "the client closed the connection")
+                client.close_connection = True
+                return None
+
+    def _cancel(self, request_id: str, reason: str) -> None:
+        self.router.forget(request_id)
+        if self.router.lost is None:
+            self.sender.send({"type": "llm_cancel", "id": request_id, "reason": reason})
+
+    def _answer(
+        self,
+        client: http.server.BaseHTTPRequestHandler,
+        provider: str,
+        request_id: str,
+        inbox: queue.SimpleQueue[dict[str, Any]],
+    ) -> None:
+        frame = self._next(client, request_id, inbox)
+        if frame is None:
+            return
+        kind = frame["type"]
+        if kind == "_timeout":
+            self.refuse(
+                client, provider, 504, f"the wflo host sent no answer within {self.timeout_s:g} s"
+            )
+            return
+        if kind == "_lost":
+            self.refuse(client, provider, 502, f"the wflo host is gone: {frame.get('error')}")
+            return
+        if kind not in ("llm_response", "llm_response_start"):
+            self.refuse(client, provider, 502, f"the wflo host answered with {kind} first")
+            return
+        status = frame.get("status")
+        if not isinstance(status, int) or not 100 <= status <= 599:
+            self.refuse(client, provider, 502, f"the wflo host sent an invalid status {status!r}")
+            return
+        headers = _header_items(frame.get("headers"))
+        if kind == "llm_response":
+            try:
+                body = protocol.b64decode(frame.get("body_b64") or "")
+            except protocol.ProtocolError as exc:
+                self.refuse(client, provider, 502, f"the wflo host sent an invalid body: {exc}")
+                return
+            if not any(name == "content-type" for name, _ in headers):
+                headers.append(("content-type", "application/json"))
+            try:
+                client.send_response(status)
+                for name, value in headers:
+                    client.send_header(name, value)
+                client.send_header("Content-Length", str(len(body)))
+                client.end_headers()
+                client.wfile.write(body)
+            except OSError:
+                client.close_connection = True
+            return
+        self._stream(client, provider, request_id, inbox, status, headers)
+
+    def _stream(
+        self,
+        client: http.server.BaseHTTPRequestHandler,
+        provider: str,
+        request_id: str,
+        inbox: queue.SimpleQueue[dict[str, Any]],
+        status: int,
+        headers: list[tuple[str, str]],
+    ) -> None:
+        """Chunked transfer encoding: every ``llm_response_chunk`` goes out as it arrives,
+        so the SDK's SSE parser sees each event at once."""
+        if not any(name == "content-type" for name, _ in headers):
+            headers.append(("content-type", "text/event-stream"))
+        is_sse = any(n == "content-type" and "event-stream" in v for n, v in headers)
+        try:
+            client.send_response(status)
+            for name, value in headers:
+                client.send_header(name, value)
+            client.send_header("Transfer-Encoding", "chunked")
+            client.end_headers()
+        except OSError:
+            self._cancel(request_id, "the client closed the connection")
+            client.close_connection = True
+            return
+        while True:
+            frame = self._next(client, request_id, inbox)
+            if frame is None:
+                return
+            kind = frame["type"]
+            error: str | None = None
+            if kind == "llm_response_chunk":
+                try:
+                    data = protocol.b64decode(frame.get("data_b64") or "")
+                except protocol.ProtocolError as exc:
+                    error = f"the wflo host sent an invalid chunk: {exc}"
+                    self._cancel(request_id, error)
+                else:
+                    if not data:
+                        continue
+                    try:
+                        client.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
+                    except OSError:
+                        self._cancel(request_id, "the client closed the connection")
+                        client.close_connection = True
+                        return
+                    continue
+            elif kind == "llm_response_end":
+                error = None if frame.get("error") is None else str(frame.get("error"))
+            elif kind == "_timeout":
+                error = f"the wflo host sent nothing for {self.timeout_s:g} s during the stream"
+            elif kind == "_lost":
+                error = f"the wflo host is gone: {frame.get('error')}"
+            else:
+                error = f"the wflo host sent {kind} inside a stream"
+                self._cancel(request_id, error)
+            tail = b""
+            if error is not None:
+                if not is_sse:  # nothing the client can parse: cut the body short
+                    client.close_connection = True
+                    return
+                event = protocol.llm_sse_error(provider, error)
+                tail = b"%x\r\n%b\r\n" % (len(event), event)
+            try:
+                client.wfile.write(tail + b"0\r\n\r\n")
+            except OSError:
+                client.close_connection = True
+            return
+
+
+def _make_llm_server(proxy: LlmProxy) -> socketserver.BaseServer:
+    """The ``ThreadingHTTPServer`` on ``proxy.listener`` (``http.server`` imported here)."""
+    import hmac  # noqa: F401 - loaded now, used by every request's token check
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "wflo-sandbox-llm-proxy"
+        sys_version = ""
+
+        def do_POST(self) -> None:
+            proxy.handle(self)
+
+        def _not_allowed(self) -> None:
+            guess = "anthropic" if "/messages" in self.path else "openai"
+            proxy.refuse(self, guess, 405, f"{self.command} is not supported; LLM calls are POST")
+
+        do_GET = do_PUT = do_PATCH = do_DELETE = do_HEAD = _not_allowed
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # sys.stderr belongs to the running cell
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        block_on_close = False
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            exc = sys.exc_info()[1]
+            if not isinstance(exc, OSError):
+                diag(f"wflo-agent: LLM proxy request failed\n{traceback.format_exc()}")
+
+    server = Server(("127.0.0.1", proxy.port), Handler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = proxy.listener
+    server.server_address = proxy.listener.getsockname()
+    return server
+
+
+# ---------------------------------------------------------------------------------------
 # entry point
 
 
 class Agent:
     """Connects to the host, then serves frames until ``shutdown`` or the host goes away."""
 
-    def __init__(self, socket_path: str, token: str) -> None:
+    def __init__(
+        self, socket_path: str, token: str, llm_timeout_s: float = protocol.LLM_IDLE_TIMEOUT_S
+    ) -> None:
         global _diag_fd
         _diag_fd = _high_fd(os.dup(2))
         raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -988,6 +1451,15 @@ class Agent:
         self._channel_fd = fd
         self.kernel.channel_check = self.channel_intact
         self.inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self.router = LlmRouter()
+        self.sender.on_lost = lambda: self.router.channel_lost("the channel to the host broke")
+        self.proxy: LlmProxy | None = None
+        try:
+            self.proxy = LlmProxy(
+                self.sender, self.router, lambda: self.kernel.current_id, llm_timeout_s
+            )
+        except OSError as exc:  # no loopback interface: cells run, LLM calls cannot
+            self.diag(f"wflo-agent: no LLM proxy ({exc})")
 
     def channel_intact(self) -> bool:
         """Is the channel fd still open and still the socket the agent connected?"""
@@ -1003,6 +1475,9 @@ class Agent:
 
     def serve(self) -> int:
         self.kernel.install()
+        if self.proxy is not None:
+            self.proxy.start()
+            os.environ.update(self.proxy.environment())  # cells and subprocesses inherit it
         _agent_thread("wflo-agent-recv", self._receive)
         self.sender.send(
             {
@@ -1011,6 +1486,7 @@ class Agent:
                 "protocol": protocol.PROTOCOL_VERSION,
                 "pid": os.getpid(),
                 "python": sys.version.split()[0],
+                "llm_proxy": None if self.proxy is None else {"port": self.proxy.port},
             }
         )
         while True:
@@ -1029,19 +1505,23 @@ class Agent:
             try:
                 frame = protocol.recv_frame(self.sock)
             except protocol.ChannelClosed:
+                self.router.channel_lost("the host closed the channel")
                 os._exit(0)
             except (protocol.ProtocolError, OSError) as exc:
                 self.diag(f"wflo-agent: channel error ({exc}); exiting")
+                self.router.channel_lost(f"channel error ({exc})")
                 os._exit(EXIT_CHANNEL_LOST)
             kind = frame["type"]
-            if kind == "ping":
+            if kind in protocol.LLM_HOST_FRAME_TYPES:
+                self.router.deliver(frame)  # never blocks; unknown ids are dropped
+            elif kind == "ping":
                 self.sender.send({"type": "pong", "id": frame.get("id")})
             elif kind == "interrupt":
                 cell_id = frame.get("id")
                 self.kernel.interrupt(None if cell_id is None else str(cell_id))
             elif kind in ("exec", "shutdown"):
                 self.inbox.put(frame)
-            # llm_response is reserved for the gateway; unknown frames are ignored
+            # unknown frames are ignored
 
 
 def main(argv: list[str]) -> int:
@@ -1049,7 +1529,10 @@ def main(argv: list[str]) -> int:
         sys.stderr.write("usage: python3 -I agent.py /run/wflo/<socket>\n")
         return 2
     token = os.environ.pop("WFLO_AGENT_TOKEN", "")
-    agent = Agent(argv[1], token)
+    llm_timeout_s = protocol.LLM_IDLE_TIMEOUT_S
+    with contextlib.suppress(ValueError):
+        llm_timeout_s = float(os.environ.pop("WFLO_AGENT_LLM_TIMEOUT_S", "") or llm_timeout_s)
+    agent = Agent(argv[1], token, llm_timeout_s)
     try:
         code = agent.serve()
     except BaseException:

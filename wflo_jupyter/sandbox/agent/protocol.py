@@ -19,13 +19,15 @@ Frames, host -> agent
                or is null).
 ``ping``       ``{id}`` answered by ``pong`` ``{id}`` (liveness, latency).
 ``shutdown``   ``{}`` the agent exits.
-``llm_response`` RESERVED for the gateway issue: ``{id, call_id, ok, status, body | error}``
-               answers an ``llm_request``. The current agent ignores it.
+
+LLM answers (see "LLM calls" below): ``llm_response``, ``llm_response_start``,
+``llm_response_chunk``, ``llm_response_end``.
 
 Frames, agent -> host
 ---------------------
-``ready``      ``{token, protocol, pid, python}`` first frame after connecting; ``token`` is
-               the per-container secret the host gave the agent (proves which peer this is).
+``ready``      ``{token, protocol, pid, python, llm_proxy: {port}}`` first frame after
+               connecting; ``token`` is the per-container secret the host gave the agent
+               (proves which peer this is); ``llm_proxy.port`` is the agent's loopback proxy.
 ``stream``     ``{id, name: "stdout" | "stderr", text}`` live output of cell ``id``.
 ``display``    ``{id, data: {mime: value}, metadata: {}, kind: "display_data" |
                "execute_result"}`` a Jupyter mime bundle (binary mimes are base64 text,
@@ -33,9 +35,48 @@ Frames, agent -> host
 ``result``     ``{id, ok, error: {ename, evalue, traceback} | null, outputs: {name:
                {format, data, type, ...} | {error, type}}, execution_count}`` end of cell.
 ``pong``       ``{id}``.
-``llm_request`` RESERVED for the gateway issue: ``{id, call_id, provider, method, path,
-               headers, body}`` an LLM call made by the cell through the agent's loopback
-               proxy; the host prices, reserves, calls and answers with ``llm_response``.
+``llm_request``, ``llm_cancel``: LLM calls, see below.
+
+LLM calls
+---------
+Before ``ready`` the agent starts an HTTP server on ``127.0.0.1:<port>`` inside the sandbox
+and sets, in its own ``os.environ`` (cells and their subprocesses inherit it; the container's
+environment is untouched): ``OPENAI_BASE_URL=http://127.0.0.1:<port>/v1``,
+``ANTHROPIC_BASE_URL=http://127.0.0.1:<port>``, and ``OPENAI_API_KEY`` =
+``ANTHROPIC_API_KEY`` = a random per-session token ``wflo-sandbox-<hex>`` (never a provider
+key). It serves ``POST`` on ``LLM_ROUTES`` (with or without the ``/v1`` prefix; a query string
+is ignored), checks the token (``Authorization: Bearer`` or ``x-api-key``; else 401) and that
+the body is a JSON object (else 400), all in the provider's error shape, without the host.
+Every accepted HTTP request becomes exactly one ``llm_request``; the token never leaves the
+sandbox in a frame.
+
+agent -> host
+``llm_request``  ``{id, cell, provider: "openai" | "anthropic", endpoint: "chat" | "responses"
+                 | "embeddings" | "messages", path: "/v1/...", headers: {name: value}, body}``
+                 ``id`` is unique per request (not a cell id); ``cell`` is the id of the cell
+                 running when the request was made (null between cells, e.g. a leftover
+                 thread); ``headers`` holds only ``LLM_FORWARDED_HEADERS`` (lower-case names);
+                 ``body`` is the request's JSON object (``stream: true`` asks for SSE).
+``llm_cancel``   ``{id, reason}`` the HTTP client went away (interrupted cell, a stream left
+                 early) or the agent stopped waiting (timeout): the answer is no longer
+                 wanted. Optional for the host to act on; later frames for ``id`` are dropped.
+
+host -> agent: answer each ``llm_request`` with EITHER one
+``llm_response``       ``{id, status, headers: {name: value}, body_b64}`` a whole answer
+                       (JSON, an error in the provider's shape, or even a whole SSE body),
+OR a stream of
+``llm_response_start`` ``{id, status, headers}`` then any number of
+``llm_response_chunk`` ``{id, data_b64}`` (bytes written to the client as they arrive) then
+``llm_response_end``   ``{id, error: str | null}``; with an ``error`` the agent appends one
+                       SSE error event in the provider's shape (so the SDK raises) and ends.
+``headers`` are what the client should see (``content-type``, ``retry-after``,
+``retry-after-ms``, ``x-request-id``, rate-limit headers, ...); bodies and chunks are the
+DECODED bytes (no content-encoding); the agent drops ``LLM_HOP_HEADERS`` and frames the body
+itself (``content-length``, or chunked transfer encoding for a stream).
+Timeouts: when nothing arrives for a request for ``LLM_IDLE_TIMEOUT_S`` (per frame, so a long
+stream is fine) the agent answers 504 (or ends a started stream with an error event) and sends
+``llm_cancel``. If the channel dies, waiting requests are answered 502 before the agent exits.
+Frames of different requests interleave freely: the host may answer many requests at once.
 
 ``--out`` value formats (agent -> host; see ``wflo_jupyter.sandbox.values``): ``json``
 (``data`` is JSON text), ``bytes`` (base64), ``npy`` (base64 of ``numpy.save`` with
@@ -60,6 +101,37 @@ HANDSHAKE_MAX_FRAME_BYTES = 64 * 1024
 
 HOST_FRAME_TYPES = frozenset({"exec", "interrupt", "ping", "shutdown", "llm_response"})
 AGENT_FRAME_TYPES = frozenset({"ready", "stream", "display", "result", "pong", "llm_request"})
+LLM_HOST_FRAME_TYPES = frozenset(
+    {"llm_response", "llm_response_start", "llm_response_chunk", "llm_response_end"}
+)
+"""Host -> agent frames that answer an ``llm_request`` (routed to it by ``id``)."""
+LLM_AGENT_FRAME_TYPES = frozenset({"llm_request", "llm_cancel"})
+
+LLM_IDLE_TIMEOUT_S = 600.0
+"""How long the agent waits for the next frame of an answer before giving up (504)."""
+LLM_ROUTES: dict[str, tuple[str, str]] = {
+    "/v1/chat/completions": ("openai", "chat"),
+    "/v1/responses": ("openai", "responses"),
+    "/v1/embeddings": ("openai", "embeddings"),
+    "/v1/messages": ("anthropic", "messages"),
+}
+"""Canonical path -> (provider, endpoint) of every call the loopback proxy forwards."""
+LLM_FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta", "openai-beta", "content-type")
+"""Request headers carried in ``llm_request`` (they change how the provider answers)."""
+LLM_HOP_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "content-length",
+        "content-encoding",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+    }
+)
+"""Response headers the agent never passes on (it frames the body itself)."""
 
 Frame = dict[str, Any]
 
@@ -178,3 +250,102 @@ def b64decode(text: str) -> bytes:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (ValueError, UnicodeEncodeError) as exc:
         raise ProtocolError(f"invalid base64: {exc}") from None
+
+
+# -- LLM calls: shared by the host (answers) and the agent (requests, its own errors) ------
+
+_OPENAI_ERROR_TYPES = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    402: ("insufficient_quota", "insufficient_quota"),
+    404: ("invalid_request_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    411: ("invalid_request_error", "length_required"),
+    413: ("invalid_request_error", "request_too_large"),
+    429: ("rate_limit_exceeded", "rate_limit_exceeded"),
+    502: ("api_error", "api_error"),
+    504: ("timeout", "timeout"),
+}
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    411: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def llm_route(path: str) -> tuple[str, str, str] | None:
+    """``(provider, endpoint, canonical path)`` for a proxied request path, or None.
+
+    Accepts ``/v1/chat/completions`` and ``/chat/completions`` alike; ignores a query
+    string and a trailing slash."""
+    bare = path.split("?", 1)[0].split("#", 1)[0].rstrip("/")
+    canonical = bare if bare.startswith("/v1/") else "/v1" + bare
+    route = LLM_ROUTES.get(canonical)
+    return None if route is None else (route[0], route[1], canonical)
+
+
+def llm_error_body(provider: str, status: int, message: str) -> dict[str, Any]:
+    """An error in ``provider``'s own JSON shape, so SDK code raises its usual exception."""
+    if provider == "anthropic":
+        kind = _ANTHROPIC_ERROR_TYPES.get(status, "api_error")
+        return {"type": "error", "error": {"type": kind, "message": message}}
+    kind, code = _OPENAI_ERROR_TYPES.get(status, ("api_error", None))
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def llm_sse_error(provider: str, message: str) -> bytes:
+    """One SSE event that makes the provider's SDK raise while it reads a stream."""
+    if provider == "anthropic":
+        data = json.dumps(llm_error_body("anthropic", 500, message))
+        return f"event: error\ndata: {data}\n\n".encode()
+    return f"data: {json.dumps(llm_error_body('openai', 500, message))}\n\n".encode()
+
+
+def llm_response(
+    request_id: str, status: int, body: bytes, headers: dict[str, str] | None = None
+) -> Frame:
+    """A whole answer to ``llm_request`` ``request_id``."""
+    return {
+        "type": "llm_response",
+        "id": request_id,
+        "status": status,
+        "headers": dict(headers or {"content-type": "application/json"}),
+        "body_b64": b64encode(body),
+    }
+
+
+def llm_error_response(
+    request_id: str,
+    provider: str,
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+) -> Frame:
+    """An error answer in the provider's shape (e.g. 402 budget refused, 502 upstream)."""
+    body = json.dumps(llm_error_body(provider, status, message)).encode()
+    return llm_response(
+        request_id, status, body, {"content-type": "application/json", **(headers or {})}
+    )
+
+
+def llm_response_start(request_id: str, status: int, headers: dict[str, str]) -> Frame:
+    """The head of a streamed answer (``content-type: text/event-stream`` for SSE)."""
+    return {"type": "llm_response_start", "id": request_id, "status": status, "headers": headers}
+
+
+def llm_response_chunk(request_id: str, data: bytes) -> Frame:
+    return {"type": "llm_response_chunk", "id": request_id, "data_b64": b64encode(data)}
+
+
+def llm_response_end(request_id: str, error: str | None = None) -> Frame:
+    """End of a streamed answer; ``error`` ends it with an SSE error event instead."""
+    return {"type": "llm_response_end", "id": request_id, "error": error}

@@ -1,0 +1,74 @@
+"""The gateway's end of the agent channel: an ``llm_request`` frame from the sandbox
+becomes a ``GatewayRequest`` (validated: the frame is untrusted, cell code runs in the
+agent's process), and the answer goes back as ``llm_response*`` frames."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from wflo_jupyter.gateway.service import GatewayRequest
+from wflo_jupyter.sandbox.agent.protocol import (
+    LLM_FORWARDED_HEADERS,
+    Frame,
+    llm_error_response,
+    llm_response,
+    llm_response_chunk,
+    llm_response_end,
+    llm_response_start,
+    llm_route,
+)
+
+Send = Callable[[Frame], None]
+
+
+class BadLlmRequest(ValueError):
+    """An ``llm_request`` frame that does not describe a call the gateway serves."""
+
+
+def request_from_frame(frame: Mapping[str, Any]) -> GatewayRequest:
+    """Validate an ``llm_request`` frame; ``BadLlmRequest`` with a one-line reason."""
+    path = frame.get("path")
+    route = llm_route(path) if isinstance(path, str) else None
+    if route is None:
+        raise BadLlmRequest(f"no such endpoint: {path!r}")
+    provider, endpoint, canonical = route
+    body = frame.get("body")
+    if not isinstance(body, dict):
+        raise BadLlmRequest("the request body must be a JSON object")
+    raw_headers = frame.get("headers") or {}
+    if not isinstance(raw_headers, dict):
+        raise BadLlmRequest("headers must be an object")
+    headers = {
+        str(k).lower(): str(v)
+        for k, v in raw_headers.items()
+        if str(k).lower() in LLM_FORWARDED_HEADERS
+    }
+    return GatewayRequest(provider, endpoint, canonical, body, headers)
+
+
+class ChannelResponder:
+    """``Responder`` that answers one request over the agent channel."""
+
+    def __init__(self, send: Send, request_id: str) -> None:
+        self._send = send
+        self.request_id = request_id
+        self.answered = False
+
+    def full(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.answered = True
+        self._send(llm_response(self.request_id, status, body, headers))
+
+    def start(self, status: int, headers: dict[str, str]) -> None:
+        self.answered = True
+        self._send(llm_response_start(self.request_id, status, headers))
+
+    def chunk(self, data: bytes) -> None:
+        self._send(llm_response_chunk(self.request_id, data))
+
+    def end(self, error: str | None = None) -> None:
+        self._send(llm_response_end(self.request_id, error))
+
+    def refuse(self, provider: str, status: int, message: str) -> None:
+        self.answered = True
+        self._send(llm_error_response(self.request_id, provider, status, message))
