@@ -1,0 +1,187 @@
+"""LLM calls from unchanged SDK code in a ``%%wflo`` cell, end to end: agent proxy →
+channel → host gateway (budgets, Redis cache, ledger) → the provider's HTTP endpoint
+(the fake server: the only stand-in in the suite)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fakes.providers import FakeProvider
+from tests.kernel_driver import Kernel
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.kernel,
+    pytest.mark.docker,
+    pytest.mark.temporal,
+    pytest.mark.postgres,
+    pytest.mark.redis,
+]
+
+SECRET = "sk-host-secret"
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeProvider]:
+    server = FakeProvider()
+    yield server
+    server.close()
+
+
+def _env(fake: FakeProvider) -> dict[str, str]:
+    return {
+        "OPENAI_API_KEY": SECRET,
+        "ANTHROPIC_API_KEY": "sk-ant-host-secret",
+        "WFLO_OPENAI_BASE_URL": fake.base_url,
+        "WFLO_ANTHROPIC_BASE_URL": fake.url,
+    }
+
+
+@pytest.fixture(scope="module")
+def kernel(stack_env: dict[str, str], runtime_image: str, fake: FakeProvider) -> Iterator[Kernel]:
+    k = Kernel(env=_env(fake))
+    assert k.run("%load_ext wflo_jupyter").status == "ok"
+    yield k
+    k.run("%unload_ext wflo_jupyter")
+    k.shutdown()
+
+
+def test_sdk_calls_answered_cached_and_reported(kernel: Kernel, fake: FakeProvider) -> None:
+    marker = uuid.uuid4().hex[:8]
+    code = (
+        "%%wflo --budget 0.10 --name llm-sync\n"
+        "from openai import OpenAI\n"
+        "client = OpenAI()\n"
+        "for _ in range(2):\n"
+        "    reply = client.chat.completions.create(model='gpt-4o-mini', max_tokens=50,\n"
+        f"        messages=[{{'role': 'user', 'content': 'hello {marker}'}}])\n"
+        "    print(reply.choices[0].message.content)\n"
+    )
+    before = len(fake.requests)
+    run = kernel.run(code)
+    assert run.status == "ok", run.error
+    assert run.stdout == f"echo: hello {marker}\necho: hello {marker}\n"
+    assert len(fake.requests) == before + 1  # the second call was a cache hit
+    assert fake.requests[-1].headers["authorization"] == f"Bearer {SECRET}"  # key added on the host
+    report = kernel.run("%wflo report")
+    html = "".join(d.get("text/html", "") for d in report.data)
+    assert "llm-sync" in html
+    frame = kernel.run(
+        "f = get_ipython().find_magic('wflo').__self__.session.report_rows()\n"
+        "row = [r for r in f if r.name == 'llm-sync'][0]\n"
+        "print(row.calls, row.cached_calls, row.cost_micros > 0, row.saved_micros > 0)"
+    )
+    assert frame.stdout.split() == ["2", "1", "True", "True"]
+
+
+def test_streaming_async_and_anthropic(kernel: Kernel, fake: FakeProvider) -> None:
+    marker = uuid.uuid4().hex[:8]
+    code = (
+        "%%wflo --name llm-mixed\n"
+        "import asyncio\n"
+        "from openai import OpenAI, AsyncOpenAI\n"
+        "from anthropic import Anthropic\n"
+        f"stream = OpenAI().chat.completions.create(model='gpt-4o-mini', stream=True, max_tokens=30,\n"
+        f"    messages=[{{'role': 'user', 'content': 'stream {marker}'}}])\n"
+        "print(''.join(c.choices[0].delta.content or '' for c in stream if c.choices))\n"
+        "async def main():\n"
+        "    client = AsyncOpenAI()\n"
+        "    replies = await asyncio.gather(*[client.chat.completions.create(model='gpt-4o-mini',\n"
+        f"        max_tokens=20, messages=[{{'role': 'user', 'content': f'async {marker} {{i}}'}}]) for i in range(3)])\n"
+        "    await client.close()\n"
+        "    return [r.choices[0].message.content for r in replies]\n"
+        "print(asyncio.run(main()))\n"
+        "message = Anthropic().messages.create(model='claude-haiku-4-5', max_tokens=40,\n"
+        f"    messages=[{{'role': 'user', 'content': 'claude {marker}'}}])\n"
+        "print(message.content[0].text)\n"
+        "with Anthropic().messages.stream(model='claude-haiku-4-5', max_tokens=40,\n"
+        f"        messages=[{{'role': 'user', 'content': 'claude stream {marker}'}}]) as s:\n"
+        "    print(s.get_final_text())\n"
+    )
+    run = kernel.run(code)
+    assert run.status == "ok", (run.error, run.stderr[-2000:])
+    lines = run.stdout.splitlines()
+    assert lines[0] == f"echo: stream {marker}"
+    assert lines[1] == str([f"echo: async {marker} {i}" for i in range(3)])
+    assert lines[2] == f"echo: claude {marker}"
+    assert lines[3] == f"echo: claude stream {marker}"
+    assert fake.requests[-1].headers["x-api-key"] == "sk-ant-host-secret"
+
+
+def test_over_budget_call_is_refused_before_the_provider(
+    kernel: Kernel, fake: FakeProvider
+) -> None:
+    before = len(fake.requests)
+    code = (
+        "%%wflo --budget 0.000001 --name over-budget\n"
+        "import openai\n"
+        "try:\n"
+        "    openai.OpenAI(max_retries=0).chat.completions.create(model='gpt-4o-mini', max_tokens=800,\n"
+        "        messages=[{'role': 'user', 'content': 'too expensive'}])\n"
+        "except openai.APIStatusError as exc:\n"
+        "    print('refused', exc.status_code)\n"
+    )
+    run = kernel.run(code)
+    assert run.status == "ok", run.error
+    assert run.stdout == "refused 402\n"
+    assert "BudgetExceeded: cell budget $0.000001 — spent $0.00, reserved $0.00" in run.stderr
+    assert "(gpt-4o-mini, max_tokens=800)" in run.stderr
+    assert len(fake.requests) == before  # the provider was never contacted
+    assert kernel.run("%%wflo\nprint('carries on')").stdout == "carries on\n"
+
+
+def test_host_key_is_unreachable_from_the_cell(kernel: Kernel) -> None:
+    code = (
+        "%%wflo\n"
+        "import glob, os, openai\n"
+        "found = [k for k, v in os.environ.items() if 'sk-host-secret' in v]\n"
+        "for path in glob.glob('/proc/*/environ'):\n"
+        "    try:\n"
+        "        found += [path] if b'sk-host-secret' in open(path, 'rb').read() else []\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "try:\n"
+        "    openai.OpenAI(max_retries=0).chat.completions.create(model='no-such-model-xyz',\n"
+        "        messages=[{'role': 'user', 'content': 'x'}])\n"
+        "except openai.APIStatusError as exc:\n"
+        "    found += ['error'] if 'sk-host-secret' in str(exc) else []\n"
+        "print('found', found, os.environ['OPENAI_API_KEY'].startswith('wflo-sandbox-'))\n"
+    )
+    run = kernel.run(code)
+    assert run.stdout == "found [] True\n", (run.stdout, run.stderr[-1500:])
+    assert SECRET not in run.stdout + run.stderr
+
+
+def test_single_flight_across_two_kernels(
+    stack_env: dict[str, str], runtime_image: str, fake: FakeProvider, kernel: Kernel
+) -> None:
+    other = Kernel(env=_env(fake))
+    try:
+        assert other.run("%load_ext wflo_jupyter").status == "ok"
+        assert other.run("%%wflo\nprint('warm')").stdout == "warm\n"
+        kernel.run("%%wflo\nprint('warm')")
+        fake.state.delay_s = 1.0
+        marker = uuid.uuid4().hex
+        code = (
+            "%%wflo --timeout 120\n"
+            "from concurrent.futures import ThreadPoolExecutor\n"
+            "from openai import OpenAI\n"
+            "def ask(_):\n"
+            "    return OpenAI().chat.completions.create(model='gpt-4o-mini', max_tokens=20,\n"
+            f"        messages=[{{'role': 'user', 'content': 'together {marker}'}}]).choices[0].message.content\n"
+            "with ThreadPoolExecutor(10) as pool:\n"
+            "    print(set(pool.map(ask, range(10))))\n"
+        )
+        before = len(fake.requests)
+        first, second = kernel.submit(code), other.submit(code)
+        runs = [kernel.collect(first, 300), other.collect(second, 300)]
+    finally:
+        fake.state.delay_s = 0.0
+        other.run("%unload_ext wflo_jupyter")
+        other.shutdown()
+    for run in runs:
+        assert run.stdout == f"{{'echo: together {marker}'}}\n", (run.stdout, run.stderr[-1500:])
+    assert len(fake.requests) == before + 1
