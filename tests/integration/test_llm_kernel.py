@@ -4,12 +4,15 @@ channel → host gateway (budgets, Redis cache, ledger) → the provider's HTTP 
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.fakes.providers import FakeProvider
+from tests.helpers import PrivateRedis
 from tests.kernel_driver import Kernel
 
 pytestmark = [
@@ -185,3 +188,45 @@ def test_single_flight_across_two_kernels(
     for run in runs:
         assert run.stdout == f"{{'echo: together {marker}'}}\n", (run.stdout, run.stderr[-1500:])
     assert len(fake.requests) == before + 1
+
+
+def test_redis_outage_mid_notebook(
+    stack_env: dict[str, str], runtime_image: str, fake: FakeProvider, tmp_path: Path
+) -> None:
+    """Redis stopped mid-notebook: calls go on (budgeted, recorded) after one warning;
+    Redis back: caching resumes."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    k = Kernel(env={**_env(fake), "WFLO_REDIS_URL": server.url})
+    marker = uuid.uuid4().hex[:8]
+    cell = (
+        "%%wflo --name outage\n"
+        "from openai import OpenAI\n"
+        "print(OpenAI().chat.completions.create(model='gpt-4o-mini', max_tokens=20,\n"
+        f"    messages=[{{'role': 'user', 'content': 'outage {marker}'}}]).choices[0].message.content)\n"
+    )
+    try:
+        assert k.run("%load_ext wflo_jupyter").status == "ok"
+        start = len(fake.requests)
+        assert k.run(cell).stdout == f"echo: outage {marker}\n"
+        assert k.run(cell).stdout == f"echo: outage {marker}\n"
+        assert len(fake.requests) == start + 1  # cached
+        server.stop()
+        down = [k.run(cell), k.run(cell)]
+        assert [r.stdout for r in down] == [f"echo: outage {marker}\n"] * 2
+        assert len(fake.requests) == start + 3  # straight to the provider
+        server.start()  # same port, empty: the next call refills the cache
+        time.sleep(1.5)  # the cache re-probes a Redis it saw down at most once a second
+        assert k.run(cell).stdout == f"echo: outage {marker}\n"
+        assert k.run(cell).stdout == f"echo: outage {marker}\n"
+        assert len(fake.requests) == start + 4  # caching resumed
+        rows = k.run(
+            "rows = get_ipython().find_magic('wflo').__self__.session.report_rows()\n"
+            "print(sum(r.calls for r in rows if r.name == 'outage'),"
+            " sum(r.cached_calls for r in rows if r.name == 'outage'))"
+        )
+        assert rows.stdout.split() == ["6", "2"]  # every call was recorded
+    finally:
+        k.run("%unload_ext wflo_jupyter")
+        k.shutdown()
+        server.stop()

@@ -791,7 +791,7 @@ def test_a_client_that_leaves_cancels_its_request(host: Host) -> None:
         except TimeoutError:
             print("gave up")
         conn.close()
-        """  # noqa: E501
+        """
     )
     assert cell.ok, cell.error
     assert cell.stdout == "gave up\n"
