@@ -379,6 +379,14 @@ class WfloSession:
             simulated=simulated,
         )
 
+    def set_price_overrides(self, overrides: dict[str, Any]) -> None:
+        """``%config WfloMagics.prices``: used for the next calls (ConfigError if bad)."""
+        if overrides == self.price_overrides:
+            return
+        if self.gateway is not None:
+            self.gateway.prices.set_overrides(overrides or None)
+        self.price_overrides = dict(overrides)
+
     def llm_handler(self, step: StepInput, io: StepIO, no_cache: bool) -> LlmHandler:
         """What the sandbox calls for each ``llm_request`` frame of ``step``'s cell."""
         from wflo_jupyter.core.budget import BudgetScope

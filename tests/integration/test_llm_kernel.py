@@ -230,3 +230,33 @@ def test_redis_outage_mid_notebook(
         k.run("%unload_ext wflo_jupyter")
         k.shutdown()
         server.stop()
+
+
+def test_cache_stats_clear_and_price_overrides(kernel: Kernel, fake: FakeProvider) -> None:
+    marker = uuid.uuid4().hex[:8]
+    cell = (
+        "%%wflo\n"
+        "from openai import OpenAI\n"
+        "OpenAI().chat.completions.create(model='my-private-model', max_tokens=10,\n"
+        f"    messages=[{{'role': 'user', 'content': 'priced {marker}'}}])\n"
+        "print('ok')\n"
+    )
+    unknown = kernel.run(cell)
+    assert "my-private-model" in unknown.stderr + unknown.stdout + unknown.error_line
+    kernel.run("%config WfloMagics.prices = {'my-private-model': {'input': 1.0, 'output': 2.0}}")
+    first = kernel.run(cell)
+    assert first.stdout == "ok\n", (first.stderr[-1500:], first.error)
+    second = kernel.run(cell)
+    assert "cache hit: my-private-model answered at $0, saved $0.0" in second.stderr
+    stats = "".join(d.get("text/html", "") for d in kernel.run("%wflo cache stats").data)
+    assert "hits" in stats and "saved" in stats
+    cleared = kernel.run("%wflo cache clear --model my-private-model")
+    assert "removed 1 cached answer(s) of my-private-model" in cleared.stdout
+    before = len(fake.requests)
+    assert kernel.run(cell).stdout == "ok\n"
+    assert len(fake.requests) == before + 1  # the cleared answer was fetched again
+    bad = kernel.run("%config WfloMagics.prices = {'m': {'input': 'cheap'}}")
+    after = kernel.run("%%wflo\nprint(1)")
+    assert "UsageError" in after.stderr and "m" in after.stderr
+    kernel.run("%config WfloMagics.prices = {}")
+    assert bad.status in ("ok", "error")

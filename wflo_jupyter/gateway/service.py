@@ -24,6 +24,7 @@ from wflo_jupyter.cache.llm_cache import CachedResponse, LlmCache
 from wflo_jupyter.cache.locks import LockTimeout, RedisLock, single_flight
 from wflo_jupyter.core.budget import BudgetExceeded, BudgetScope
 from wflo_jupyter.core.errors import WfloError
+from wflo_jupyter.core.money import format_usd
 from wflo_jupyter.core.pricing import Usage, normalise_usage
 from wflo_jupyter.gateway.streams import SseEvent, SseParser, assemble, synthesise
 from wflo_jupyter.gateway.upstream import ProviderRoutes, UpstreamResponse, error_body, scrub
@@ -204,6 +205,10 @@ class LlmGateway:
                 self._answer(responder, request, value.body)
             return
         self.cache.record_hit(key.namespace, value.saved_micros)
+        ctx.notice(
+            f"cache hit: {request.model} answered at $0, saved {format_usd(value.saved_micros)}"
+            + (" (simulated)" if self.simulated else "")
+        )
         self.budgets.record_cached_call(
             ctx.step_id,
             LlmCall(

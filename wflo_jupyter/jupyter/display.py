@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.display import HTML, publish_display_data
 
+from wflo_jupyter.cache.llm_cache import CacheStats
 from wflo_jupyter.core.budget import BudgetState
 from wflo_jupyter.core.money import format_usd, micros_to_usd
 from wflo_jupyter.core.steps import StepResult
@@ -228,3 +229,18 @@ def meter(session: WfloSession) -> Any:
 
     threading.Thread(target=follow, name="wflo-meter", daemon=True).start()
     return widget
+
+
+def cache_stats(stats: CacheStats, available: bool) -> HTML:
+    """``%wflo cache stats``: hits, misses, dollars saved, live entries."""
+    total = stats.hits + stats.misses
+    rate = f"{100 * stats.hits / total:.0f}%" if total else "-"
+    state = "" if available else " (Redis is unreachable: calls go straight to the provider)"
+    rows = [
+        ("hits", stats.hits),
+        ("misses", stats.misses),
+        ("hit rate", rate),
+        ("saved", format_usd(stats.saved_micros)),
+        ("entries", stats.entries),
+    ]
+    return HTML(_html_table(("LLM cache" + state, ""), rows))

@@ -11,7 +11,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from traitlets import Float, Int, TraitError, Unicode, validate
+from traitlets import Dict, Float, Int, TraitError, Unicode, validate
 
 from wflo_jupyter.core.commands import parse_line_command
 from wflo_jupyter.core.errors import ConfigError, SpecError, StepFailed, UnsafeOutput
@@ -33,6 +33,10 @@ class WfloMagics(Magics):
     pids_limit = Int(128, help="Sandbox process limit.").tag(config=True)
     image = Unicode("", help="Sandbox image (default: WFLO_RUNTIME_IMAGE).").tag(config=True)
     retries = Int(0, help="Default retries of a failing cell.").tag(config=True)
+    prices = Dict(
+        help="Price overrides in USD per million tokens: "
+        "{'my-model': {'input': 0.15, 'output': 0.60, 'cache_read': 0.075}}."
+    ).tag(config=True)
     compute_price = Float(
         0.0, help="USD per second of sandbox time, charged to the step's budgets."
     ).tag(config=True)
@@ -97,6 +101,10 @@ class WfloMagics(Magics):
         inputs = {name: namespace[name] for name in spec.inputs}
         session = self.session
         session.compute_price_micros = usd_to_micros(str(self.compute_price))
+        try:
+            session.set_price_overrides(dict(self.prices))
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
         result, io = session.run_step(spec, inputs, on_event=display.show_event)
         display.show_result(result)
         namespace.update(io.values)
@@ -137,6 +145,8 @@ class WfloMagics(Magics):
             frame = display.report_frame(session.report_rows(command.options["all_sessions"]))
             display.cost_chart(frame)
             return frame
+        if command.name == "cache":
+            return self._cache(session, command.options)
         if command.name == "meter":
             return display.meter(session)
         if command.name == "restart":
@@ -155,6 +165,20 @@ class WfloMagics(Magics):
         if limit is None:
             return display.budget_states([session.team_state(team)])
         return display.budget_states([session.set_team_budget(team, limit, options["period"])])
+
+    @staticmethod
+    def _cache(session: WfloSession, options: dict[str, Any]) -> Any:
+        session.start()
+        cache = session.cache
+        if cache is None:
+            raise UsageError("%wflo cache: the LLM cache is off (no Redis configured)")
+        if options["action"] == "stats":
+            return display.cache_stats(cache.stats(), cache.available)
+        model = options["model"]
+        removed = cache.invalidate_model(model) if model else cache.invalidate_all()
+        what = f"of {model} " if model else ""
+        print(f"[wflo] removed {removed} cached answer(s) {what}from the LLM cache")
+        return None
 
     def close(self) -> None:
         if self._session is not None:
