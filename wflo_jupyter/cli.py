@@ -221,6 +221,9 @@ def demo(
     started = time.monotonic()
     _progress(f"running {notebook} ({len(nb.cells)} cells)...")
     os.environ["WFLO_NOTEBOOK_PATH"] = notebook_key  # the kernel records it on its session
+    if not os.environ.get("OPENAI_API_KEY") and not os.environ.get("WFLO_PROVIDER"):
+        os.environ["WFLO_PROVIDER"] = "mock"
+        _progress("no OPENAI_API_KEY: LLM answers are simulated (WFLO_PROVIDER=mock)")
     client = NotebookClient(
         nb,
         timeout=timeout,

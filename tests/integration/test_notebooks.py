@@ -33,7 +33,7 @@ def test_quickstart_runs_under_nbval(stack_env: dict[str, str], runtime_image: s
             "-q",
             str(REPO_ROOT / "notebooks" / "quickstart.ipynb"),
         ],
-        env={**os.environ, **stack_env},
+        env={**os.environ, **stack_env, "WFLO_PROVIDER": "mock"},
         capture_output=True,
         text=True,
         timeout=600,
