@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import queue
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,3 +79,16 @@ class Kernel:
     def shutdown(self) -> None:
         self.client.stop_channels()
         self.manager.shutdown_kernel(now=False)
+
+
+@contextmanager
+def loaded_kernel(env: dict[str, str] | None = None) -> Iterator[Kernel]:
+    """A kernel with ``%load_ext wflo_jupyter`` done; unloaded and shut down after."""
+    kernel = Kernel(env=env)
+    try:
+        loaded = kernel.run("%load_ext wflo_jupyter")
+        assert loaded.status == "ok", loaded.error
+        yield kernel
+        kernel.run("%unload_ext wflo_jupyter")
+    finally:
+        kernel.shutdown()

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.kernel_driver import Kernel
+from tests.kernel_driver import Kernel, loaded_kernel
 from wflo_jupyter.events import EventConsumer
 from wflo_jupyter.ledger.store import Ledger
 
@@ -36,12 +36,8 @@ except OSError:
 
 @pytest.fixture(scope="module")
 def kernel(stack_env: dict[str, str], runtime_image: str) -> Iterator[Kernel]:
-    k = Kernel()
-    loaded = k.run("%load_ext wflo_jupyter")
-    assert loaded.status == "ok", loaded.error
-    yield k
-    k.run("%unload_ext wflo_jupyter")
-    k.shutdown()
+    with loaded_kernel() as k:
+        yield k
 
 
 def _session_id(kernel: Kernel) -> str:

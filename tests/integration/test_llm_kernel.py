@@ -13,7 +13,7 @@ import pytest
 
 from tests.fakes.providers import FakeProvider
 from tests.helpers import PrivateRedis
-from tests.kernel_driver import Kernel
+from tests.kernel_driver import Kernel, loaded_kernel
 
 pytestmark = [
     pytest.mark.integration,
@@ -45,11 +45,8 @@ def _env(fake: FakeProvider) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def kernel(stack_env: dict[str, str], runtime_image: str, fake: FakeProvider) -> Iterator[Kernel]:
-    k = Kernel(env=_env(fake))
-    assert k.run("%load_ext wflo_jupyter").status == "ok"
-    yield k
-    k.run("%unload_ext wflo_jupyter")
-    k.shutdown()
+    with loaded_kernel(_env(fake)) as k:
+        yield k
 
 
 def test_sdk_calls_answered_cached_and_reported(kernel: Kernel, fake: FakeProvider) -> None:
@@ -234,24 +231,25 @@ def test_redis_outage_mid_notebook(
 
 def test_cache_stats_clear_and_price_overrides(kernel: Kernel, fake: FakeProvider) -> None:
     marker = uuid.uuid4().hex[:8]
+    model = f"my-model-{marker}"
     cell = (
         "%%wflo\n"
         "from openai import OpenAI\n"
-        "OpenAI().chat.completions.create(model='my-private-model', max_tokens=10,\n"
+        f"OpenAI().chat.completions.create(model='{model}', max_tokens=10,\n"
         f"    messages=[{{'role': 'user', 'content': 'priced {marker}'}}])\n"
         "print('ok')\n"
     )
     unknown = kernel.run(cell)
-    assert "my-private-model" in unknown.stderr + unknown.stdout + unknown.error_line
-    kernel.run("%config WfloMagics.prices = {'my-private-model': {'input': 1.0, 'output': 2.0}}")
+    assert model in unknown.stderr + unknown.stdout + unknown.error_line
+    kernel.run(f"%config WfloMagics.prices = {{'{model}': {{'input': 1.0, 'output': 2.0}}}}")
     first = kernel.run(cell)
     assert first.stdout == "ok\n", (first.stderr[-1500:], first.error)
     second = kernel.run(cell)
-    assert "cache hit: my-private-model answered at $0, saved $0.0" in second.stderr
+    assert f"cache hit: {model} answered at $0, saved $0.0" in second.stderr
     stats = "".join(d.get("text/html", "") for d in kernel.run("%wflo cache stats").data)
     assert "hits" in stats and "saved" in stats
-    cleared = kernel.run("%wflo cache clear --model my-private-model")
-    assert "removed 1 cached answer(s) of my-private-model" in cleared.stdout
+    cleared = kernel.run(f"%wflo cache clear --model {model}")
+    assert f"removed 1 cached answer(s) of {model}" in cleared.stdout
     before = len(fake.requests)
     assert kernel.run(cell).stdout == "ok\n"
     assert len(fake.requests) == before + 1  # the cleared answer was fetched again

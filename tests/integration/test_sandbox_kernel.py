@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from tests.kernel_driver import Kernel
+from tests.kernel_driver import Kernel, loaded_kernel
 from wflo_jupyter.ledger.store import Ledger
 
 pytestmark = [
@@ -22,11 +22,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def kernel(stack_env: dict[str, str], runtime_image: str) -> Iterator[Kernel]:
-    k = Kernel()
-    assert k.run("%load_ext wflo_jupyter").status == "ok"
-    yield k
-    k.run("%unload_ext wflo_jupyter")
-    k.shutdown()
+    with loaded_kernel() as k:
+        yield k
 
 
 def _session_id(kernel: Kernel) -> str:

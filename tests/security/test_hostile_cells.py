@@ -13,7 +13,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.kernel_driver import CellRun, Kernel
+from tests.kernel_driver import CellRun, Kernel, loaded_kernel
 
 pytestmark = [
     pytest.mark.integration,
@@ -386,11 +386,8 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def kernel(stack_env: dict[str, str], runtime_image: str) -> Iterator[Kernel]:
-    k = Kernel(env={"OPENAI_API_KEY": SECRET, "ANTHROPIC_API_KEY": ANT_SECRET})
-    assert k.run("%load_ext wflo_jupyter").status == "ok"
-    yield k
-    k.run("%unload_ext wflo_jupyter")
-    k.shutdown()
+    with loaded_kernel(env={"OPENAI_API_KEY": SECRET, "ANTHROPIC_API_KEY": ANT_SECRET}) as k:
+        yield k
 
 
 @pytest.fixture(scope="module")
