@@ -407,19 +407,6 @@ class _ImageCounter:
         return value
 
 
-_DEFAULT_COUNTERS: dict[Path, TokenCounter] = {}
-_DEFAULT_LOCK = threading.Lock()
-
-
-def _default_counter(home: Path | None = None) -> TokenCounter:
-    key = Path(home) if home is not None else default_home()
-    with _DEFAULT_LOCK:
-        counter = _DEFAULT_COUNTERS.get(key)
-        if counter is None:
-            counter = _DEFAULT_COUNTERS[key] = TokenCounter(key)
-        return counter
-
-
 def estimate_input_tokens(
     provider: str,
     model: str,
@@ -428,8 +415,9 @@ def estimate_input_tokens(
     endpoint: str | None = None,
     home: Path | None = None,
 ) -> int:
-    """Upper bound of the prompt tokens of ``request_body`` (see the module docstring)."""
-    return _default_counter(home).count(provider, model, request_body, endpoint)[0]
+    """Upper bound of the prompt tokens of ``request_body`` (see the module docstring).
+    One-off use; a long-lived caller keeps a ``TokenCounter`` (it caches encodings)."""
+    return TokenCounter(home).count(provider, model, request_body, endpoint)[0]
 
 
 # -- the price book -----------------------------------------------------------------------------
@@ -451,7 +439,7 @@ class PriceBook:
         if max_tokens_cap <= 0:
             raise ConfigError(f"max_tokens cap must be positive, got {max_tokens_cap}")
         self.max_tokens_cap = max_tokens_cap
-        self.counter = counter if counter is not None else _default_counter()
+        self.counter = counter if counter is not None else TokenCounter()
         self._use_genai = use_genai_prices
         self._env_prices = parse_price_overrides(env.get(PRICE_OVERRIDES_ENV), PRICE_OVERRIDES_ENV)
         self._user_prices = parse_price_overrides(overrides, "%config WfloMagics.prices")
