@@ -266,3 +266,32 @@ def test_concurrent_identical_calls_make_one_provider_request(rig: Rig) -> None:
         namespace=rig.namespace,
     )
     assert rig.cache.get(key) is not None
+
+
+def test_per_call_cache_ttl(rig: Rig) -> None:
+    import time
+
+    request = chat("short-lived")
+    short = GatewayRequest(
+        request.provider, request.endpoint, request.path, request.body, {"x-wflo-cache-ttl": "1"}
+    )
+    rig.gateway.handle(short, rig.ctx(), Collected())
+    rig.gateway.handle(short, rig.ctx(), Collected())
+    assert len(rig.fake.requests) == 1  # cached ...
+    time.sleep(1.5)
+    rig.gateway.handle(short, rig.ctx(), Collected())
+    assert len(rig.fake.requests) == 2  # ... for one second only
+    bad = Collected()
+    rig.gateway.handle(
+        GatewayRequest(
+            request.provider,
+            request.endpoint,
+            request.path,
+            chat("x").body,
+            {"x-wflo-cache-ttl": "soon"},
+        ),
+        rig.ctx(),
+        bad,
+    )
+    assert bad.status == 400
+    assert "x-wflo-cache-ttl: not a number of seconds: 'soon'" in bad.json()["error"]["message"]

@@ -197,7 +197,12 @@ class LlmGateway:
             )
 
         value, was_leader = single_flight(
-            self.cache, self.lock_factory, key, compute, self.flight_wait_s
+            self.cache,
+            self.lock_factory,
+            key,
+            compute,
+            self.flight_wait_s,
+            ttl_s=_cache_ttl(request.headers),
         )
         if was_leader:
             self.cache.record_miss(key.namespace)
@@ -327,6 +332,20 @@ class LlmGateway:
             {"content-type": "application/json"},
             json.dumps(error_body(provider, status, message)).encode(),
         )
+
+
+def _cache_ttl(headers: Mapping[str, str]) -> float | None:
+    """A per-call TTL from ``x-wflo-cache-ttl`` (e.g. ``extra_headers`` in the SDK)."""
+    raw = headers.get("x-wflo-cache-ttl")
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ValueError(f"x-wflo-cache-ttl: not a number of seconds: {raw!r}") from None
+    if not seconds > 0:
+        raise ValueError(f"x-wflo-cache-ttl: must be positive, got {raw!r}")
+    return seconds
 
 
 def _usage_only_chunk(event: SseEvent) -> bool:

@@ -116,8 +116,15 @@ LLM_ROUTES: dict[str, tuple[str, str]] = {
     "/v1/messages": ("anthropic", "messages"),
 }
 """Canonical path -> (provider, endpoint) of every call the loopback proxy forwards."""
-LLM_FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta", "openai-beta", "content-type")
-"""Request headers carried in ``llm_request`` (they change how the provider answers)."""
+LLM_FORWARDED_HEADERS = (
+    "anthropic-version",
+    "anthropic-beta",
+    "openai-beta",
+    "content-type",
+    "x-wflo-cache-ttl",
+)
+"""Request headers carried in ``llm_request``: those that change how the provider answers,
+and ``x-wflo-cache-ttl`` (seconds to keep this answer in the cache; the gateway's own)."""
 LLM_HOP_HEADERS = frozenset(
     {
         "connection",
