@@ -34,6 +34,13 @@ lint: install
 	$(BIN)/ruff format --check wflo_jupyter tests
 	$(BIN)/mypy
 
+## benchmarks (ratios against baselines measured in the same run) -> BENCHMARKS.md
+bench: install docker runtime-image
+	$(PY) -m pip install --progress-bar off -q litellm fastapi orjson soundfile
+	$(PY) bench/sandbox.py
+	$(PY) bench/ledger.py
+	$(PY) bench/gateway.py
+
 unit: install
 	$(PY) -m pytest tests/unit
 

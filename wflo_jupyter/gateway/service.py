@@ -209,6 +209,8 @@ class LlmGateway:
             if not (paid and paid[0].streamed):
                 self._answer(responder, request, value.body)
             return
+        # Answer first: a hit moves no money, so its $0 ledger row can follow the answer.
+        self._answer(responder, request, value.body)
         self.cache.record_hit(key.namespace, value.saved_micros)
         ctx.notice(
             f"cache hit: {request.model} answered at $0, saved {format_usd(value.saved_micros)}"
@@ -227,7 +229,6 @@ class LlmGateway:
                 request_hash=key.digest,
             ),
         )
-        self._answer(responder, request, value.body)
 
     # -- the paid path ----------------------------------------------------------------------
     def _call_paid(

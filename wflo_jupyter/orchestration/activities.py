@@ -79,6 +79,7 @@ class StepActivities:
             )
         except (SandboxError, ValueTransferError) as exc:
             raise ApplicationError(str(exc), type="SandboxError", non_retryable=True) from None
+        sandbox.drain_llm()
         for notice in result.notices:
             io.notice(notice)
         io.values.update(result.outputs)

@@ -40,7 +40,8 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -519,6 +520,7 @@ class SandboxSession:
         self._lock = threading.RLock()
         self.llm_handler: LlmHandler | None = None
         self._llm_pool: ThreadPoolExecutor | None = None
+        self._llm_futures: set[Future[None]] = set()
         self._box: _Box | None = None
         self._image_checked = False
         self._busy = False
@@ -887,7 +889,18 @@ class SandboxSession:
             if self._llm_pool is None:
                 self._llm_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="wflo-llm")
             pool = self._llm_pool
-        pool.submit(handler, frame, send)
+        future = pool.submit(handler, frame, send)
+        with self._lock:
+            self._llm_futures.add(future)
+        future.add_done_callback(self._llm_futures.discard)
+
+    def drain_llm(self, timeout_s: float = 10.0) -> None:
+        """Wait for LLM calls still being recorded (a cache hit answers before its ledger
+        row is written), so a finished step's report includes every call."""
+        with self._lock:
+            pending = list(self._llm_futures)
+        if pending:
+            wait_futures(pending, timeout=timeout_s)
 
     @staticmethod
     def _callback_failed(result: ExecResult, exc: Exception, already: bool) -> bool:

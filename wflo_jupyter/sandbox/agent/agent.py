@@ -1396,6 +1396,9 @@ def _make_llm_server(proxy: LlmProxy) -> socketserver.BaseServer:
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out as separate writes: without TCP_NODELAY the body waits
+        # for the client's delayed ACK (~40 ms per call on Linux).
+        disable_nagle_algorithm = True
         server_version = "wflo-sandbox-llm-proxy"
         sys_version = ""
 
