@@ -19,8 +19,9 @@ from wflo_jupyter.ledger.reports import StepCostRow
 from wflo_jupyter.stack.settings import ENGINES, VARIABLE_BY_ENGINE, Settings, resolve_endpoints
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="wflo-jupyter command line.")
-console = Console()
-err = Console(stderr=True)
+# Piped output (make demo, CI logs) gets room for the report's columns.
+console = Console(width=None if sys.stdout.isatty() else 150)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
 
 
 def _settings() -> Settings:
