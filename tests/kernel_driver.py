@@ -69,7 +69,10 @@ class Kernel:
                 result.data.append(content["data"])
             elif kind == "status" and content["execution_state"] == "idle":
                 break
-        reply = self.client.get_shell_msg(timeout=timeout)
+        while True:  # the execute_reply of THIS request (skip any stale reply)
+            reply = self.client.get_shell_msg(timeout=timeout)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                break
         result.status = reply["content"]["status"]
         return result
 

@@ -439,6 +439,23 @@ def _hammer(url: str, seed: int, results: Any, hold_after: int | None, lease_s: 
         raise
 
 
+def _activity(url: str) -> list[tuple[Any, ...]]:
+    """What every backend of the test database is doing (for a hang's failure message)."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT pid, state, wait_event_type, wait_event, left(query, 80) "
+                    "FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid()"
+                )
+            ).all()
+        return [tuple(r) for r in rows]
+    finally:
+        engine.dispose()
+
+
 def _totals(url: str) -> dict[str, int]:
     engine = create_engine(url)
     with engine.connect() as conn:
@@ -507,7 +524,13 @@ def test_killed_kernels_reservations_expire(fresh_database_url: str) -> None:
     killed: dict[int, float] = {}
     done: dict[int, tuple[Any, ...]] = {}
     kill_1_at = float("inf")
+    deadline = time.monotonic() + 150
     while len(killed) < 2 or not all(seed in done for seed in range(2, 8)):
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"kernels still running after 150 s: killed={sorted(killed)}, "
+                f"done={sorted(done)}; database activity: {_activity(fresh_database_url)}"
+            )
         if 1 not in killed and time.monotonic() >= kill_1_at:
             os.kill(processes[1].pid or 0, signal.SIGKILL)
             killed[1] = time.monotonic()

@@ -32,8 +32,8 @@ def test_unload_stops_threads_and_magics(stack_env: dict[str, str], runtime_imag
         assert kernel.run("%unload_ext wflo_jupyter").status == "ok"
         assert kernel.run("import time; time.sleep(0.5)\n" + THREADS).stdout.strip() == "[]"
         gone = kernel.run("%%wflo\nprint(1)")
+        assert "Cell magic `%%wflo` not found" in gone.stderr + gone.error_line, gone
         assert gone.status == "error"
-        assert "Cell magic `%%wflo` not found" in gone.stderr
         assert kernel.run("%load_ext wflo_jupyter").status == "ok"  # and back again
         assert kernel.run("%%wflo\nprint('again')").stdout == "again\n"
     finally:
