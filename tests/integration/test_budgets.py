@@ -474,16 +474,36 @@ def _totals(url: str) -> dict[str, int]:
     return dict(row._mapping)
 
 
-def _start(url: str, plan: dict[int, int | None], lease_s: float) -> tuple[list[Any], Any]:
+class _Outcomes:
+    """One queue per kernel process: a process SIGKILLed while its queue's feeder holds
+    the queue's write lock must not block the others (a shared queue would)."""
+
+    def __init__(self, queues: list[Any]) -> None:
+        self.queues = queues
+
+    def get(self, timeout: float) -> tuple[Any, ...]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for q in self.queues:
+                try:
+                    return tuple(q.get_nowait())
+                except queue.Empty:
+                    continue
+            if time.monotonic() >= deadline:
+                raise queue.Empty
+            time.sleep(0.01)
+
+
+def _start(url: str, plan: dict[int, int | None], lease_s: float) -> tuple[list[Any], _Outcomes]:
     spawn = multiprocessing.get_context("spawn")
-    results = spawn.Queue()
+    queues = [spawn.Queue() for _ in plan]
     processes = [
-        spawn.Process(target=_hammer, args=(url, seed, results, hold, lease_s), daemon=True)
-        for seed, hold in plan.items()
+        spawn.Process(target=_hammer, args=(url, seed, q, hold, lease_s), daemon=True)
+        for (seed, hold), q in zip(plan.items(), queues, strict=True)
     ]
     for process in processes:
         process.start()
-    return processes, results
+    return processes, _Outcomes(queues)
 
 
 def test_eight_processes_never_overspend(fresh_database_url: str) -> None:
