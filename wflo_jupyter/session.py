@@ -284,6 +284,7 @@ class WfloSession:
             step_id, StepIO(inputs=dict(inputs or {}), outputs=spec.outputs, fresh=spec.fresh)
         )
         io.llm_handler = self.llm_handler(step, io, spec.no_cache)
+        io.llm_drain = self.gateway.drain if self.gateway is not None else None
         self._note_sink = io.notice
         deliver = on_event or (lambda _event: None)
         started = time.monotonic()
@@ -482,6 +483,9 @@ class WfloSession:
                 if self.runner is not None:
                     self.runner.close()
             finally:
+                if self.gateway is not None:
+                    with contextlib.suppress(Exception):
+                        self.gateway.close()
                 if self.relay is not None:
                     self.relay.stop()
                 if self.ledger is not None:

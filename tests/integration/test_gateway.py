@@ -105,6 +105,7 @@ def rig(fresh_database_url: str, redis_url: str) -> Iterator[Rig]:
     )
     budgets.set_budget("notebook", namespace, 10**12)  # a session always has a notebook scope
     yield Rig(gateway, budgets, fake, cache, namespace, [])
+    gateway.close()
     cache.invalidate_namespace(namespace)
     budgets.close()
     client.close()
@@ -116,8 +117,10 @@ def chat(content: str, **extra: object) -> GatewayRequest:
     return GatewayRequest("openai", "chat", "/v1/chat/completions", body)
 
 
-def _calls(budgets: BudgetLedger) -> list[dict]:
-    with budgets.engine.connect() as conn:
+def _calls(rig: Rig) -> list[dict]:
+    """The ledger's llm_calls rows, once the gateway has written its queued cache hits."""
+    assert rig.gateway.drain(10), "the cache hits' rows were not written within 10 s"
+    with rig.budgets.engine.connect() as conn:
         rows = (
             conn.execute(
                 text(
@@ -139,10 +142,11 @@ def test_second_identical_call_is_a_cache_hit_at_zero(rig: Rig) -> None:
     assert first.json()["choices"][0]["message"]["content"] == "echo: hello"
     assert second.json()["choices"] == first.json()["choices"]
     assert len(rig.fake.requests) == 1
-    paid, hit = _calls(rig.budgets)
+    paid, hit = _calls(rig)
     assert paid["cached"] is False and paid["cost_micros"] > 0
     assert hit["cached"] is True and hit["cost_micros"] == 0
     assert hit["saved_micros"] == paid["cost_micros"]
+    assert rig.gateway.drain(10)
     stats = rig.cache.stats(rig.namespace)
     assert (stats.hits, stats.misses) == (1, 1)
 
@@ -172,7 +176,7 @@ def test_reservation_is_settled_at_the_real_cost(rig: Rig) -> None:
     rig.gateway.handle(chat("settle me", max_tokens=50), rig.ctx(None, scope, no_cache=True), reply)
     assert reply.status == 200
     state = rig.budgets.state("notebook", rig.namespace)
-    (call,) = _calls(rig.budgets)
+    (call,) = _calls(rig)
     assert state.reserved_micros == 0
     assert state.spent_micros == call["cost_micros"] > 0
 
@@ -191,7 +195,7 @@ def test_stream_is_relayed_and_replayed_from_cache(rig: Rig) -> None:
         )
     assert len(rig.fake.requests) == 1
     assert rig.fake.requests[0].body["stream_options"] == {"include_usage": True}
-    paid, hit = _calls(rig.budgets)
+    paid, hit = _calls(rig)
     assert paid["output_tokens"] > 0 and hit["cached"] is True
 
 
@@ -210,7 +214,7 @@ def test_provider_errors_come_back_in_its_shape_and_are_not_cached(rig: Rig) -> 
     assert b"sk-host-secret" not in failed.body
     rig.gateway.handle(chat("bad"), rig.ctx(), after)
     assert after.status == 200  # the error was not cached
-    assert len(_calls(rig.budgets)) == 1  # only the successful call was recorded
+    assert len(_calls(rig)) == 1  # only the successful call was recorded
 
 
 def test_unknown_model_price_is_a_clear_error(rig: Rig) -> None:

@@ -312,12 +312,12 @@ class LlmCache:
 
     # ------------------------------------------------------------------ statistics
 
-    def record_hit(self, namespace: str, saved_micros: int) -> None:
-        """Count one hit in ``namespace`` that saved ``saved_micros``."""
+    def record_hit(self, namespace: str, saved_micros: int, *, hits: int = 1) -> None:
+        """Count ``hits`` hits in ``namespace`` that saved ``saved_micros`` in all."""
 
         def record() -> None:
             pipe = self.client.pipeline(transaction=True)
-            pipe.hincrby(stats_key(namespace), "hits", 1)
+            pipe.hincrby(stats_key(namespace), "hits", hits)
             pipe.hincrby(stats_key(namespace), "saved_micros", saved_micros)
             pipe.execute()
 

@@ -26,6 +26,7 @@ from wflo_jupyter.core.budget import BudgetExceeded, BudgetScope
 from wflo_jupyter.core.errors import WfloError
 from wflo_jupyter.core.money import format_usd
 from wflo_jupyter.core.pricing import Usage, normalise_usage
+from wflo_jupyter.gateway.recorder import HitRecorder
 from wflo_jupyter.gateway.streams import SseEvent, SseParser, assemble, synthesise
 from wflo_jupyter.gateway.upstream import ProviderRoutes, UpstreamResponse, error_body, scrub
 from wflo_jupyter.ledger.budgets import BudgetLedger, LlmCall
@@ -132,6 +133,11 @@ class LlmGateway:
         self.simulated = simulated
         self.lease_s = lease_s
         self.flight_wait_s = flight_wait_s
+        self.hits = HitRecorder(budgets, cache)
+
+    def close(self) -> None:
+        """Write the cache hits still queued and stop their writer thread."""
+        self.hits.close()
 
     # -- entry point ------------------------------------------------------------------------
     def handle(self, request: GatewayRequest, ctx: CallContext, responder: Responder) -> None:
@@ -211,24 +217,25 @@ class LlmGateway:
             return
         # Answer first: a hit moves no money, so its $0 ledger row can follow the answer.
         self._answer(responder, request, value.body)
-        self.cache.record_hit(key.namespace, value.saved_micros)
         ctx.notice(
             f"cache hit: {request.model} answered at $0, saved {format_usd(value.saved_micros)}"
             + (" (simulated)" if self.simulated else "")
         )
-        self.budgets.record_cached_call(
-            ctx.step_id,
-            LlmCall(
-                provider=request.provider,
-                model=request.model,
-                endpoint=request.endpoint,
-                saved_micros=value.saved_micros,
-                cached=True,
-                simulated=self.simulated,
-                latency_ms=0,
-                request_hash=key.digest,
-            ),
+        call = LlmCall(
+            provider=request.provider,
+            model=request.model,
+            endpoint=request.endpoint,
+            saved_micros=value.saved_micros,
+            cached=True,
+            simulated=self.simulated,
+            latency_ms=0,
+            request_hash=key.digest,
         )
+        self.hits.record(ctx.step_id, call, key.namespace)  # group-committed, see drain
+
+    def drain(self, timeout_s: float = 10.0) -> bool:
+        """Write the cache hits answered so far (a step calls this before it closes)."""
+        return self.hits.drain(timeout_s)
 
     # -- the paid path ----------------------------------------------------------------------
     def _call_paid(

@@ -187,6 +187,25 @@ _FINISH = text(
 )
 
 
+_INSERT_CACHED_CALLS = text(
+    """
+    WITH c AS (
+        INSERT INTO llm_calls
+        SELECT r.* FROM jsonb_array_elements(CAST(:calls AS jsonb)) AS e(v),
+             LATERAL jsonb_populate_record(NULL::llm_calls,
+                                           e.v || jsonb_build_object('created_at', now())) AS r
+        RETURNING *
+    )
+    INSERT INTO outbox (event_id, event_type, topic, key, envelope)
+    SELECT x.event_id, 'llm.call', :topic, x.key,
+           jsonb_build_object('id', x.event_id, 'type', 'llm.call', 'key', x.key,
+                              'occurred_at', now(), 'payload', x.payload)
+    FROM (SELECT gen_random_uuid()::text AS event_id, coalesce(c.step_id, c.id) AS key,
+                 (to_jsonb(c) - 'created_at') || jsonb_build_object('call_id', c.id) AS payload
+          FROM c) AS x
+    """
+)
+
 _REFUSED = "WB001"  # SQLSTATE raised by wflo_reserve when a budget has no room
 
 
@@ -657,23 +676,20 @@ class BudgetLedger:
 
     def record_cached_call(self, step_id: str | None, call: LlmCall) -> None:
         """A call answered from the cache: $0 spent, ``call.saved_micros`` saved."""
-        row = self._call_row(call, step_id, None, 0)
+        self.record_cached_calls([(step_id, call)])
+
+    def record_cached_calls(self, calls: Sequence[tuple[str | None, LlmCall]]) -> None:
+        """Cache hits (step id, call), all in one statement: a $0 ``llm_calls`` row and an
+        ``llm.call`` outbox event each (the events are built by Postgres, as ``wflo_finish``
+        builds a paid call's, so a batch costs the host one JSON encoding)."""
+        if not calls:
+            return
+        rows = [self._call_row(call, step_id, None, 0) for step_id, call in calls]
         with self.engine.begin() as conn:
             conn.execute(
-                text(
-                    "INSERT INTO llm_calls (id, step_id, reservation_id, provider, model, "
-                    "endpoint, input_tokens, cache_read_tokens, cache_write_tokens, "
-                    "output_tokens, reasoning_tokens, cost_micros, saved_micros, cached, "
-                    "simulated, latency_ms, request_hash) VALUES (:id, :step_id, "
-                    ":reservation_id, :provider, :model, :endpoint, :input_tokens, "
-                    ":cache_read_tokens, :cache_write_tokens, :output_tokens, "
-                    ":reasoning_tokens, :cost_micros, :saved_micros, :cached, :simulated, "
-                    ":latency_ms, :request_hash)"
-                ),
-                row,
+                _INSERT_CACHED_CALLS,
+                {"calls": json.dumps(rows, separators=(",", ":")), "topic": self._llm_topic},
             )
-            event = Event(LLM_CALL, key=step_id or call.id, payload={**row, "call_id": call.id})
-            self._write_events(conn, [event], [])
 
     # -- live feed ------------------------------------------------------------------------------
     def watch(

@@ -80,6 +80,8 @@ class StepActivities:
         except (SandboxError, ValueTransferError) as exc:
             raise ApplicationError(str(exc), type="SandboxError", non_retryable=True) from None
         sandbox.drain_llm()
+        if io.llm_drain is not None:
+            io.llm_drain(10.0)
         for notice in result.notices:
             io.notice(notice)
         io.values.update(result.outputs)

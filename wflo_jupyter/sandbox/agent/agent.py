@@ -180,18 +180,27 @@ def _one_line(exc: BaseException) -> str:
 
 class Sender:
     """Serialises frames in the calling thread; ONE thread writes them to the socket, so
-    an interrupt in the main thread can never leave half a frame on the wire."""
+    an interrupt in the main thread can never leave half a frame on the wire.
+
+    ``send_now`` writes from the calling thread instead, under the same lock as the
+    writer thread: for the LLM proxy's threads (SIGINT blocked, never interrupted), whose
+    requests then skip a thread hand-off on the way to the host."""
 
     def __init__(self, sock: socket.socket, diag: Callable[[str], None]) -> None:
         self._sock = sock
         self.diag = diag
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._write_lock = threading.Lock()
         self.on_lost: Callable[[], None] | None = None
-        """Called (in the writer thread) when the socket broke, just before the agent exits."""
+        """Called when the socket broke, just before the agent exits."""
         self._thread = _agent_thread("wflo-agent-send", self._run)
 
     def send(self, frame: dict[str, Any]) -> None:
         self._queue.put(protocol.encode_frame(frame))
+
+    def send_now(self, frame: dict[str, Any]) -> None:
+        """Write ``frame`` from this thread (never the main thread: see the class)."""
+        self._write(protocol.encode_frame(frame))
 
     def close(self, timeout_s: float = 5.0) -> None:
         self._queue.put(None)
@@ -203,13 +212,17 @@ class Sender:
             data = self._queue.get()
             if data is None:
                 return
-            try:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        try:
+            with self._write_lock:
                 self._sock.sendall(data)
-            except OSError as exc:
-                self.diag(f"wflo-agent: the channel to the host broke ({exc}); exiting")
-                if self.on_lost is not None:
-                    self.on_lost()
-                os._exit(EXIT_CHANNEL_LOST)
+        except OSError as exc:
+            self.diag(f"wflo-agent: the channel to the host broke ({exc}); exiting")
+            if self.on_lost is not None:
+                self.on_lost()
+            os._exit(EXIT_CHANNEL_LOST)
 
 
 class OutputBudget:
@@ -1149,7 +1162,7 @@ class LlmProxy:
                 if value is not None:
                     headers[name] = str(value)
             try:
-                self.sender.send(
+                self.sender.send_now(
                     {
                         "type": "llm_request",
                         "id": request_id,
@@ -1315,6 +1328,7 @@ class LlmProxy:
                 client.send_header("Content-Length", str(len(body)))
                 client.end_headers()
                 client.wfile.write(body)
+                client.wfile.flush()  # headers and body: one send
             except OSError:
                 client.close_connection = True
             return
@@ -1340,6 +1354,7 @@ class LlmProxy:
                 client.send_header(name, value)
             client.send_header("Transfer-Encoding", "chunked")
             client.end_headers()
+            client.wfile.flush()
         except OSError:
             self._cancel(request_id, "the client closed the connection")
             client.close_connection = True
@@ -1361,6 +1376,7 @@ class LlmProxy:
                         continue
                     try:
                         client.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
+                        client.wfile.flush()
                     except OSError:
                         self._cancel(request_id, "the client closed the connection")
                         client.close_connection = True
@@ -1384,6 +1400,7 @@ class LlmProxy:
                 tail = b"%x\r\n%b\r\n" % (len(event), event)
             try:
                 client.wfile.write(tail + b"0\r\n\r\n")
+                client.wfile.flush()
             except OSError:
                 client.close_connection = True
             return
@@ -1396,8 +1413,10 @@ def _make_llm_server(proxy: LlmProxy) -> socketserver.BaseServer:
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
-        # Headers and body go out as separate writes: without TCP_NODELAY the body waits
-        # for the client's delayed ACK (~40 ms per call on Linux).
+        # Buffered: an answer's headers and body leave in one send when the request ends
+        # (streams flush each chunk). Nagle off all the same: a client's delayed ACK
+        # must never hold back a write (~40 ms per call on Linux).
+        wbufsize = 1 << 16
         disable_nagle_algorithm = True
         server_version = "wflo-sandbox-llm-proxy"
         sys_version = ""
