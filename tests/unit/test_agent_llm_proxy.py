@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 import pytest
@@ -726,6 +726,194 @@ def test_bad_requests_are_refused_without_the_host(
     else:
         assert isinstance(error["error"]["message"], str)
     assert headers["x-should-retry"] == "false"
+    assert len(host.requests) == before
+
+
+# ---------------------------------------------------------------------------------------
+# the proxy's HTTP/1.1 server, byte by byte
+
+
+def chat_request(
+    token: str, content: str, version: str = "HTTP/1.1", extra: tuple[str, ...] = ()
+) -> bytes:
+    """One raw ``POST /v1/chat/completions`` (head and body) answered by the fake's echo."""
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]})
+    head = [
+        f"POST /v1/chat/completions {version}",
+        "Host: 127.0.0.1",
+        f"Authorization: Bearer {token}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        *extra,
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n" + body).encode()
+
+
+@contextlib.contextmanager
+def raw_connection(port: int) -> Iterator[tuple[socket.socket, BinaryIO]]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        with sock.makefile("rb") as rfile:
+            yield sock, rfile
+    finally:
+        sock.close()
+
+
+def read_response(rfile: BinaryIO) -> tuple[int, dict[str, str], bytes]:
+    """One response with a Content-Length body, read off a connection that may carry more."""
+    status_line = rfile.readline()
+    assert status_line.startswith(b"HTTP/1.1 "), status_line
+    headers: dict[str, str] = {}
+    while (line := rfile.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = rfile.read(int(headers["content-length"]))
+    return int(status_line.split()[1]), headers, body
+
+
+def closed_by_proxy(sock: socket.socket, rfile: BinaryIO) -> bool:
+    """Does the proxy end the connection now (EOF) rather than wait for another request?"""
+    sock.settimeout(3)
+    try:
+        return rfile.read(1) == b""
+    except TimeoutError:
+        return False
+
+
+def echoed(body: bytes) -> str:
+    return str(json.loads(body)["choices"][0]["message"]["content"])
+
+
+def test_pipelined_requests_on_one_connection_are_answered_in_order(host: Host, token: str) -> None:
+    def slow(host_: Host, frame: Frame) -> None:
+        time.sleep(0.3)  # the first answer is the late one
+        host_.relay(frame)
+
+    host.scripts["slow-echo"] = slow
+    port = host.ready["llm_proxy"]["port"]
+    first = chat_request(token, "pipelined one").replace(b'"gpt-4o-mini"', b'"slow-echo"  ')
+    before = len(host.requests)
+    with raw_connection(port) as (sock, rfile):
+        sock.sendall(first + chat_request(token, "pipelined two"))  # one write, two requests
+        answers = [read_response(rfile), read_response(rfile)]
+        assert [(status, echoed(body)) for status, _, body in answers] == [
+            (200, "echo: pipelined one"),
+            (200, "echo: pipelined two"),
+        ]
+        assert all("connection" not in headers for _, headers, _ in answers)
+        sock.sendall(chat_request(token, "and a third"))  # still open: keep-alive
+        status, _, body = read_response(rfile)
+        assert (status, echoed(body)) == (200, "echo: and a third")
+    assert [r["body"]["messages"][0]["content"] for r in host.requests[before:]] == [
+        "pipelined one",
+        "pipelined two",
+        "and a third",
+    ]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"POST /v1/chat/completions",  # no version
+        b"POST /v1/chat/completions HTTP/2.0",
+        b"POST  /v1/chat/completions HTTP/1.1",  # two spaces
+        b"POST /v1/chat/completions http/1.1",
+        b"PO(ST /v1/chat/completions HTTP/1.1",
+        b"POST /v1/chat/\x01completions HTTP/1.1",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello
+    ],
+)
+def test_a_malformed_request_line_is_a_400_and_the_connection_closes(
+    host: Host, token: str, line: bytes
+) -> None:
+    port = host.ready["llm_proxy"]["port"]
+    before = len(host.requests)
+    with raw_connection(port) as (sock, rfile):
+        sock.sendall(line + b"\r\n" + chat_request(token, "never").split(b"\r\n", 1)[1])
+        status, headers, body = read_response(rfile)
+        assert status == 400
+        assert headers["content-type"] == "application/json"
+        assert headers["x-should-retry"] == "false"
+        assert headers["connection"] == "close"
+        error = json.loads(body)["error"]
+        assert error["type"] == "invalid_request_error"
+        assert "malformed" in error["message"]
+        assert closed_by_proxy(sock, rfile)
+    assert len(host.requests) == before
+
+
+@pytest.mark.parametrize(
+    "header_lines",
+    [
+        [f"x-big: {'a' * 70_000}"],  # one huge field
+        [f"x-filler-{n}: {'b' * 1000}" for n in range(70)],  # 70 KB of ordinary ones
+        [f"x-many-{n}: c" for n in range(101)],  # over 100 fields
+    ],
+)
+def test_an_oversized_header_block_is_a_431_and_the_connection_closes(
+    host: Host, token: str, header_lines: list[str]
+) -> None:
+    port = host.ready["llm_proxy"]["port"]
+    before = len(host.requests)
+    request = chat_request(token, "never", extra=tuple(header_lines))
+    with raw_connection(port) as (sock, rfile):
+        sock.sendall(request)
+        status, headers, body = read_response(rfile)
+        assert status == 431
+        assert headers["x-should-retry"] == "false"
+        assert "header" in json.loads(body)["error"]["message"]
+        assert closed_by_proxy(sock, rfile)
+    assert len(host.requests) == before
+    # just under the limits is served
+    fits = tuple(f"x-filler-{n}: {'b' * 600}" for n in range(95))
+    with raw_connection(port) as (sock, rfile):
+        sock.sendall(chat_request(token, "fits", extra=fits))
+        status, _, body = read_response(rfile)
+        assert (status, echoed(body)) == (200, "echo: fits")
+
+
+@pytest.mark.parametrize(
+    ("version", "extra", "stays_open"),
+    [
+        ("HTTP/1.0", (), False),
+        ("HTTP/1.0", ("Connection: keep-alive",), True),
+        ("HTTP/1.1", ("Connection: close",), False),
+        ("HTTP/1.1", (), True),
+    ],
+)
+def test_connection_persistence_follows_the_version_and_connection_header(
+    host: Host, token: str, version: str, extra: tuple[str, ...], stays_open: bool
+) -> None:
+    port = host.ready["llm_proxy"]["port"]
+    with raw_connection(port) as (sock, rfile):
+        sock.sendall(chat_request(token, f"{version} {extra}", version, extra))
+        status, headers, body = read_response(rfile)
+        assert (status, echoed(body)) == (200, f"echo: {version} {extra}")
+        if version == "HTTP/1.0" and stays_open:
+            assert headers["connection"] == "keep-alive"
+        if not stays_open:
+            assert closed_by_proxy(sock, rfile)
+        else:
+            sock.sendall(chat_request(token, "again", version, extra))
+            status, _, body = read_response(rfile)
+            assert (status, echoed(body)) == (200, "echo: again")
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "DELETE", "OPTIONS", "BREW"])
+def test_methods_other_than_post_are_a_405_and_the_connection_closes(
+    host: Host, token: str, method: str
+) -> None:
+    port = host.ready["llm_proxy"]["port"]
+    before = len(host.requests)
+    with raw_connection(port) as (sock, rfile):
+        sock.sendall(chat_request(token, "never").replace(b"POST", method.encode(), 1))
+        status, headers, body = read_response(rfile)
+        assert status == 405
+        assert headers["x-should-retry"] == "false"
+        assert json.loads(body)["error"]["message"] == (
+            f"{method} is not supported; LLM calls are POST"
+        )
+        assert closed_by_proxy(sock, rfile)
     assert len(host.requests) == before
 
 

@@ -38,6 +38,7 @@ import ast
 import builtins
 import codecs
 import contextlib
+import errno
 import fcntl
 import importlib.machinery
 import io
@@ -74,10 +75,6 @@ def _load_protocol() -> types.ModuleType:
     exec(code, module.__dict__)
     return module
 
-
-if TYPE_CHECKING:
-    import http.server
-    import socketserver
 
 if TYPE_CHECKING or __package__:
     from . import protocol
@@ -1070,14 +1067,228 @@ def _header_items(headers: Any) -> list[tuple[str, str]]:
     return items
 
 
+LLM_MAX_HEAD_BYTES = 64 * 1024
+"""Largest request line plus header block the proxy reads (414 / 431 above it)."""
+LLM_MAX_HEADER_LINES = 100
+LLM_LINGER_S = 1.0
+"""After its last answer on a connection, how long the proxy keeps reading (and dropping)
+what the client still sends: unread input would turn the close into a TCP reset that can
+destroy the answer in flight (a refused body, an oversized header block)."""
+
+_TCHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+"""Characters of an RFC 9110 token (methods, header names)."""
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    409: "Conflict",
+    411: "Length Required",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+"""Reason phrases of the usual statuses (others go out with an empty one; clients ignore it)."""
+
+
+def _provider_guess(path: str) -> str:
+    """Whose error shape to answer in when the path matches no route."""
+    return "anthropic" if "/messages" in path else "openai"
+
+
+def _has_control(value: str) -> bool:
+    """Does a header value hold a control character (HTAB is allowed)?"""
+    return not value.isprintable() and any((c < " " and c != "\t") or c == "\x7f" for c in value)
+
+
+class _BadRequest(Exception):
+    """A request head the proxy will not read: answered with ``status``, then closed."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _Headers:
+    """A request's header fields by case-insensitive name; a repeated field's values are
+    joined with ``", "`` (RFC 9110 5.3)."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        self._fields = fields  # lower-case names
+
+    def get(self, name: str) -> str | None:
+        return self._fields.get(name.lower())
+
+
+class _Exchange:
+    """One request on a proxy connection and the answer to it: a strict HTTP/1.1 reader
+    of the request head plus the slice of ``http.server.BaseHTTPRequestHandler`` that
+    ``LlmProxy`` uses (``path``, ``headers.get``, ``send_response``/``send_header``/
+    ``end_headers``, ``close_connection``, ...). Everything written is buffered and leaves in
+    ONE ``sendall`` at ``flush()``; a stream flushes its head, then each chunk."""
+
+    def __init__(self, connection: socket.socket, rfile: io.BufferedReader) -> None:
+        self.connection = connection
+        self.rfile = rfile
+        self.command = ""
+        self.path = ""
+        self.request_version = "HTTP/1.1"
+        self.headers = _Headers({})
+        self.close_connection = True
+        self._head: list[str] = []
+        self._connection_header = False
+        self._out: list[bytes] = []
+
+    # the request ---------------------------------------------------------------------
+
+    def read_head(self) -> bool:
+        """Read the request line and the header fields: False when the client closed the
+        connection (between requests or in the middle of a head); ``_BadRequest`` when the
+        head is malformed or over the limits."""
+        budget = LLM_MAX_HEAD_BYTES
+        line = self.rfile.readline(budget + 1)
+        while line in (b"\r\n", b"\n"):  # blank lines before a request: ignored (RFC 9112)
+            budget -= len(line)
+            line = self.rfile.readline(budget + 1)
+        if len(line) > budget:
+            raise _BadRequest(414, f"the request line is over {format_bytes(LLM_MAX_HEAD_BYTES)}")
+        if not line.endswith(b"\n"):
+            return False
+        budget -= len(line)
+        text = line.rstrip(b"\r\n").decode("latin-1")
+        parts = text.split(" ")
+        if len(parts) > 1:
+            self.path = parts[1]
+        if (
+            len(parts) != 3
+            or not parts[0]
+            or not _TCHARS.issuperset(parts[0])
+            or not parts[1]
+            or not (parts[1].isascii() and parts[1].isprintable())
+            or not (
+                len(parts[2]) == 8 and parts[2][:7] == "HTTP/1." and parts[2][7] in "0123456789"
+            )
+        ):
+            raise _BadRequest(400, f"malformed HTTP/1.1 request line {text[:200]!r}")
+        self.command, self.path, self.request_version = parts
+        fields: dict[str, str] = {}
+        lines = 0
+        while True:
+            line = self.rfile.readline(budget + 1)
+            if len(line) > budget:
+                raise _BadRequest(
+                    431, f"the request's header block is over {format_bytes(LLM_MAX_HEAD_BYTES)}"
+                )
+            if not line.endswith(b"\n"):
+                return False
+            budget -= len(line)
+            if line in (b"\r\n", b"\n"):
+                break
+            lines += 1
+            if lines > LLM_MAX_HEADER_LINES:
+                raise _BadRequest(431, f"more than {LLM_MAX_HEADER_LINES} header fields")
+            name, colon, value = line.decode("latin-1").partition(":")
+            value = value.strip(" \t\r\n")
+            if not colon or not name or not _TCHARS.issuperset(name) or _has_control(value):
+                raise _BadRequest(400, f"malformed header line {line[:200]!r}")
+            key = name.lower()
+            seen = fields.get(key)
+            if seen is None:
+                fields[key] = value
+            elif key == "content-length":
+                if value != seen:
+                    raise _BadRequest(400, "conflicting Content-Length headers")
+            else:
+                fields[key] = f"{seen}, {value}"
+        self.headers = _Headers(fields)
+        options = {o.strip().lower() for o in fields.get("connection", "").split(",")}
+        if self.request_version == "HTTP/1.0":
+            self.close_connection = "keep-alive" not in options
+        else:
+            self.close_connection = "close" in options
+        return True
+
+    def read_body(self, length: int) -> bytes:
+        """``length`` bytes of body (fewer if the client closed); says ``100 Continue``
+        first when the client waits for it."""
+        expect = str(self.headers.get("expect") or "").lower()
+        if expect == "100-continue" and self.request_version != "HTTP/1.0":
+            self.connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return self.rfile.read(length)
+
+    # the answer ----------------------------------------------------------------------
+
+    def send_response(self, status: int) -> None:
+        self._head = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}"]
+        self._head.append("Server: wflo-sandbox-llm-proxy")
+        self._connection_header = False
+
+    def send_header(self, name: str, value: str) -> None:
+        if name.lower() == "connection":
+            self._connection_header = True
+            if value.lower() == "close":
+                self.close_connection = True
+        self._head.append(f"{name}: {value}")
+
+    def end_headers(self) -> None:
+        if not self._connection_header:
+            if self.close_connection:
+                self._head.append("Connection: close")
+            elif self.request_version == "HTTP/1.0":
+                self._head.append("Connection: keep-alive")
+        self._head.append("\r\n")
+        self._out.append("\r\n".join(self._head).encode("latin-1", "replace"))
+        self._head = []
+
+    def write(self, data: bytes) -> None:
+        self._out.append(data)
+
+    def flush(self) -> None:
+        """Everything written since the last flush, in one ``sendall``."""
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            self.connection.sendall(data)
+
+
+def _linger(connection: socket.socket) -> None:
+    """The server's half-close: FIN after the last answer, then the client's remaining
+    input is read and dropped until it closes too (at most ``LLM_LINGER_S``)."""
+    with contextlib.suppress(OSError):
+        connection.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LLM_LINGER_S
+        while (left := deadline - time.monotonic()) > 0:
+            connection.settimeout(left)
+            if not connection.recv(1 << 16):
+                return
+
+
 class LlmProxy:
     """The loopback HTTP proxy the SDKs in cells talk to.
 
     The listening socket is bound in ``__init__`` (so the port is known before ``ready``);
-    ``http.server`` is imported by the serving thread (it costs tens of milliseconds, off
-    the agent's start-up path; connections wait in the backlog meanwhile). One thread per
-    connection (``ThreadingHTTPServer``), HTTP/1.1 keep-alive; a streamed answer goes out
-    with chunked transfer encoding, each ``llm_response_chunk`` written as it arrives.
+    the serving thread accepts connections and gives each its own daemon thread (SIGINT
+    blocked, inherited). The HTTP/1.1 server is our own, small and strict (``_Exchange``:
+    ``http.server`` costs tens of milliseconds to import and ~0.1 ms per request): requests
+    of a connection are served in order (keep-alive, pipelining; ``Connection: close`` and
+    HTTP/1.0 close after the answer), a head over ``LLM_MAX_HEAD_BYTES`` is a 431 and a
+    malformed one a 400, both in the provider's error shape. An answer leaves in one write;
+    a streamed answer goes out with chunked transfer encoding, each ``llm_response_chunk``
+    written as it arrives.
     """
 
     def __init__(
@@ -1102,7 +1313,6 @@ class LlmProxy:
             raise
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, fileno=fd)
         self.port: int = self.listener.getsockname()[1]
-        self.server: socketserver.BaseServer | None = None
 
     def environment(self) -> dict[str, str]:
         """What the SDKs need: base URLs of this proxy and the session token as keys."""
@@ -1118,21 +1328,73 @@ class LlmProxy:
         _agent_thread("wflo-agent-llm-proxy", self._serve)
 
     def _serve(self) -> None:
+        """Accept connections for good, one daemon thread each."""
         _block_sigint()  # inherited by every connection thread
-        self.server = _make_llm_server(self)
-        self.server.serve_forever(poll_interval=3600)
+        import hmac  # noqa: F401 - loaded now, used by every request's token check
+
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError as exc:
+                if exc.errno in (errno.EBADF, errno.ENOTSOCK, errno.EINVAL):
+                    diag(f"wflo-agent: the LLM proxy's socket is gone ({exc}); no more calls")
+                    return
+                time.sleep(0.05)  # EMFILE and the like: the backlog waits meanwhile
+                continue
+            try:
+                threading.Thread(
+                    target=self._connection,
+                    args=(connection,),
+                    name="wflo-agent-llm-connection",
+                    daemon=True,
+                ).start()
+            except RuntimeError as exc:  # no more threads: this client is turned away
+                diag(f"wflo-agent: LLM proxy connection dropped ({exc})")
+                connection.close()
+
+    def _connection(self, connection: socket.socket) -> None:
+        """One client connection (its own thread): requests answered in order until the
+        client closes or an answer closes the connection."""
+        try:
+            with connection, connection.makefile("rb") as rfile:
+                # a client's delayed ACK must never hold back a write (~40 ms on Linux)
+                connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                while True:
+                    client = _Exchange(connection, rfile)
+                    try:
+                        if not client.read_head():
+                            return  # the client closed the connection
+                    except _BadRequest as bad:
+                        self.refuse(client, _provider_guess(client.path), bad.status, bad.message)
+                    else:
+                        if client.command == "POST":
+                            self.handle(client)
+                        else:
+                            self.refuse(
+                                client,
+                                _provider_guess(client.path),
+                                405,
+                                f"{client.command} is not supported; LLM calls are POST",
+                            )
+                    client.flush()
+                    if client.close_connection:
+                        _linger(connection)
+                        return
+        except OSError:
+            pass  # the client went away
+        except Exception:
+            diag(f"wflo-agent: LLM proxy request failed\n{traceback.format_exc()}")
 
     # one HTTP request ----------------------------------------------------------------
 
-    def handle(self, client: http.server.BaseHTTPRequestHandler) -> None:
+    def handle(self, client: _Exchange) -> None:
         """``POST`` from an SDK -> ``llm_request`` -> the host's answer, written back."""
         route = protocol.llm_route(client.path)
-        guess = "anthropic" if "/messages" in client.path else "openai"
         if route is None:
             served = ", ".join(protocol.LLM_ROUTES)
             self.refuse(
                 client,
-                guess,
+                _provider_guess(client.path),
                 404,
                 f"{client.path} is not served by the wflo sandbox (only {served})",
             )
@@ -1181,23 +1443,24 @@ class LlmProxy:
         finally:
             self.router.forget(request_id)
 
-    def refuse(
-        self, client: http.server.BaseHTTPRequestHandler, provider: str, status: int, message: str
-    ) -> None:
+    def refuse(self, client: _Exchange, provider: str, status: int, message: str) -> None:
         """An error of the proxy itself, in ``provider``'s shape; the connection is closed
-        (the request body may be unread) and the SDK is told not to retry."""
+        after it (the request body may be unread) and the SDK is told not to retry. Sent at
+        once: ``handle`` forgets the request only after its answer left (a dying channel
+        waits for that before the agent exits)."""
         data = json.dumps(protocol.llm_error_body(provider, status, message)).encode()
         client.close_connection = True
+        client.send_response(status)
+        client.send_header("Content-Type", "application/json")
+        client.send_header("Content-Length", str(len(data)))
+        client.send_header("Connection", "close")
+        client.send_header("x-should-retry", "false")
+        client.end_headers()
+        client.write(data)
         with contextlib.suppress(OSError):
-            client.send_response(status)
-            client.send_header("Content-Type", "application/json")
-            client.send_header("Content-Length", str(len(data)))
-            client.send_header("Connection", "close")
-            client.send_header("x-should-retry", "false")
-            client.end_headers()
-            client.wfile.write(data)
+            client.flush()
 
-    def _authorised(self, client: http.server.BaseHTTPRequestHandler) -> bool:
+    def _authorised(self, client: _Exchange) -> bool:
         import hmac  # already loaded by the serving thread; a dict lookup here
 
         presented: list[str] = []
@@ -1210,17 +1473,13 @@ class LlmProxy:
         expected = self.token.encode()
         return any(hmac.compare_digest(p.encode("utf-8", "replace"), expected) for p in presented)
 
-    def _read_json(
-        self, client: http.server.BaseHTTPRequestHandler, provider: str
-    ) -> dict[str, Any] | None:
+    def _read_json(self, client: _Exchange, provider: str) -> dict[str, Any] | None:
         """The request's JSON object, or None after refusing the request."""
         if "chunked" in str(client.headers.get("transfer-encoding") or "").lower():
             self.refuse(client, provider, 411, "send the request body with a Content-Length")
             return None
-        try:
-            length = int(str(client.headers.get("content-length") or "0"))
-        except ValueError:
-            length = -1
+        declared = str(client.headers.get("content-length") or "0")
+        length = int(declared) if declared.isascii() and declared.isdigit() else -1
         if length < 0:
             self.refuse(client, provider, 400, "invalid Content-Length")
             return None
@@ -1234,7 +1493,7 @@ class LlmProxy:
             )
             return None
         try:
-            raw = client.rfile.read(length) if length else b""
+            raw = client.read_body(length) if length else b""
         except OSError:
             client.close_connection = True
             return None
@@ -1260,7 +1519,7 @@ class LlmProxy:
 
     def _next(
         self,
-        client: http.server.BaseHTTPRequestHandler,
+        client: _Exchange,
         request_id: str,
         inbox: queue.SimpleQueue[dict[str, Any]],
     ) -> dict[str, Any] | None:
@@ -1288,7 +1547,7 @@ class LlmProxy:
 
     def _answer(
         self,
-        client: http.server.BaseHTTPRequestHandler,
+        client: _Exchange,
         provider: str,
         request_id: str,
         inbox: queue.SimpleQueue[dict[str, Any]],
@@ -1327,8 +1586,8 @@ class LlmProxy:
                     client.send_header(name, value)
                 client.send_header("Content-Length", str(len(body)))
                 client.end_headers()
-                client.wfile.write(body)
-                client.wfile.flush()  # headers and body: one send
+                client.write(body)
+                client.flush()  # headers and body: one send
             except OSError:
                 client.close_connection = True
             return
@@ -1336,7 +1595,7 @@ class LlmProxy:
 
     def _stream(
         self,
-        client: http.server.BaseHTTPRequestHandler,
+        client: _Exchange,
         provider: str,
         request_id: str,
         inbox: queue.SimpleQueue[dict[str, Any]],
@@ -1354,7 +1613,7 @@ class LlmProxy:
                 client.send_header(name, value)
             client.send_header("Transfer-Encoding", "chunked")
             client.end_headers()
-            client.wfile.flush()
+            client.flush()
         except OSError:
             self._cancel(request_id, "the client closed the connection")
             client.close_connection = True
@@ -1375,8 +1634,8 @@ class LlmProxy:
                     if not data:
                         continue
                     try:
-                        client.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
-                        client.wfile.flush()
+                        client.write(b"%x\r\n%b\r\n" % (len(data), data))
+                        client.flush()
                     except OSError:
                         self._cancel(request_id, "the client closed the connection")
                         client.close_connection = True
@@ -1399,54 +1658,11 @@ class LlmProxy:
                 event = protocol.llm_sse_error(provider, error)
                 tail = b"%x\r\n%b\r\n" % (len(event), event)
             try:
-                client.wfile.write(tail + b"0\r\n\r\n")
-                client.wfile.flush()
+                client.write(tail + b"0\r\n\r\n")
+                client.flush()
             except OSError:
                 client.close_connection = True
             return
-
-
-def _make_llm_server(proxy: LlmProxy) -> socketserver.BaseServer:
-    """The ``ThreadingHTTPServer`` on ``proxy.listener`` (``http.server`` imported here)."""
-    import hmac  # noqa: F401 - loaded now, used by every request's token check
-    import http.server
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        # Buffered: an answer's headers and body leave in one send when the request ends
-        # (streams flush each chunk). Nagle off all the same: a client's delayed ACK
-        # must never hold back a write (~40 ms per call on Linux).
-        wbufsize = 1 << 16
-        disable_nagle_algorithm = True
-        server_version = "wflo-sandbox-llm-proxy"
-        sys_version = ""
-
-        def do_POST(self) -> None:
-            proxy.handle(self)
-
-        def _not_allowed(self) -> None:
-            guess = "anthropic" if "/messages" in self.path else "openai"
-            proxy.refuse(self, guess, 405, f"{self.command} is not supported; LLM calls are POST")
-
-        do_GET = do_PUT = do_PATCH = do_DELETE = do_HEAD = _not_allowed
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # sys.stderr belongs to the running cell
-
-    class Server(http.server.ThreadingHTTPServer):
-        daemon_threads = True
-        block_on_close = False
-
-        def handle_error(self, request: Any, client_address: Any) -> None:
-            exc = sys.exc_info()[1]
-            if not isinstance(exc, OSError):
-                diag(f"wflo-agent: LLM proxy request failed\n{traceback.format_exc()}")
-
-    server = Server(("127.0.0.1", proxy.port), Handler, bind_and_activate=False)
-    server.socket.close()
-    server.socket = proxy.listener
-    server.server_address = proxy.listener.getsockname()
-    return server
 
 
 # ---------------------------------------------------------------------------------------
