@@ -70,27 +70,66 @@ def _events(ledger: Ledger, event_type: str) -> list[dict[str, Any]]:
 
 
 # -- schema ------------------------------------------------------------------------------------
-def test_migration_0002_upgrade_and_downgrade(fresh_database_url: str) -> None:
+def test_migrations_0002_0003_upgrade_and_downgrade(fresh_database_url: str) -> None:
     ledger = Ledger.connect(fresh_database_url)
     try:
-        assert ledger.current_revision() == "0002"
+        assert ledger.current_revision() == "0003"
         tables = set(inspect(ledger.engine).get_table_names())
-        new = {"budgets", "reservations", "reservation_budgets", "llm_calls", "compute_charges"}
-        assert new <= tables
+        new = {"budgets", "reservations", "llm_calls", "compute_charges"}
+        assert new <= tables and "reservation_budgets" not in tables
         functions = "SELECT count(*) FROM pg_proc WHERE proname LIKE 'wflo\\_%'"
+        assert _scalar(ledger, functions) == 8
+        ledger.downgrade("0002")
+        assert "reservation_budgets" in set(inspect(ledger.engine).get_table_names())
         assert _scalar(ledger, functions) == 8
         ledger.downgrade("0001")
         assert ledger.current_revision() == "0001"
         assert not new & set(inspect(ledger.engine).get_table_names())
         assert _scalar(ledger, functions) == 0
         ledger.migrate()
-        assert ledger.current_revision() == "0002"
+        assert ledger.current_revision() == "0003"
         BudgetLedger(ledger.engine).set_budget("team", "after-upgrade", 1)
     finally:
         ledger.close()
 
 
-NEW_TABLES = {"budgets", "reservations", "reservation_budgets", "llm_calls", "compute_charges"}
+def test_migration_0003_keeps_held_money_both_ways(fresh_database_url: str) -> None:
+    """Reservations held across an upgrade to 0003 (and a downgrade back to 0002) keep
+    their budgets, and settle correctly afterwards."""
+    ledger = Ledger.connect(fresh_database_url, migrate=False)
+    try:
+        ledger.migrate("0002")
+        budgets = BudgetLedger(ledger.engine)
+        budgets.set_budget("notebook", "nb", 1_000)
+        budgets.set_budget("team", "t", 5_000)
+        first = str(uuid.uuid4())  # reserved by 0002's wflo_reserve (today's has a new argument)
+        with ledger.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "SELECT * FROM wflo_reserve(ARRAY['notebook', 'team'], ARRAY['nb', 't'], "
+                    "300, :r, 600, NULL, NULL, 'old', 'wflo.budgets')"
+                ),
+                {"r": first},
+            )
+        ledger.migrate()
+        ids = _scalar(ledger, "SELECT budget_ids FROM reservations WHERE id = :r", r=first)
+        team_id = _scalar(ledger, "SELECT id FROM budgets WHERE scope_kind = 'team'")
+        assert len(ids) == 2 and team_id in ids and ids == sorted(ids)
+        second = budgets.reserve([("notebook", "nb"), ("team", "t")], 200)
+        budgets.settle(first, 100)
+        assert budgets.state("team", "t").reserved_micros == 200
+        assert budgets.state("team", "t").spent_micros == 100
+        ledger.downgrade("0002")
+        links = "SELECT count(*) FROM reservation_budgets WHERE reservation_id = :r"
+        assert _scalar(ledger, links, r=second.id) == 2
+        budgets.settle(second, 50)  # 0002's wflo_finish reads the links back
+        assert budgets.state("team", "t").reserved_micros == 0
+        assert budgets.state("notebook", "nb").spent_micros == 150
+    finally:
+        ledger.close()
+
+
+NEW_TABLES = {"budgets", "reservations", "llm_calls", "compute_charges"}
 
 
 def _diff_table(entry: Any) -> str | None:
@@ -104,7 +143,7 @@ def _diff_table(entry: Any) -> str | None:
     return None
 
 
-def test_models_match_migration_0002(ledger: Ledger) -> None:
+def test_models_match_the_migrations(ledger: Ledger) -> None:
     with ledger.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert [d for d in diff if _diff_table(d)] == []
@@ -632,3 +671,42 @@ def test_step_cost_report(ledger: Ledger, budgets: BudgetLedger) -> None:
     [model] = model_costs(ledger.engine, session_ids=[session_id])
     assert (model.model, model.calls, model.cost_micros) == ("gpt-4o-mini", 3, 288)
     assert step_costs(ledger.engine, step_ids=[first])[0].step_id == first
+
+
+# -- the hot connections (reserve / settle / release) -------------------------------------------
+def test_a_killed_idle_connection_is_replaced_without_an_error(
+    ledger: Ledger, budgets: BudgetLedger
+) -> None:
+    budgets.set_budget("notebook", "hot", 10_000)
+    first = budgets.reserve([("notebook", "hot")], 10)
+    with ledger.engine.begin() as conn:  # what a Postgres restart does to idle connections
+        killed = conn.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND state = 'idle'"
+            )
+        ).scalar_one()
+    assert killed >= 1
+    second = budgets.reserve([("notebook", "hot")], 20)  # retried once on a fresh connection
+    budgets.settle(first, 5)
+    budgets.release(second)
+    state = budgets.state("notebook", "hot")
+    assert (state.spent_micros, state.reserved_micros) == (5, 0)
+
+
+def test_an_unreachable_database_is_one_engine_unavailable_line(fresh_database_url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    from wflo_jupyter.core.errors import EngineUnavailable
+
+    ledger = Ledger.connect(fresh_database_url)
+    ledger.close()
+    nowhere = make_url(fresh_database_url).set(host="127.0.0.1", port=1, query={})
+    budgets = BudgetLedger(create_engine(nowhere))
+    try:
+        with pytest.raises(EngineUnavailable, match=r"^PostgreSQL: ") as caught:
+            budgets.reserve([("notebook", "x")], 1)
+        assert "\n" not in str(caught.value)
+    finally:
+        budgets.close()

@@ -85,7 +85,9 @@ def encode_segment(text: str) -> str:
     return quote(text, safe="-._~@+=,")
 
 
-def _canonical_value(value: Any, path: str) -> Any:
+def _canonical_value(value: Any) -> Any:
+    """``value`` with integral floats as ints; ``_NotJson`` at the first non-JSON part (the
+    hot path of every LLM call: no path strings are built unless something is wrong)."""
     if value is None or isinstance(value, bool | str):
         return value
     if isinstance(value, int):
@@ -98,19 +100,48 @@ def _canonical_value(value: Any, path: str) -> Any:
         result: dict[str, Any] = {}
         for name, item in value.items():
             if not isinstance(name, str):
-                raise TypeError(f"cache key: {path or 'body'} has a non-string key {name!r}")
-            result[name] = _canonical_value(item, f"{path}.{name}" if path else name)
+                raise _NotJson
+            result[name] = _canonical_value(item)
         return result
     if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
-        return [_canonical_value(item, f"{path}[{i}]") for i, item in enumerate(value)]
-    raise TypeError(f"cache key: {path or 'body'} is not JSON ({type(value).__name__})")
+        return [_canonical_value(item) for item in value]
+    raise _NotJson
+
+
+class _NotJson(Exception):
+    """Raised inside ``_canonical_value``; ``_not_json_error`` says where."""
+
+
+def _not_json_error(value: Any, path: str = "") -> TypeError | None:
+    """The one-line ``TypeError`` for the first part of ``value`` that is not JSON."""
+    if value is None or isinstance(value, bool | str | int | float):
+        return None
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            if not isinstance(name, str):
+                return TypeError(f"cache key: {path or 'body'} has a non-string key {name!r}")
+            error = _not_json_error(item, f"{path}.{name}" if path else name)
+            if error is not None:
+                return error
+        return None
+    if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
+        for i, item in enumerate(value):
+            error = _not_json_error(item, f"{path}[{i}]")
+            if error is not None:
+                return error
+        return None
+    return TypeError(f"cache key: {path or 'body'} is not JSON ({type(value).__name__})")
 
 
 def canonical_json(value: Any) -> str:
     """The canonical JSON text of a JSON-like value (sorted keys, no whitespace,
     integral floats as integers). ``TypeError`` for anything that is not JSON."""
+    try:
+        canonical = _canonical_value(value)
+    except _NotJson:
+        raise _not_json_error(value) or TypeError("cache key: not JSON") from None
     return json.dumps(
-        _canonical_value(value, ""),
+        canonical,
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=True,

@@ -7,14 +7,14 @@ day/month period resets, sandbox compute charges, and the live feed
 (``pg_notify('wflo_budget', ...)`` on every money move; ``watch`` listens).
 
 **The atomic reserve is one SQL statement**, ``SELECT * FROM wflo_reserve(...)`` (a
-PL/pgSQL function from migration 0002), run as its own transaction::
+PL/pgSQL function, migration 0003), run as its own transaction::
 
-    INSERT INTO reservations ...; INSERT INTO outbox ...     -- no budget lock yet
+    INSERT INTO reservations ... budget_ids; INSERT INTO outbox ...   -- no budget lock yet
     for each enclosing budget, ascending id:
-        UPDATE budgets SET reserved_micros = reserved_micros + :amount   -- (and a due
-        WHERE id = :id AND spent + reserved + :amount <= limit_micros   --  period reset)
+        UPDATE budgets SET reserved_micros = reserved_micros + :amount   -- (a day/month
+        WHERE id = :id AND spent + reserved + :amount <= limit_micros   --  budget rolls over)
         if no row was updated: RAISE 'WB001' -> the whole transaction rolls back
-    INSERT INTO reservation_budgets ...; pg_notify('wflo_budget', <new totals>)
+    pg_notify('wflo_budget', <new totals>)
     COMMIT
 
 Why it cannot overspend: each ``UPDATE`` locks its budget row and tests the limit on
@@ -40,10 +40,11 @@ add the step's cost and write the ``llm_calls`` row and its event, then lock its
 (ascending id), spend and free the rest, announce thresholds, write the budget events
 and ``pg_notify``.
 
-Leases: a reservation is held until ``lease_expires_at`` (database clock). Every
-``reserve`` notices expired leases and frees them (``expire_leases``), so a crashed
-kernel's reservations free themselves. A call that finishes after its lease expired is
-still settled: the money was spent, and the ledger records it (``Settlement.late``).
+Leases: a reservation is held until ``lease_expires_at`` (database clock). A ``reserve``
+notices expired leases (at most once a second per ledger, and always when it is refused)
+and frees them (``expire_leases``), so a crashed kernel's reservations free themselves.
+A call that finishes after its lease expired is still settled: the money was spent, and
+the ledger records it (``Settlement.late``).
 
 Period resets (``day`` / ``month``, UTC) happen lazily on the first money move of a new
 period: spent and the emitted thresholds go back to zero; reserved money stays held.
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,8 +62,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Engine, Row, create_engine, text
-from sqlalchemy.exc import DBAPIError
 
 from wflo_jupyter.core.budget import (
     BudgetExceeded,
@@ -82,6 +84,7 @@ from wflo_jupyter.core.budget import (
 from wflo_jupyter.core.errors import WfloError
 from wflo_jupyter.core.events import BUDGET_THRESHOLD, BUDGET_UPDATED, LLM_CALL, Event, topic_for
 from wflo_jupyter.core.pricing import Usage
+from wflo_jupyter.ledger.hot import HotConnections
 
 __all__ = [
     "DEFAULT_LEASE_S",
@@ -173,12 +176,6 @@ _BUDGET_COLUMNS = (
     "period_start, thresholds_emitted"
 )
 
-_RESERVE = text(
-    "SELECT * FROM wflo_reserve(CAST(:kinds AS text[]), CAST(:keys AS text[]), "
-    "CAST(:amount AS bigint), CAST(:rid AS text), CAST(:lease_s AS double precision), "
-    "CAST(:step_id AS text), CAST(:call_id AS text), CAST(:label AS text), "
-    "CAST(:topic AS text))"
-)
 _FINISH = text(
     "SELECT * FROM wflo_finish(CAST(:rid AS text), CAST(:actual AS bigint), "
     "CAST(:op AS text), CAST(:from_states AS text[]), CAST(:to_state AS text), "
@@ -204,6 +201,19 @@ _INSERT_CACHED_CALLS = text(
                  (to_jsonb(c) - 'created_at') || jsonb_build_object('call_id', c.id) AS payload
           FROM c) AS x
     """
+)
+
+# the hot path's statements (psycopg placeholders; ledger/hot.py)
+_RESERVE_PG = (
+    "SELECT * FROM wflo_reserve(%(kinds)s::text[], %(keys)s::text[], %(amount)s::bigint, "
+    "%(rid)s::text, %(lease_s)s::double precision, %(step_id)s::text, %(call_id)s::text, "
+    "%(label)s::text, %(topic)s::text, %(probe)s::boolean)"
+)
+_FINISH_PG = (
+    "SELECT * FROM wflo_finish(%(rid)s::text, %(actual)s::bigint, %(op)s::text, "
+    "%(from_states)s::text[], %(to_state)s::text, %(check_lease)s::boolean, "
+    "%(lease_before)s::timestamptz, %(budget_topic)s::text, %(llm_topic)s::text, "
+    "%(call)s::jsonb)"
 )
 
 _REFUSED = "WB001"  # SQLSTATE raised by wflo_reserve when a budget has no room
@@ -339,6 +349,9 @@ class BudgetLedger:
     def __init__(self, engine: Engine, *, default_lease_s: float = DEFAULT_LEASE_S) -> None:
         self.engine = engine
         self.default_lease_s = default_lease_s
+        self._hot = HotConnections(engine)  # reserve / settle / release: one statement each
+        self.lease_probe_s = 1.0  # how often a reserve asks whether leases have expired
+        self._next_lease_probe = 0.0
         self._budget_topic = topic_for(BUDGET_UPDATED)
         self._llm_topic = topic_for(LLM_CALL)
 
@@ -352,6 +365,7 @@ class BudgetLedger:
         return cls(create_engine(url, **engine_kwargs))
 
     def close(self) -> None:
+        self._hot.close()
         self.engine.dispose()
 
     def _autocommit(self) -> Connection:
@@ -500,26 +514,24 @@ class BudgetLedger:
         call_id: str | None,
     ) -> tuple[Reservation | BudgetExceeded, bool]:
         reservation_id = str(uuid.uuid4())
+        params = {
+            "kinds": [s.kind for s in scopes],
+            "keys": [s.key for s in scopes],
+            "amount": amount,
+            "rid": reservation_id,
+            "lease_s": lease_s,
+            "step_id": step_id,
+            "call_id": call_id,
+            "label": call_label,
+            "topic": self._budget_topic,
+            "probe": self._probe_leases_now(),
+        }
         try:
-            with self._autocommit() as conn:
-                rows = conn.execute(
-                    _RESERVE,
-                    {
-                        "kinds": [s.kind for s in scopes],
-                        "keys": [s.key for s in scopes],
-                        "amount": amount,
-                        "rid": reservation_id,
-                        "lease_s": lease_s,
-                        "step_id": step_id,
-                        "call_id": call_id,
-                        "label": call_label,
-                        "topic": self._budget_topic,
-                    },
-                ).all()
-        except DBAPIError as exc:
-            if getattr(exc.orig, "sqlstate", None) != _REFUSED:
+            rows = self._hot.run(lambda conn: conn.execute(_RESERVE_PG, params).fetchall())
+        except psycopg.Error as exc:
+            if exc.sqlstate != _REFUSED:
                 raise
-            detail = json.loads(exc.orig.diag.message_detail or "{}")  # type: ignore[union-attr]
+            detail = json.loads(exc.diag.message_detail or "{}")
             return _refusal(scopes, amount, call_label, detail), bool(detail.get("has_expired"))
         has_expired = bool(rows[0].has_expired)
         by_scope = {}
@@ -541,6 +553,15 @@ class BudgetLedger:
             has_expired,
         )
 
+    def _probe_leases_now(self) -> bool:
+        """At most once per ``lease_probe_s`` a reserve also asks whether any lease has
+        expired (then it frees them); a refused reserve always asks."""
+        now = time.monotonic()
+        if now < self._next_lease_probe:
+            return False
+        self._next_lease_probe = now + self.lease_probe_s
+        return True
+
     def settle(
         self,
         reservation: Reservation | str,
@@ -553,14 +574,12 @@ class BudgetLedger:
         one statement. Settling again changes nothing (Temporal may retry an activity)."""
         actual = check_amount(actual_micros)
         rid = reservation if isinstance(reservation, str) else reservation.id
-        with self._autocommit() as conn:
-            return self._finish(conn, rid, actual, call, op="settle")
+        return self._finish_hot(rid, actual, call, op="settle")
 
     def release(self, reservation: Reservation | str) -> bool:
         """Free a reservation whose call never ran or failed; False if it was not held."""
         rid = reservation if isinstance(reservation, str) else reservation.id
-        with self._autocommit() as conn:
-            outcome = self._finish(conn, rid, 0, None, op="release")
+        outcome = self._finish_hot(rid, 0, None, op="release")
         return not outcome.already_settled
 
     def extend_lease(self, reservation: Reservation | str, lease_s: float) -> bool:
@@ -638,40 +657,38 @@ class BudgetLedger:
             else:
                 # a zero hold on the scopes, settled at once in this same transaction
                 rid = str(uuid.uuid4())
+                ids = [
+                    int(r.id)
+                    for r in conn.execute(
+                        text(
+                            "SELECT id FROM budgets WHERE (scope_kind, scope_key) IN "
+                            "(SELECT * FROM unnest(CAST(:kinds AS text[]), "
+                            "CAST(:keys AS text[]))) ORDER BY id"
+                        ),
+                        {"kinds": [s.kind for s in wanted], "keys": [s.key for s in wanted]},
+                    )
+                ]
+                if len(ids) < len(wanted):
+                    found = {
+                        BudgetScope(r.scope_kind, r.scope_key)
+                        for r in conn.execute(
+                            text(
+                                "SELECT scope_kind, scope_key FROM budgets "
+                                "WHERE id = ANY(CAST(:ids AS bigint[]))"
+                            ),
+                            {"ids": ids},
+                        )
+                    }
+                    raise BudgetNotFound(next(s for s in wanted if s not in found))
                 conn.execute(
                     text(
                         "INSERT INTO reservations (id, amount_micros, state, lease_expires_at, "
-                        "step_id, label) VALUES (:rid, 0, 'held', now() + interval '1 hour', "
-                        ":step_id, 'sandbox compute')"
+                        "step_id, label, budget_ids) VALUES (:rid, 0, 'held', "
+                        "now() + interval '1 hour', :step_id, 'sandbox compute', "
+                        "CAST(:ids AS bigint[]))"
                     ),
-                    {"rid": rid, "step_id": step_id},
+                    {"rid": rid, "step_id": step_id, "ids": ids},
                 )
-                if wanted:
-                    ids = conn.execute(
-                        text(
-                            "INSERT INTO reservation_budgets (reservation_id, budget_id) "
-                            "SELECT :rid, id FROM budgets WHERE (scope_kind, scope_key) IN "
-                            "(SELECT * FROM unnest(CAST(:kinds AS text[]), CAST(:keys AS text[])))"
-                            " ORDER BY id RETURNING budget_id"
-                        ),
-                        {
-                            "rid": rid,
-                            "kinds": [s.kind for s in wanted],
-                            "keys": [s.key for s in wanted],
-                        },
-                    ).all()
-                    if len(ids) < len(wanted):
-                        found = {
-                            BudgetScope(r.scope_kind, r.scope_key)
-                            for r in conn.execute(
-                                text(
-                                    "SELECT scope_kind, scope_key FROM budgets "
-                                    "WHERE id = ANY(CAST(:ids AS bigint[]))"
-                                ),
-                                {"ids": [int(r.budget_id) for r in ids]},
-                            )
-                        }
-                        raise BudgetNotFound(next(s for s in wanted if s not in found))
             return self._finish(conn, rid, cost, None, op="compute")
 
     def record_cached_call(self, step_id: str | None, call: LlmCall) -> None:
@@ -734,6 +751,26 @@ class BudgetLedger:
         op: str,
         lease_before: datetime | None = None,
     ) -> Settlement:
+        """``wflo_finish`` inside the caller's SQLAlchemy transaction."""
+        params = self._finish_params(rid, actual, call, op, lease_before)
+        rows = conn.execute(_FINISH, params).all()
+        return self._settlement(rows, rid, actual, op)
+
+    def _finish_hot(self, rid: str, actual: int, call: LlmCall | None, *, op: str) -> Settlement:
+        """``wflo_finish`` as its own transaction, on a hot connection (a retry after a dead
+        connection is harmless: a finished reservation is not finished twice)."""
+        params = self._finish_params(rid, actual, call, op, None)
+        rows = self._hot.run(lambda conn: conn.execute(_FINISH_PG, params).fetchall())
+        return self._settlement(rows, rid, actual, op)
+
+    def _finish_params(
+        self,
+        rid: str,
+        actual: int,
+        call: LlmCall | None,
+        op: str,
+        lease_before: datetime | None,
+    ) -> dict[str, Any]:
         if op in ("settle", "compute"):
             from_states, to_state = ["held", "expired"], "settled"
         elif op == "release":
@@ -744,21 +781,22 @@ class BudgetLedger:
         if call is not None:
             fields = self._call_row(call, None, rid, actual)
             call_json = json.dumps({k: v for k, v in fields.items() if k in _CALL_COLUMNS})
-        rows = conn.execute(
-            _FINISH,
-            {
-                "rid": rid,
-                "actual": actual,
-                "op": op,
-                "from_states": from_states,
-                "to_state": to_state,
-                "check_lease": op == "expire",
-                "lease_before": lease_before,
-                "budget_topic": self._budget_topic,
-                "llm_topic": self._llm_topic,
-                "call": call_json,
-            },
-        ).all()
+        return {
+            "rid": rid,
+            "actual": actual,
+            "op": op,
+            "from_states": from_states,
+            "to_state": to_state,
+            "check_lease": op == "expire",
+            "lease_before": lease_before,
+            "budget_topic": self._budget_topic,
+            "llm_topic": self._llm_topic,
+            "call": call_json,
+        }
+
+    @staticmethod
+    def _settlement(rows: Sequence[Any], rid: str, actual: int, op: str) -> Settlement:
+        """What ``wflo_finish``'s rows say happened."""
         first = rows[0]
         if first.from_state is None:  # nothing was held (or the reservation is unknown)
             if first.seen_state is None:

@@ -26,7 +26,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -96,7 +96,7 @@ class OutboxRow(Base):
     __table_args__ = (Index("ix_outbox_unsent", "id", postgresql_where=text("sent_at IS NULL")),)
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    event_id: Mapped[str] = mapped_column(String(36), unique=True, nullable=False)
+    event_id: Mapped[str] = mapped_column(String(36), nullable=False)  # a random UUID
     event_type: Mapped[str] = mapped_column(String(64), nullable=False)
     topic: Mapped[str] = mapped_column(String(255), nullable=False)
     key: Mapped[str] = mapped_column(String(255), nullable=False)
@@ -171,27 +171,10 @@ class ReservationRow(Base):
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
     settled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-
-    budgets: Mapped[list[ReservationBudgetRow]] = relationship(
-        back_populates="reservation", cascade="all, delete-orphan", passive_deletes=True
+    # the budgets it holds money against, ascending id (migration 0003)
+    budget_ids: Mapped[list[int]] = mapped_column(
+        ARRAY(BigInteger), nullable=False, server_default=text("'{}'::bigint[]")
     )
-
-
-class ReservationBudgetRow(Base):
-    """One (reservation, budget) pair: a reservation holds its amount against each."""
-
-    __tablename__ = "reservation_budgets"
-    __table_args__ = (Index("ix_reservation_budgets_budget", "budget_id"),)
-
-    reservation_id: Mapped[str] = mapped_column(
-        ForeignKey("reservations.id", ondelete="CASCADE"), primary_key=True
-    )
-    budget_id: Mapped[int] = mapped_column(
-        ForeignKey("budgets.id", ondelete="CASCADE"), primary_key=True
-    )
-
-    reservation: Mapped[ReservationRow] = relationship(back_populates="budgets")
-    budget: Mapped[BudgetRow] = relationship()
 
 
 class LlmCallRow(Base):
