@@ -143,6 +143,39 @@ for _ in range({n}):
 print(json.dumps(samples))
 """
 
+FLOOR_CELL = """\
+import http.server, json, threading, time
+from openai import OpenAI
+kwargs = dict(model={model!r}, max_tokens={max_tokens}, messages={messages!r})
+BODY = OpenAI().chat.completions.with_raw_response.create(**kwargs).http_response.content
+class Echo(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    wbufsize = 1 << 16
+    def do_POST(self):
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(BODY)))
+        self.end_headers()
+        self.wfile.write(BODY)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+client = OpenAI(base_url=f"http://127.0.0.1:{{server.server_address[1]}}/v1", api_key="x")
+for _ in range({warmup}):
+    client.chat.completions.create(**kwargs)
+samples = []
+for _ in range({n}):
+    t0 = time.perf_counter()
+    reply = client.chat.completions.create(**kwargs)
+    samples.append(time.perf_counter() - t0)
+assert reply.choices[0].message.content == {answer!r}, reply
+server.shutdown()
+print(json.dumps(samples))
+"""
+
 PRIME = """\
 from openai import OpenAI
 reply = OpenAI().chat.completions.create(model={model!r}, max_tokens={max_tokens},
@@ -333,6 +366,20 @@ class Rig:
             )
         )
 
+    def floor_round(self) -> list[float]:
+        """The same SDK call in the sandbox against a trivial HTTP server in the same cell
+        (the cached answer's bytes, no wflo at all): what any in-sandbox design costs."""
+        return self.cell_samples(
+            FLOOR_CELL.format(
+                model=MODEL,
+                max_tokens=MAX_TOKENS,
+                messages=MESSAGES,
+                warmup=self.args.warmup,
+                n=self.args.n,
+                answer=ANSWER,
+            )
+        )
+
     def raw_round(self) -> list[float]:
         return self.cell_samples(
             RAW_CELL.format(
@@ -458,11 +505,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ratios.append(statistics.median(ours_round) / statistics.median(lite_round))
             ours += ours_round
             lite += lite_round
+        floor = rig.floor_round()
         in_cell_raw = rig.raw_round()
         pings = rig.channel_pings()
         key = rig.stored_key()
         answered, host = rig.gateway_alone()
-        rig.check_hits_recorded((args.rounds + 2) * (args.warmup + args.n))
+        rig.check_hits_recorded((args.rounds + 2) * (args.warmup + args.n) + 1)
         raw, size = rig.raw_get(key)
         with rig.budgets.engine.connect() as conn:
             pg = conn.execute(text("SHOW server_version")).scalar()
@@ -479,6 +527,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ratios": ratios,
         "size": size,
         "cell_raw": stats(in_cell_raw),
+        "floor": stats(floor),
         "load_end": _load(),
         "pg": pg,
         "redis": redis_version,
@@ -517,6 +566,7 @@ def render(figures: dict[str, Any], args: argparse.Namespace, note: str) -> str:
     lite50, lite95 = figures["litellm"]
     answered50, ping50 = figures["answered"][0], figures["ping"][0]
     cell_raw50 = figures["cell_raw"][0]
+    floor50 = figures["floor"][0]
     ratios = figures["ratios"]
     vs_lite = statistics.median(ratios)
     sdk50 = ours50 - cell_raw50
@@ -557,6 +607,8 @@ def render(figures: dict[str, Any], args: argparse.Namespace, note: str) -> str:
         f"sandbox (Docker), cache hit | {ms('ours')} |",
         "| LiteLLM: `litellm.completion(..., caching=True)`, Redis cache hit, in the host "
         f"process | {ms('litellm')} |",
+        "| floor: the same SDK call in the sandbox against a trivial `http.server` in the "
+        f"cell answering the same bytes (no wflo) | {ms('floor')} |",
         "| breakdown: the same request as a bare `http.client` POST to the agent's proxy, "
         f"timed in the cell (no SDK) | {ms('cell_raw')} |",
         f"| breakdown: agent channel round trip (`SandboxSession.ping`) | {ms('ping')} |",
@@ -569,6 +621,9 @@ def render(figures: dict[str, Any], args: argparse.Namespace, note: str) -> str:
         f"- ours / LiteLLM: **{vs_lite:.2f}x**, the median of the rounds' p50 ratios "
         f"({per_round}); pooled p50 {ours50 / lite50:.2f}x, p95 {ours95 / lite95:.2f}x "
         "(target < 1.0x): " + verdict,
+        f"- The floor (the SDK against a trivial server in the sandbox, nothing of wflo) is "
+        f"{floor50 / lite50:.2f}x LiteLLM's whole hit; wflo's part of a hit (ours minus the "
+        f"floor) is {(ours50 - floor50) * 1000:.2f} ms p50.",
         f"- ours over the raw GET: **+{(ours50 - raw50) * 1000:.2f} ms** p50 "
         f"({ours50 / raw50:.0f}x), +{(ours95 - raw95) * 1000:.2f} ms p95 "
         f"({ours95 / raw95:.0f}x).",

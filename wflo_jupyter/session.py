@@ -401,6 +401,7 @@ class WfloSession:
             scopes=tuple(BudgetScope(kind, key) for kind, key in step.budget_scopes()),  # type: ignore[arg-type]
             no_cache=no_cache,
             notice=io.notice,
+            origin=self.notebook_key,
         )
 
         def handle(frame: dict[str, Any], send: Callable[[dict[str, Any]], None]) -> None:

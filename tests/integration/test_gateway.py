@@ -4,6 +4,7 @@ contacted, streams relayed and replayed, errors in the provider's shape."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import uuid
@@ -299,3 +300,18 @@ def test_per_call_cache_ttl(rig: Rig) -> None:
     )
     assert bad.status == 400
     assert "x-wflo-cache-ttl: not a number of seconds: 'soon'" in bad.json()["error"]["message"]
+
+
+def test_clearing_a_notebook_removes_only_the_answers_it_stored(rig: Rig) -> None:
+    notebook_a = dataclasses.replace(rig.ctx(), origin=f"a-{rig.namespace}.ipynb")
+    notebook_b = dataclasses.replace(rig.ctx(), origin=f"b-{rig.namespace}.ipynb")
+    for ctx, content in ((notebook_a, "from a"), (notebook_b, "from b")):
+        rig.gateway.handle(chat(content), ctx, Collected())
+    rig.gateway.handle(chat("from b"), notebook_a, Collected())  # a hit: a stored nothing
+    assert len(rig.fake.requests) == 2
+    assert rig.cache.invalidate_origin(notebook_a.origin or "") == 1
+    assert rig.cache.invalidate_origin(notebook_a.origin or "") == 0  # nothing left of a's
+    rig.gateway.handle(chat("from b"), notebook_a, Collected())  # b's answer is still there
+    assert len(rig.fake.requests) == 2
+    rig.gateway.handle(chat("from a"), notebook_b, Collected())  # a's is gone: fetched again
+    assert len(rig.fake.requests) == 3

@@ -253,6 +253,10 @@ def test_cache_stats_clear_and_price_overrides(kernel: Kernel, fake: FakeProvide
     before = len(fake.requests)
     assert kernel.run(cell).stdout == "ok\n"
     assert len(fake.requests) == before + 1  # the cleared answer was fetched again
+    mine = kernel.run("%wflo cache clear --notebook")  # this notebook stored that answer
+    assert "removed 1 cached answer(s) stored by " in mine.stdout, mine.stdout + mine.stderr
+    assert kernel.run(cell).stdout == "ok\n"
+    assert len(fake.requests) == before + 2
     bad = kernel.run("%config WfloMagics.prices = {'m': {'input': 'cheap'}}")
     after = kernel.run("%%wflo\nprint(1)")
     assert "UsageError" in after.stderr and "m" in after.stderr

@@ -169,7 +169,9 @@ def test_budget_commands() -> None:
     assert parse_line_command("cache clear --model gpt-4o").options == {
         "action": "clear",
         "model": "gpt-4o",
+        "notebook": False,
     }
+    assert parse_line_command("cache clear --notebook").options["notebook"] is True
     assert parse_line_command("report --all").options == {"all_sessions": True}
 
 
@@ -183,6 +185,8 @@ def test_budget_commands() -> None:
         ("team", "the following arguments are required: name"),
         ("cache purge", "invalid choice: 'purge'"),
         ("cache stats --model x", "--model applies to clear only"),
+        ("cache stats --notebook", "--notebook applies to clear only"),
+        ("cache clear --model x --notebook", "use --model M or --notebook, not both"),
     ],
 )
 def test_bad_budget_commands(line: str, message: str) -> None:

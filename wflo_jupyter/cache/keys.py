@@ -56,6 +56,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 KEY_PREFIX = "wflo:llm"
 STATS_PREFIX = "wflo:llmstats"
+ORIGIN_PREFIX = "wflo:llmorigin"
 LOCK_NAME_PREFIX = "llm"
 DEFAULT_NAMESPACE = "shared"
 KEY_SCHEMA_VERSION = 1
@@ -227,6 +228,12 @@ def stats_key(namespace: str) -> str:
     """The hash counting hits, misses and saved micros of ``namespace``. Outside the
     ``wflo:llm:`` entry space, so invalidating entries keeps the statistics."""
     return f"{STATS_PREFIX}:{encode_segment(namespace)}"
+
+
+def origin_key(origin: str) -> str:
+    """The set of entry keys that ``origin`` (a notebook) stored. Outside the ``wflo:llm:``
+    entry space, like the statistics."""
+    return f"{ORIGIN_PREFIX}:{encode_segment(origin)}"
 
 
 def all_stats_pattern() -> str:

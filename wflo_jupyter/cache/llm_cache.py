@@ -34,6 +34,7 @@ from wflo_jupyter.cache.keys import (
     all_stats_pattern,
     model_pattern,
     namespace_pattern,
+    origin_key,
     stats_key,
 )
 from wflo_jupyter.cache.redis_client import describe_redis
@@ -261,6 +262,36 @@ class LlmCache:
             log.warning("LLM cache: not storing %s: %s", key.redis_key, _one_line(exc))
             return
         self._call(None, lambda: self.client.set(key.redis_key, payload, px=ttl_ms))
+
+    def note_origin(self, key: CacheKey, origin: str, ttl_s: float | None = None) -> None:
+        """Remember that ``origin`` (a notebook) stored ``key``, for ``invalidate_origin``.
+        The record lives at least as long as an entry stored with the default TTL."""
+        ttl_ms = max(
+            _check_ttl(self.default_ttl_s if ttl_s is None else ttl_s),
+            _check_ttl(self.default_ttl_s),
+        )
+
+        def note() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.sadd(origin_key(origin), key.redis_key)
+            pipe.pexpire(origin_key(origin), ttl_ms)
+            pipe.execute()
+
+        self._call(None, note)
+
+    def invalidate_origin(self, origin: str) -> int:
+        """Delete every entry ``origin`` (a notebook) stored; the number deleted (entries
+        that had already expired are not counted)."""
+
+        def delete() -> int:
+            names = list(self.client.smembers(origin_key(origin)))
+            deleted = 0
+            for start in range(0, len(names), _SCAN_BATCH):
+                deleted += int(self.client.unlink(*names[start : start + _SCAN_BATCH]))
+            self.client.unlink(origin_key(origin))
+            return deleted
+
+        return self._call(0, delete)
 
     def ttl_s(self, key: CacheKey) -> float | None:
         """Seconds ``key`` still lives, or ``None`` when absent (or Redis unavailable)."""

@@ -56,6 +56,7 @@ def _parsers() -> dict[str, _Parser]:
     cache = add("cache")
     cache.add_argument("action", choices=("stats", "clear"))
     cache.add_argument("--model", default=None)
+    cache.add_argument("--notebook", action="store_true")
     return parsers
 
 
@@ -73,7 +74,7 @@ class LineCommand:
 def parse_line_command(line: str) -> LineCommand:
     """Parse ``status``, ``runs [-n N]``, ``events [-n N] [--all]``, ``restart``,
     ``budget [USD] [--team NAME [--period day|month]]``, ``team NAME``, ``report [--all]``,
-    ``meter``, ``cache stats|clear [--model M]``."""
+    ``meter``, ``cache stats|clear [--model M | --notebook]``."""
     try:
         words = shlex.split(line)
     except ValueError as exc:
@@ -89,8 +90,12 @@ def parse_line_command(line: str) -> LineCommand:
         _check_budget(options)
     if name == "team":
         _check_team_name("%wflo team", options["name"])
-    if name == "cache" and options["model"] is not None and options["action"] != "clear":
-        raise SpecError("%wflo cache stats: --model applies to clear only")
+    if name == "cache" and options["action"] != "clear":
+        for flag in ("model", "notebook"):
+            if options[flag] not in (None, False):
+                raise SpecError(f"%wflo cache stats: --{flag} applies to clear only")
+    if name == "cache" and options["model"] is not None and options["notebook"]:
+        raise SpecError("%wflo cache clear: use --model M or --notebook, not both")
     return LineCommand(name, options)
 
 

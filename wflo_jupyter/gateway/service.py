@@ -86,6 +86,7 @@ class CallContext:
     no_cache: bool = False
     namespace: str = DEFAULT_NAMESPACE
     notice: Callable[[str], None] = field(default=lambda _text: None)
+    origin: str | None = None  # the notebook: answers it stores can be cleared with it
 
 
 class _StreamBroken(Exception):
@@ -212,6 +213,8 @@ class LlmGateway:
         )
         if was_leader:
             self.cache.record_miss(key.namespace)
+            if ctx.origin is not None and paid:
+                self.cache.note_origin(key, ctx.origin, _cache_ttl(request.headers))
             if not (paid and paid[0].streamed):
                 self._answer(responder, request, value.body)
             return

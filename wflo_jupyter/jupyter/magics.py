@@ -175,8 +175,13 @@ class WfloMagics(Magics):
         if options["action"] == "stats":
             return display.cache_stats(cache.stats(), cache.available)
         model = options["model"]
-        removed = cache.invalidate_model(model) if model else cache.invalidate_all()
-        what = f"of {model} " if model else ""
+        if options["notebook"]:
+            removed = cache.invalidate_origin(session.notebook_key)
+            what = f"stored by {session.notebook_key} "
+        elif model:
+            removed, what = cache.invalidate_model(model), f"of {model} "
+        else:
+            removed, what = cache.invalidate_all(), ""
         print(f"[wflo] removed {removed} cached answer(s) {what}from the LLM cache")
         return None
 
