@@ -63,7 +63,7 @@ from wflo_jupyter.cache.llm_cache import LlmCache
 from wflo_jupyter.cache.locks import RedisLock
 from wflo_jupyter.cache.redis_client import connect_redis
 from wflo_jupyter.core.budget import BudgetScope
-from wflo_jupyter.gateway.channel import BadLlmRequest, ChannelResponder, request_from_frame
+from wflo_jupyter.gateway.channel import frame_handlers
 from wflo_jupyter.gateway.service import CallContext, GatewayRequest, LlmGateway
 from wflo_jupyter.gateway.upstream import ProviderRoutes, Upstream
 from wflo_jupyter.ledger.budgets import BudgetLedger
@@ -223,26 +223,6 @@ def timed_n(fn: Callable[[], object], n: int) -> list[float]:
     return samples
 
 
-def llm_handler(gateway: LlmGateway, context: CallContext) -> Callable[..., None]:
-    """What ``WfloSession.llm_handler`` builds for a step, without the step bookkeeping."""
-
-    def handle(frame: dict[str, Any], send: Callable[[dict[str, Any]], None]) -> None:
-        responder = ChannelResponder(send, str(frame.get("id", "")))
-        try:
-            request = request_from_frame(frame)
-        except BadLlmRequest as exc:
-            responder.refuse("openai", 400, str(exc))
-            return
-        try:
-            gateway.handle(request, context, responder)
-        except Exception as exc:
-            if not responder.answered:
-                responder.refuse(request.provider, 500, f"bench gateway error: {exc}")
-            raise
-
-    return handle
-
-
 def delete_keys(client: redis.Redis, *patterns: str) -> int:
     removed = 0
     for pattern in patterns:
@@ -327,7 +307,10 @@ class Rig:
         extra = {"agent_dir": Path(args.agent_dir)} if args.agent_dir else {}
         self.sandbox = SandboxSession(self.docker, f"bench-{self.tag}", image=args.image, **extra)
         self._later(self.sandbox.close)
-        self.sandbox.llm_handler = llm_handler(self.gateway, self.context)
+        # what a %%wflo step attaches: the worker handler and the reading thread's fast path
+        self.sandbox.llm_handler, self.sandbox.llm_fast_path = frame_handlers(
+            self.gateway, self.context
+        )
 
     def close(self) -> None:
         """Undo everything made so far, newest first: the container, the Docker client, the
@@ -573,7 +556,7 @@ def render(figures: dict[str, Any], args: argparse.Namespace, note: str) -> str:
     proxy50 = cell_raw50 - answered50 - ping50
     options = "" if args.n == 200 else f" -n {args.n}"
     options += "" if args.warmup == 20 else f" --warmup {args.warmup}"
-    options += "" if args.rounds == 5 else f" --rounds {args.rounds}"
+    options += "" if args.rounds == 9 else f" --rounds {args.rounds}"
     options += f" --agent-dir {args.agent_dir}" if args.agent_dir else ""
     command = (
         "`WFLO_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres "
@@ -670,7 +653,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=200, help="timed hits per row")
     parser.add_argument("--warmup", type=int, default=20, help="untimed hits before each row")
     parser.add_argument(
-        "--rounds", type=int, default=5, help="alternating rounds of ours and LiteLLM"
+        "--rounds", type=int, default=9, help="alternating rounds of ours and LiteLLM"
     )
     parser.add_argument(
         "--database-url",

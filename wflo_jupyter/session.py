@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LlmHandler = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], None]
+LlmFastPath = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], bool]
 
 NO_LIMIT_MICROS = 10**15  # a notebook budget nobody set: record spending, refuse nothing
 
@@ -283,7 +284,7 @@ class WfloSession:
         io = self.step_io.open(
             step_id, StepIO(inputs=dict(inputs or {}), outputs=spec.outputs, fresh=spec.fresh)
         )
-        io.llm_handler = self.llm_handler(step, io, spec.no_cache)
+        io.llm_handler, io.llm_fast_path = self.llm_handlers(step, io, spec.no_cache)
         io.llm_drain = self.gateway.drain if self.gateway is not None else None
         self._note_sink = io.notice
         deliver = on_event or (lambda _event: None)
@@ -388,10 +389,13 @@ class WfloSession:
             self.gateway.prices.set_overrides(overrides or None)
         self.price_overrides = dict(overrides)
 
-    def llm_handler(self, step: StepInput, io: StepIO, no_cache: bool) -> LlmHandler:
-        """What the sandbox calls for each ``llm_request`` frame of ``step``'s cell."""
+    def llm_handlers(
+        self, step: StepInput, io: StepIO, no_cache: bool
+    ) -> tuple[LlmHandler, LlmFastPath]:
+        """What the sandbox calls for each ``llm_request`` frame of ``step``'s cell: the
+        worker-thread handler, and the reading thread's cache-hit fast path."""
         from wflo_jupyter.core.budget import BudgetScope
-        from wflo_jupyter.gateway.channel import BadLlmRequest, ChannelResponder, request_from_frame
+        from wflo_jupyter.gateway.channel import frame_handlers
         from wflo_jupyter.gateway.service import CallContext
 
         gateway = self.gateway
@@ -403,24 +407,7 @@ class WfloSession:
             notice=io.notice,
             origin=self.notebook_key,
         )
-
-        def handle(frame: dict[str, Any], send: Callable[[dict[str, Any]], None]) -> None:
-            responder = ChannelResponder(send, str(frame.get("id", "")))
-            try:
-                request = request_from_frame(frame)
-            except BadLlmRequest as exc:
-                responder.refuse("openai", 400, str(exc))
-                return
-            try:
-                gateway.handle(request, context, responder)
-            except Exception as exc:  # never leave the SDK waiting
-                log.exception("LLM gateway failed")
-                if not responder.answered:
-                    responder.refuse(
-                        request.provider, 500, f"wflo gateway error: {type(exc).__name__}"
-                    )
-
-        return handle
+        return frame_handlers(gateway, context)
 
     # -- budgets and reports ----------------------------------------------------------------
     def _budgets(self) -> BudgetLedger:

@@ -315,3 +315,29 @@ def test_clearing_a_notebook_removes_only_the_answers_it_stored(rig: Rig) -> Non
     assert len(rig.fake.requests) == 2
     rig.gateway.handle(chat("from a"), notebook_b, Collected())  # a's is gone: fetched again
     assert len(rig.fake.requests) == 3
+
+
+def test_the_reading_threads_fast_path_answers_only_cache_hits(rig: Rig) -> None:
+    from wflo_jupyter.gateway.channel import frame_handlers
+
+    handle, fast = frame_handlers(rig.gateway, rig.ctx())
+    frame = {
+        "type": "llm_request",
+        "id": "r1",
+        "path": "/v1/chat/completions",
+        "headers": {},
+        "body": {"model": MODEL, "messages": [{"role": "user", "content": "fast"}]},
+    }
+    sent: list[dict] = []
+    assert fast(frame, sent.append) is False and sent == []  # a miss: left to the worker
+    handle(frame, sent.append)  # the worker calls the provider and stores the answer
+    assert len(rig.fake.requests) == 1 and len(sent) == 1
+    assert fast(frame, sent.append) is True  # now a hit, answered on the spot
+    assert len(sent) == 2 and sent[1]["status"] == 200 and sent[1]["id"] == "r1"
+    assert len(rig.fake.requests) == 1
+    bad = {**frame, "path": "/v1/nothing"}
+    assert fast(bad, sent.append) is False and len(sent) == 2  # errors are the worker's
+    _, fast_no_cache = frame_handlers(rig.gateway, dataclasses.replace(rig.ctx(), no_cache=True))
+    assert fast_no_cache(frame, sent.append) is False
+    paid, hit = _calls(rig)  # the fast hit has its $0 row like any other
+    assert (paid["cached"], hit["cached"], hit["cost_micros"]) == (False, True, 0)

@@ -4,6 +4,7 @@ channel → host gateway (budgets, Redis cache, ledger) → the provider's HTTP 
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -254,7 +255,9 @@ def test_cache_stats_clear_and_price_overrides(kernel: Kernel, fake: FakeProvide
     assert kernel.run(cell).stdout == "ok\n"
     assert len(fake.requests) == before + 1  # the cleared answer was fetched again
     mine = kernel.run("%wflo cache clear --notebook")  # this notebook stored that answer
-    assert "removed 1 cached answer(s) stored by " in mine.stdout, mine.stdout + mine.stderr
+    removed = re.search(r"removed (\d+) cached answer\(s\) stored by ", mine.stdout)
+    assert removed, mine.stdout + mine.stderr
+    assert int(removed.group(1)) >= 1  # (and what the module's earlier cells stored)
     assert kernel.run(cell).stdout == "ok\n"
     assert len(fake.requests) == before + 2
     bad = kernel.run("%config WfloMagics.prices = {'m': {'input': 'cheap'}}")

@@ -4,10 +4,11 @@ agent's process), and the answer goes back as ``llm_response*`` frames."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from wflo_jupyter.gateway.service import GatewayRequest
+from wflo_jupyter.gateway.service import CallContext, GatewayRequest, LlmGateway
 from wflo_jupyter.sandbox.agent.protocol import (
     LLM_FORWARDED_HEADERS,
     Frame,
@@ -20,6 +21,10 @@ from wflo_jupyter.sandbox.agent.protocol import (
 )
 
 Send = Callable[[Frame], None]
+FrameHandler = Callable[[Frame, Send], None]
+FastFrameHandler = Callable[[Frame, Send], bool]
+
+log = logging.getLogger(__name__)
 
 
 class BadLlmRequest(ValueError):
@@ -72,3 +77,33 @@ class ChannelResponder:
     def refuse(self, provider: str, status: int, message: str) -> None:
         self.answered = True
         self._send(llm_error_response(self.request_id, provider, status, message))
+
+
+def frame_handlers(gateway: LlmGateway, ctx: CallContext) -> tuple[FrameHandler, FastFrameHandler]:
+    """What a sandbox calls for the ``llm_request`` frames of one step: ``handle`` (on a
+    worker thread: every request gets exactly one answer) and ``fast`` (on the channel's
+    reading thread first: answers a cache hit at once, else returns False untouched)."""
+
+    def handle(frame: Frame, send: Send) -> None:
+        responder = ChannelResponder(send, str(frame.get("id", "")))
+        try:
+            request = request_from_frame(frame)
+        except BadLlmRequest as exc:
+            responder.refuse("openai", 400, str(exc))
+            return
+        try:
+            gateway.handle(request, ctx, responder)
+        except Exception as exc:  # never leave the SDK waiting
+            log.exception("LLM gateway failed")
+            if not responder.answered:
+                responder.refuse(request.provider, 500, f"wflo gateway error: {type(exc).__name__}")
+
+    def fast(frame: Frame, send: Send) -> bool:
+        try:
+            request = request_from_frame(frame)
+        except BadLlmRequest:
+            return False  # the worker answers it with the error
+        responder = ChannelResponder(send, str(frame.get("id", "")))
+        return gateway.answer_from_cache(request, ctx, responder)
+
+    return handle, fast

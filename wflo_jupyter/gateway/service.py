@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from wflo_jupyter.cache.keys import DEFAULT_NAMESPACE, cache_key
+from wflo_jupyter.cache.keys import DEFAULT_NAMESPACE, CacheKey, cache_key
 from wflo_jupyter.cache.llm_cache import CachedResponse, LlmCache
 from wflo_jupyter.cache.locks import LockTimeout, RedisLock, single_flight
 from wflo_jupyter.core.budget import BudgetExceeded, BudgetScope
@@ -182,15 +182,7 @@ class LlmGateway:
     def _cached_call(self, request: GatewayRequest, ctx: CallContext, responder: Responder) -> None:
         assert self.cache is not None
         assert self.lock_factory is not None
-        route = self.routes.route(request.provider)
-        key = cache_key(
-            provider=request.provider,
-            base_url=route.base_url,
-            endpoint=request.endpoint,
-            body=request.body,
-            namespace=ctx.namespace,
-            headers=request.headers,
-        )
+        key = self._key(request, ctx)
         paid: list[_Paid] = []
 
         def compute() -> CachedResponse:
@@ -218,6 +210,50 @@ class LlmGateway:
             if not (paid and paid[0].streamed):
                 self._answer(responder, request, value.body)
             return
+        self._serve_hit(request, ctx, responder, key, value)
+
+    def answer_from_cache(
+        self, request: GatewayRequest, ctx: CallContext, responder: Responder
+    ) -> bool:
+        """Answer ``request`` if the cache already holds its answer (one Redis GET, no
+        lock, no wait: the channel's reading thread calls this before it hands the request
+        to a worker). False, having sent nothing, for anything else: a miss, a call that
+        skips the cache, an invalid request, Redis down."""
+        if self.cache is None or ctx.no_cache or not request.model:
+            return False
+        try:
+            _cache_ttl(request.headers)  # an invalid TTL header is the full path's error
+            key = self._key(request, ctx)
+            value = self.cache.get(key)
+        except Exception:
+            return False
+        if value is None:
+            return False
+        try:
+            self._serve_hit(request, ctx, responder, key, value)
+        except Exception:  # answered or not, never twice: the worker path is not taken
+            log.exception("LLM gateway: serving a cache hit failed")
+        return True
+
+    def _key(self, request: GatewayRequest, ctx: CallContext) -> CacheKey:
+        return cache_key(
+            provider=request.provider,
+            base_url=self.routes.route(request.provider).base_url,
+            endpoint=request.endpoint,
+            body=request.body,
+            namespace=ctx.namespace,
+            headers=request.headers,
+        )
+
+    def _serve_hit(
+        self,
+        request: GatewayRequest,
+        ctx: CallContext,
+        responder: Responder,
+        key: CacheKey,
+        value: CachedResponse,
+    ) -> None:
+        assert self.cache is not None
         # Answer first: a hit moves no money, so its $0 ledger row can follow the answer.
         self._answer(responder, request, value.body)
         ctx.notice(

@@ -66,6 +66,7 @@ class StepActivities:
         try:
             sandbox = self.sandbox_for(step.image)
             sandbox.llm_handler = io.llm_handler
+            sandbox.llm_fast_path = io.llm_fast_path
             run = sandbox.run_fresh if io.fresh else sandbox.execute
             result = run(
                 step.code,

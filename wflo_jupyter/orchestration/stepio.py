@@ -34,6 +34,8 @@ class StepIO:
     before_run: Callable[[Any], None] | None = None  # called with the StepInput
     # answers the cell's LLM calls: (llm_request frame, send) -> None
     llm_handler: Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], None] | None = None
+    # tried first on the channel's reading thread: answers a cache hit at once (True)
+    llm_fast_path: Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], bool] | None = None
     # waits (up to the seconds given) until every LLM call of the step is in the ledger
     llm_drain: Callable[[float], object] | None = None
 

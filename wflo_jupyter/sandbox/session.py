@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import logging
 import os
 import secrets
 import select
@@ -98,7 +99,10 @@ SANDBOX_ENV = {
 from ``os.environ`` before any cell runs). Nothing from the host's environment."""
 
 StreamCallback = Callable[[str, str], None]
+log = logging.getLogger(__name__)
+
 LlmHandler = Callable[[Frame, Callable[[Frame], None]], None]
+LlmFastPath = Callable[[Frame, Callable[[Frame], None]], bool]
 DisplayCallback = Callable[[dict[str, Any], dict[str, Any]], None]
 
 
@@ -519,6 +523,8 @@ class SandboxSession:
         self.agent_dir = agent_dir
         self._lock = threading.RLock()
         self.llm_handler: LlmHandler | None = None
+        # tried first on the reading thread (a cache hit answered without a hand-off)
+        self.llm_fast_path: LlmFastPath | None = None
         self._llm_pool: ThreadPoolExecutor | None = None
         self._llm_futures: set[Future[None]] = set()
         self._box: _Box | None = None
@@ -700,6 +706,7 @@ class SandboxSession:
             launcher=self.launcher,
         )
         fresh.llm_handler = self.llm_handler
+        fresh.llm_fast_path = self.llm_fast_path
         try:
             return fresh.execute(code, **kwargs)
         finally:
@@ -873,7 +880,13 @@ class SandboxSession:
             with contextlib.suppress(OSError):
                 box.send(reply)
 
-        handler = self.llm_handler
+        handler, fast = self.llm_handler, self.llm_fast_path
+        if handler is not None and fast is not None:
+            try:
+                if fast(frame, send):
+                    return
+            except Exception as exc:  # the worker path still answers it
+                log.warning("LLM fast path failed: %s: %s", type(exc).__name__, exc)
         if handler is None:
             route = llm_route(str(frame.get("path", "")))
             send(
