@@ -1001,37 +1001,53 @@ LLM_CLIENT_CHECK_S = 0.5
 """While it waits for the host, a proxy thread checks this often whether its client left."""
 LLM_DRAIN_S = 0.5
 """When the channel dies, how long waiting requests get to answer 502 before the agent exits."""
+LLM_DIRECT_MAX_B64 = 256 * 1024
+"""Complete answers up to this size (base64) are written by the channel's reading thread."""
 
 
 class LlmRouter:
     """Answer frames of in-flight LLM calls, one queue per request id: the channel's reading
-    thread ``deliver``s (never blocks), the proxy thread serving the request reads its queue.
-    Frames for an id nobody waits for (cancelled, timed out) are dropped."""
+    thread ``deliver``s, the proxy thread serving the request reads its queue. A request
+    may also register a ``direct`` writer: a complete (non-streamed) answer is then written
+    to its client by the reading thread itself, one loopback send, and the proxy thread
+    only learns that it was (``{"type": "_written"}``): one thread hand-off less on every
+    call's path. Frames for an id nobody waits for (cancelled, timed out) are dropped."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._pending: dict[str, queue.SimpleQueue[dict[str, Any]]] = {}
+        self._direct: dict[str, Callable[[dict[str, Any]], bool]] = {}
         self.lost: str | None = None
 
-    def open(self, request_id: str) -> queue.SimpleQueue[dict[str, Any]] | None:
+    def open(
+        self, request_id: str, direct: Callable[[dict[str, Any]], bool] | None = None
+    ) -> queue.SimpleQueue[dict[str, Any]] | None:
         """A queue for ``request_id``'s answer, or None when the channel is gone."""
         with self._cond:
             if self.lost is not None:
                 return None
             inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
             self._pending[request_id] = inbox
+            if direct is not None:
+                self._direct[request_id] = direct
             return inbox
 
     def forget(self, request_id: str) -> None:
         with self._cond:
             self._pending.pop(request_id, None)
+            self._direct.pop(request_id, None)
             self._cond.notify_all()
 
     def deliver(self, frame: dict[str, Any]) -> bool:
+        request_id = str(frame.get("id"))
         with self._cond:
-            inbox = self._pending.get(str(frame.get("id")))
+            inbox = self._pending.get(request_id)
+            direct = self._direct.get(request_id)
         if inbox is None:
             return False
+        if direct is not None and frame.get("type") == "llm_response" and direct(frame):
+            inbox.put({"type": "_written"})
+            return True
         inbox.put(frame)
         return True
 
@@ -1413,7 +1429,18 @@ class LlmProxy:
         if body is None:
             return
         request_id = os.urandom(12).hex()
-        inbox = self.router.open(request_id)
+        claim = threading.Lock()  # who writes the answer: the reading thread or this one
+
+        def direct(frame: dict[str, Any]) -> bool:
+            """On the reading thread: write a small complete answer at once."""
+            if len(str(frame.get("body_b64") or "")) > LLM_DIRECT_MAX_B64:
+                return False
+            if not claim.acquire(blocking=False):
+                return False  # this thread already answered (a timeout, the client left)
+            self._write_full(client, provider, frame)
+            return True
+
+        inbox = self.router.open(request_id, direct)
         if inbox is None:
             self.refuse(client, provider, 502, "the sandbox has lost its channel to the host")
             return
@@ -1439,7 +1466,7 @@ class LlmProxy:
             except protocol.ProtocolError as exc:
                 self.refuse(client, provider, 413, f"the request cannot be sent to the host: {exc}")
                 return
-            self._answer(client, provider, request_id, inbox)
+            self._answer(client, provider, request_id, inbox, claim)
         finally:
             self.router.forget(request_id)
 
@@ -1551,8 +1578,17 @@ class LlmProxy:
         provider: str,
         request_id: str,
         inbox: queue.SimpleQueue[dict[str, Any]],
+        claim: threading.Lock,
     ) -> None:
         frame = self._next(client, request_id, inbox)
+        if frame is not None and frame["type"] == "_written":
+            return  # the reading thread wrote the answer
+        if not claim.acquire(blocking=False):
+            # the reading thread is writing the answer right now: let it finish first
+            with contextlib.suppress(queue.Empty):
+                while inbox.get(timeout=LLM_DRAIN_S)["type"] != "_written":
+                    pass
+            return
         if frame is None:
             return
         kind = frame["type"]
@@ -1564,34 +1600,44 @@ class LlmProxy:
         if kind == "_lost":
             self.refuse(client, provider, 502, f"the wflo host is gone: {frame.get('error')}")
             return
-        if kind not in ("llm_response", "llm_response_start"):
+        if kind == "llm_response":
+            self._write_full(client, provider, frame)
+            return
+        if kind != "llm_response_start":
             self.refuse(client, provider, 502, f"the wflo host answered with {kind} first")
             return
         status = frame.get("status")
         if not isinstance(status, int) or not 100 <= status <= 599:
             self.refuse(client, provider, 502, f"the wflo host sent an invalid status {status!r}")
             return
-        headers = _header_items(frame.get("headers"))
-        if kind == "llm_response":
-            try:
-                body = protocol.b64decode(frame.get("body_b64") or "")
-            except protocol.ProtocolError as exc:
-                self.refuse(client, provider, 502, f"the wflo host sent an invalid body: {exc}")
-                return
-            if not any(name == "content-type" for name, _ in headers):
-                headers.append(("content-type", "application/json"))
-            try:
-                client.send_response(status)
-                for name, value in headers:
-                    client.send_header(name, value)
-                client.send_header("Content-Length", str(len(body)))
-                client.end_headers()
-                client.write(body)
-                client.flush()  # headers and body: one send
-            except OSError:
-                client.close_connection = True
+        self._stream(
+            client, provider, request_id, inbox, status, _header_items(frame.get("headers"))
+        )
+
+    def _write_full(self, client: _Exchange, provider: str, frame: dict[str, Any]) -> None:
+        """A complete ``llm_response`` to the client: status, headers and body, one send."""
+        status = frame.get("status")
+        if not isinstance(status, int) or not 100 <= status <= 599:
+            self.refuse(client, provider, 502, f"the wflo host sent an invalid status {status!r}")
             return
-        self._stream(client, provider, request_id, inbox, status, headers)
+        headers = _header_items(frame.get("headers"))
+        try:
+            body = protocol.b64decode(frame.get("body_b64") or "")
+        except protocol.ProtocolError as exc:
+            self.refuse(client, provider, 502, f"the wflo host sent an invalid body: {exc}")
+            return
+        if not any(name == "content-type" for name, _ in headers):
+            headers.append(("content-type", "application/json"))
+        try:
+            client.send_response(status)
+            for name, value in headers:
+                client.send_header(name, value)
+            client.send_header("Content-Length", str(len(body)))
+            client.end_headers()
+            client.write(body)
+            client.flush()  # headers and body: one send
+        except OSError:
+            client.close_connection = True
 
     def _stream(
         self,
