@@ -527,7 +527,9 @@ class BudgetLedger:
             "probe": self._probe_leases_now(),
         }
         try:
-            rows = self._hot.run(lambda conn: conn.execute(_RESERVE_PG, params).fetchall())
+            rows = self._hot.run(
+                lambda conn: conn.execute(_RESERVE_PG, params, binary=True).fetchall()
+            )
         except psycopg.Error as exc:
             if exc.sqlstate != _REFUSED:
                 raise
@@ -760,7 +762,7 @@ class BudgetLedger:
         """``wflo_finish`` as its own transaction, on a hot connection (a retry after a dead
         connection is harmless: a finished reservation is not finished twice)."""
         params = self._finish_params(rid, actual, call, op, None)
-        rows = self._hot.run(lambda conn: conn.execute(_FINISH_PG, params).fetchall())
+        rows = self._hot.run(lambda conn: conn.execute(_FINISH_PG, params, binary=True).fetchall())
         return self._settlement(rows, rid, actual, op)
 
     def _finish_params(
