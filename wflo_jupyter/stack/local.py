@@ -562,6 +562,9 @@ class LocalStack:
         left = alive() + [p for n in names for p in self._strays(n) if p not in family]
         if left:
             raise StackError(f"could not stop pids {sorted(set(left))} ({', '.join(names)})")
+        # A child that exited after alive()'s last reap and before its /proc check is a
+        # zombie now (counted as gone): reap it too, so down() leaves no entry in /proc.
+        self._reap()
         for info in infos:
             tmp_socket_dir = info.extra.get("socket_dir_tmp")
             if tmp_socket_dir:
