@@ -70,14 +70,17 @@ def _events(ledger: Ledger, event_type: str) -> list[dict[str, Any]]:
 
 
 # -- schema ------------------------------------------------------------------------------------
-def test_migrations_0002_0003_upgrade_and_downgrade(fresh_database_url: str) -> None:
+def test_migrations_0002_to_0004_upgrade_and_downgrade(fresh_database_url: str) -> None:
     ledger = Ledger.connect(fresh_database_url)
     try:
-        assert ledger.current_revision() == "0003"
+        assert ledger.current_revision() == "0004"
         tables = set(inspect(ledger.engine).get_table_names())
         new = {"budgets", "reservations", "llm_calls", "compute_charges"}
         assert new <= tables and "reservation_budgets" not in tables
         functions = "SELECT count(*) FROM pg_proc WHERE proname LIKE 'wflo\\_%'"
+        assert _scalar(ledger, functions) == 8
+        ledger.downgrade("0003")
+        assert ledger.current_revision() == "0003"
         assert _scalar(ledger, functions) == 8
         ledger.downgrade("0002")
         assert "reservation_budgets" in set(inspect(ledger.engine).get_table_names())
@@ -87,8 +90,38 @@ def test_migrations_0002_0003_upgrade_and_downgrade(fresh_database_url: str) -> 
         assert not new & set(inspect(ledger.engine).get_table_names())
         assert _scalar(ledger, functions) == 0
         ledger.migrate()
-        assert ledger.current_revision() == "0003"
+        assert ledger.current_revision() == "0004"
         BudgetLedger(ledger.engine).set_budget("team", "after-upgrade", 1)
+    finally:
+        ledger.close()
+
+
+@pytest.mark.parametrize("revision", ["0003", "0004"])
+def test_every_threshold_mask_reads_the_same_in_payloads_and_events(
+    fresh_database_url: str, revision: str
+) -> None:
+    """Migration 0004 looks the threshold list up instead of calling wflo_thresholds: for
+    all 16 masks the reserve payload, the budget event payload and wflo_thresholds agree,
+    before (0003) and after (0004)."""
+    ledger = Ledger.connect(fresh_database_url, migrate=False)
+    try:
+        ledger.migrate(revision)
+        budgets = BudgetLedger(ledger.engine)
+        budgets.set_budget("team", "masks", 10**9)
+        for mask in range(16):
+            with ledger.engine.begin() as conn:
+                conn.execute(text("UPDATE budgets SET thresholds_emitted = :m"), {"m": mask})
+            reservation = budgets.reserve([("team", "masks")], 1)
+            expected = tuple(t for i, t in enumerate((50, 75, 90, 100)) if mask >> i & 1)
+            assert reservation.budgets[0].thresholds_emitted == expected, mask
+            same = _scalar(
+                ledger,
+                "SELECT wflo_budget_payload(b) -> 'thresholds_emitted' = wflo_thresholds(:m) "
+                "AND wflo_thresholds(:m) = CAST(:j AS jsonb) FROM budgets AS b",
+                m=mask,
+                j=json.dumps(list(expected)),
+            )
+            assert same is True, mask
     finally:
         ledger.close()
 
