@@ -273,6 +273,7 @@ class Rig:
         self.cache_client = connect_redis(self.redis_url)
         self._later(self.cache_client.close)
         self.cache = LlmCache(self.cache_client)
+        self._later(self.cache.close)
         self._later(lambda: self.cache.reset_stats(self.namespace))
         self._later(lambda: self.cache.invalidate_namespace(self.namespace))
         self.db_url = with_database(

@@ -474,6 +474,10 @@ class WfloSession:
                 if self.gateway is not None:
                     with contextlib.suppress(Exception):
                         self.gateway.close()
+                if self.cache is not None:
+                    with contextlib.suppress(Exception):
+                        self.cache.close()
+                        self.cache.client.close()
                 if self.relay is not None:
                     self.relay.stop()
                 if self.ledger is not None:

@@ -113,8 +113,10 @@ def namespace(client: redis.Redis) -> Iterator[str]:
 
 
 @pytest.fixture
-def cache(client: redis.Redis) -> LlmCache:
-    return LlmCache(client)
+def cache(client: redis.Redis) -> Iterator[LlmCache]:
+    cache = LlmCache(client)
+    yield cache
+    cache.close()
 
 
 @pytest.fixture
@@ -375,11 +377,15 @@ def test_clients_close_cleanly(client: redis.Redis, redis_url: str, scratch: str
             with holder, pytest.raises(LockTimeout):  # the wait opens and closes a pub/sub
                 waiter.acquire(wait_s=0.05)
             assert _connections_named(client, name) >= 1
+            assert cache.near is not None and cache.near.wait_armed(5)
+            assert _connections_named(client, f"{name}-invalidations") == 1
+            cache.close()
             kernel.close()
             deadline = time.monotonic() + 2
             while _connections_named(client, name) and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert _connections_named(client, name) == 0
+            assert _connections_named(client, f"{name}-invalidations") == 0
             del kernel, cache
             gc.collect()
     assert threading.active_count() == threads_before
@@ -739,3 +745,177 @@ def test_single_flight_serves_hits_and_bounds_the_wait(
         with pytest.raises(LockTimeout, match=r"still being computed elsewhere after 0\.3 s"):
             single_flight(cache, lambda name: RedisLock(client, name), busy, must_not_run, 0.3)
         assert time.monotonic() - started < 0.6
+
+
+# -- near cache: entries kept in the process, invalidated by Redis's pushes -------------
+def _until(predicate: Callable[[], bool], timeout_s: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def _set_and_settle(cache: LlmCache, key: CacheKey, value: CachedResponse, **ttl: float) -> None:
+    """``cache.set``, then wait for the write's own push (Redis tells every tracking
+    client, the writer too) so that a read after it remembers what it reads."""
+    near = cache.near
+    assert near is not None
+    before = near.fill_token()
+    cache.set(key, value, **ttl)
+    assert _until(lambda: near.fill_token() >= before + 2)  # the local forget + the push
+
+
+def _armed(cache: LlmCache) -> Any:
+    near = cache.near
+    assert near is not None and near.wait_armed(5), "the invalidation feed did not connect"
+    return near
+
+
+def test_a_repeated_hit_is_served_from_memory(cache: LlmCache, namespace: str) -> None:
+    near = _armed(cache)
+    key = _key(namespace, _request())
+    stored = _response()
+    _set_and_settle(cache, key, stored)
+    assert cache.get(key) == stored  # read from Redis, remembered
+    served = near.served
+    for _ in range(5):
+        assert cache.get(key) == stored
+    assert near.served == served + 5
+
+
+def test_another_clients_change_reaches_the_memory(
+    cache: LlmCache, client: redis.Redis, redis_url: str, namespace: str
+) -> None:
+    """Another kernel (its own client and cache) overwrites and then deletes the entry:
+    this process's copy goes as soon as Redis's push arrives; it never serves the old one
+    after that."""
+    _armed(cache)
+    key = _key(namespace, _request())
+    _set_and_settle(cache, key, _response(text="first"))
+    assert cache.get(key) == _response(text="first")
+    other_client = connect_redis(redis_url)
+    other = LlmCache(other_client, near_cache=False)
+    try:
+        other.set(key, _response(text="second"))
+        assert _until(lambda: cache.get(key) == _response(text="second"))
+        assert cache.get(key) == _response(text="second")  # now remembered again
+        other.invalidate_key(key)
+        assert _until(lambda: cache.get(key) is None)
+        client.set(key.redis_key, _response(text="raw").to_json())  # any writer counts
+        assert _until(lambda: cache.get(key) == _response(text="raw"))
+    finally:
+        other_client.close()
+
+
+def test_this_processs_own_invalidation_needs_no_push(cache: LlmCache, namespace: str) -> None:
+    _armed(cache)
+    key = _key(namespace, _request(model="gpt-4o"))
+    cache.set(key, _response(model="gpt-4o"))
+    assert cache.get(key) is not None and cache.get(key) is not None
+    assert cache.invalidate_model("gpt-4o", namespace) == 1
+    assert cache.get(key) is None  # at once, no waiting
+    cache.set(key, _response(model="gpt-4o", text="again"))
+    assert cache.get(key) == _response(model="gpt-4o", text="again")
+
+
+def test_a_remembered_entry_keeps_its_ttl(client: redis.Redis, namespace: str) -> None:
+    cache = LlmCache(client)
+    try:
+        _armed(cache)
+        key = _key(namespace, _request())
+        _set_and_settle(cache, key, _response(), ttl_s=0.4)
+        assert cache.get(key) is not None  # remembered with the 0.4 s it has left
+        assert cache.near is not None and len(cache.near) == 1
+        time.sleep(0.45)
+        assert cache.get(key) is None
+    finally:
+        cache.close()
+
+
+def test_a_fill_that_raced_an_invalidation_is_dropped(
+    cache: LlmCache, client: redis.Redis, namespace: str
+) -> None:
+    """A reader that read the old value before another client's write must not remember
+    it once that write's push has arrived."""
+    near = _armed(cache)
+    key = _key(namespace, _request())
+    token = near.fill_token()  # the reader starts ...
+    stale = _response(text="stale")
+    client.set(key.redis_key, _response(text="fresh").to_json())  # ... another writes
+    assert _until(lambda: near.fill_token() > token)  # the push arrived
+    assert near.fill(key.redis_key, stale, 100, 60.0, token) is False
+    assert cache.get(key) == _response(text="fresh")
+    assert near.fill(key.redis_key, stale, 100, 60.0, near.fill_token()) is True  # no race
+
+
+def test_a_lost_feed_empties_the_memory_until_it_is_back(
+    client: redis.Redis, namespace: str
+) -> None:
+    """Redis kills the feed's connection: nothing is served from memory until a new
+    feed is connected (entries changed meanwhile would have gone unnoticed)."""
+    cache = LlmCache(client, retry_after_s=0.3)
+    try:
+        near = _armed(cache)
+        key = _key(namespace, _request())
+        _set_and_settle(cache, key, _response())
+        assert cache.get(key) is not None and len(near) == 1
+        feeds = [c for c in client.client_list() if c.get("name") == "wflo-cache-invalidations"]
+        assert feeds
+        for feed in feeds:
+            client.client_kill_filter(_id=feed["id"])
+        assert _until(lambda: not near.armed)
+        assert len(near) == 0
+        client.set(key.redis_key, _response(text="changed while the feed was down").to_json())
+        assert cache.get(key) == _response(text="changed while the feed was down")
+        assert near.wait_armed(5)
+    finally:
+        cache.close()
+
+
+def test_a_flush_and_a_stopped_server_empty_the_memory(private_redis: PrivateRedis) -> None:
+    client = connect_redis(private_redis.url)
+    cache = LlmCache(client, retry_after_s=0.2)
+    try:
+        near = _armed(cache)
+        key = _key("flush", _request())
+        _set_and_settle(cache, key, _response())
+        assert cache.get(key) is not None and len(near) == 1
+        client.flushdb()
+        assert _until(lambda: len(near) == 0)
+        assert cache.get(key) is None
+        _set_and_settle(cache, key, _response())
+        assert cache.get(key) is not None and len(near) == 1
+        private_redis.stop()
+        assert _until(lambda: not near.armed)
+        assert len(near) == 0 and cache.get(key) is None  # Redis down: a miss, not memory
+        private_redis.start()
+        assert near.wait_armed(5)
+        assert cache.get(key) is None  # the restarted server is empty
+    finally:
+        cache.close()
+        client.close()
+
+
+def test_memory_is_bounded_least_recently_used_first(client: redis.Redis, namespace: str) -> None:
+    cache = LlmCache(client)
+    try:
+        near = _armed(cache)
+        near.max_entries = 3
+        keys = [_key(namespace, _request(prompt=f"p{i}")) for i in range(5)]
+        before = near.fill_token()
+        for key in keys:
+            cache.set(key, _response())
+        # each write is forgotten here at once, and again when its own push comes back
+        assert _until(lambda: near.fill_token() >= before + 2 * len(keys))
+        for key in keys:
+            assert cache.get(key) is not None
+        assert len(near) == 3
+        served = near.served
+        assert cache.get(keys[0]) is not None  # evicted: read from Redis again
+        assert near.served == served
+        assert cache.get(keys[4]) is not None
+        assert near.served == served + 1
+    finally:
+        cache.close()

@@ -3,7 +3,9 @@ invalidation, hit/miss/saving statistics, and graceful behaviour when Redis is d
 
 Owns the stored form of an answer (``CachedResponse``, JSON only, never pickle), the
 statistics hash per namespace (``HINCRBY``, so every kernel adds to the same counts),
-and the cache's availability: a failing Redis never raises to callers. ``get`` returns
+the in-process copies of entries it read (a ``NearCache`` kept coherent by Redis's
+invalidation pushes: a repeated hit costs no round trip), and the cache's
+availability: a failing Redis never raises to callers. ``get`` returns
 ``None``, ``set`` and ``record_*`` do nothing, invalidation returns 0, and one
 one-line warning is logged when Redis goes away; while it is away Redis is probed at
 most every ``retry_after_s`` (other calls return at once), and the first call that
@@ -29,6 +31,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wflo_jupyter.cache.keys import (
+    KEY_PREFIX,
     CacheKey,
     all_entries_pattern,
     all_stats_pattern,
@@ -37,6 +40,7 @@ from wflo_jupyter.cache.keys import (
     origin_key,
     stats_key,
 )
+from wflo_jupyter.cache.near import NearCache
 from wflo_jupyter.cache.redis_client import describe_redis
 
 log = logging.getLogger(__name__)
@@ -188,7 +192,9 @@ def _int_field(values: Mapping[bytes | str, bytes | str], name: str) -> int:
 
 class LlmCache:
     """The Redis LLM cache. Built with a (sync, thread-safe) ``redis.Redis`` client the
-    caller owns; see ``connect_redis`` for one with suitable timeouts."""
+    caller owns; see ``connect_redis`` for one with suitable timeouts. ``near_cache``
+    keeps the entries this process reads in memory, coherent through Redis's
+    invalidation pushes (``NearCache``); ``close()`` stops its feed."""
 
     def __init__(
         self,
@@ -196,11 +202,20 @@ class LlmCache:
         *,
         default_ttl_s: float = DEFAULT_TTL_S,
         retry_after_s: float = DEFAULT_RETRY_AFTER_S,
+        near_cache: bool = True,
     ) -> None:
         _check_ttl(default_ttl_s)
         self.client = client
         self.default_ttl_s = default_ttl_s
         self._availability = _RedisAvailability(describe_redis(client), retry_after_s)
+        self.near: NearCache[CachedResponse] | None = (
+            NearCache(client, f"{KEY_PREFIX}:", retry_after_s=retry_after_s) if near_cache else None
+        )
+
+    def close(self) -> None:
+        """Stop the near cache's feed (the Redis client stays the caller's)."""
+        if self.near is not None:
+            self.near.close()
 
     # ------------------------------------------------------------------ availability
 
@@ -241,15 +256,41 @@ class LlmCache:
     # ------------------------------------------------------------------ entries
 
     def get(self, key: CacheKey) -> CachedResponse | None:
-        """The stored answer for ``key``, or ``None`` (miss, or Redis unavailable)."""
+        """The stored answer for ``key``, or ``None`` (miss, or Redis unavailable). From
+        memory when this process read it before and Redis has not changed it since."""
+        near = self.near
+        if near is not None:
+            remembered = near.get(key.redis_key)
+            if remembered is not None:
+                return remembered
+            if near.armed:
+                return self._read_and_remember(key, near)
         raw = self._call(None, lambda: self.client.get(key.redis_key))
+        return None if raw is None else _parsed(key, raw)
+
+    def _read_and_remember(
+        self, key: CacheKey, near: NearCache[CachedResponse]
+    ) -> CachedResponse | None:
+        """GET and PTTL in one round trip; the answer is remembered unless Redis changed
+        the key meanwhile (see ``NearCache.fill``)."""
+        token = near.fill_token()
+
+        def get_with_ttl() -> tuple[bytes | None, int]:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.get(key.redis_key)
+            pipe.pttl(key.redis_key)
+            raw, remaining_ms = pipe.execute()
+            return raw, int(remaining_ms)
+
+        missing: tuple[bytes | None, int] = (None, -2)
+        raw, remaining_ms = self._call(missing, get_with_ttl)
         if raw is None:
             return None
-        try:
-            return CachedResponse.from_json(raw)
-        except ValueError as exc:
-            log.debug("LLM cache: ignoring unreadable entry %s: %s", key.redis_key, exc)
-            return None
+        value = _parsed(key, raw)
+        if value is not None and remaining_ms != -2:  # -2: gone between GET and PTTL
+            ttl_s = remaining_ms / 1000 if remaining_ms >= 0 else None
+            near.fill(key.redis_key, value, len(raw), ttl_s, token)
+        return value
 
     def set(self, key: CacheKey, response: CachedResponse, ttl_s: float | None = None) -> None:
         """Store ``response`` under ``key`` for ``ttl_s`` seconds (default
@@ -262,6 +303,7 @@ class LlmCache:
             log.warning("LLM cache: not storing %s: %s", key.redis_key, _one_line(exc))
             return
         self._call(None, lambda: self.client.set(key.redis_key, payload, px=ttl_ms))
+        self._forget(key.redis_key)
 
     def note_origin(self, key: CacheKey, origin: str, ttl_s: float | None = None) -> None:
         """Remember that ``origin`` (a notebook) stored ``key``, for ``invalidate_origin``.
@@ -291,7 +333,10 @@ class LlmCache:
             self.client.unlink(origin_key(origin))
             return deleted
 
-        return self._call(0, delete)
+        try:
+            return self._call(0, delete)
+        finally:
+            self._forget()
 
     def ttl_s(self, key: CacheKey) -> float | None:
         """Seconds ``key`` still lives, or ``None`` when absent (or Redis unavailable)."""
@@ -305,6 +350,7 @@ class LlmCache:
         ``ValueError`` for text that is not an LLM cache key."""
         redis_key = key.redis_key if isinstance(key, CacheKey) else CacheKey.parse(key).redis_key
         deleted: int = self._call(0, lambda: self.client.delete(redis_key))
+        self._forget(redis_key)
         return deleted > 0
 
     def invalidate_model(self, model: str, namespace: str | None = None) -> int:
@@ -339,7 +385,19 @@ class LlmCache:
                 deleted += int(self.client.unlink(*batch))
             return deleted
 
-        return self._call(0, delete)
+        try:
+            return self._call(0, delete)
+        finally:
+            self._forget()
+
+    def _forget(self, redis_key: str | None = None) -> None:
+        """This process changed ``redis_key`` (None: many keys): drop its copies now,
+        without waiting for Redis's invalidation push."""
+        if self.near is not None:
+            if redis_key is None:
+                self.near.forget_all()
+            else:
+                self.near.forget(redis_key)
 
     # ------------------------------------------------------------------ statistics
 
@@ -394,6 +452,15 @@ class LlmCache:
                 self.client.unlink(*names)
 
         self._call(None, reset)
+
+
+def _parsed(key: CacheKey, raw: bytes | str) -> CachedResponse | None:
+    """A stored entry, or None (logged at debug level) when it cannot be read."""
+    try:
+        return CachedResponse.from_json(raw)
+    except ValueError as exc:
+        log.debug("LLM cache: ignoring unreadable entry %s: %s", key.redis_key, exc)
+        return None
 
 
 def _parse_entry_key(raw: bytes, belongs: Callable[[CacheKey], bool]) -> bool:
