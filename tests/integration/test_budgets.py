@@ -728,6 +728,43 @@ def test_a_killed_idle_connection_is_replaced_without_an_error(
     assert (state.spent_micros, state.reserved_micros) == (5, 0)
 
 
+@pytest.mark.parametrize(
+    "key",
+    ['team "quoted" \\ back,slash', "{braces},comma", "NULL", " ", "café ☕ notebook.ipynb"],
+)
+def test_keys_that_need_quoting_reach_their_own_budget(budgets: BudgetLedger, key: str) -> None:
+    """The reservation's scopes travel as text-array literals on the hot path: quotes,
+    backslashes, braces, commas, the word NULL, a blank and non-ASCII keys each
+    reserve against exactly their own budget."""
+    budgets.set_budget("team", key, 1_000)
+    budgets.set_budget("team", "a neighbour", 1_000)
+    held = budgets.reserve([("team", key)], 300, call_label="quoting")
+    assert held.budgets[0].scope == BudgetScope("team", key)
+    assert budgets.state("team", key).reserved_micros == 300
+    assert budgets.state("team", "a neighbour").reserved_micros == 0
+    budgets.settle(held, 100)
+    assert budgets.state("team", key).spent_micros == 100
+
+
+def test_a_hot_statements_sql_error_is_one_line_and_the_connection_stays_usable(
+    ledger: Ledger,
+) -> None:
+    from wflo_jupyter.ledger.hot import HotConnections, HotStatement, StatementFailed
+
+    hot = HotConnections(ledger.engine, max_idle=1)
+    try:
+        divide = HotStatement("wflo_test_divide", "SELECT 10 / $1::integer")
+        assert hot.run_prepared(divide, ["5"]) == [((2).to_bytes(4, "big"),)]
+        with pytest.raises(StatementFailed, match=r"^PostgreSQL: division by zero") as caught:
+            hot.run_prepared(divide, ["0"])
+        assert caught.value.sqlstate == "22012"
+        assert "\n" not in str(caught.value)
+        assert hot.run_prepared(divide, [None]) == [(None,)]  # NULL in, NULL out
+        assert hot.run_prepared(divide, ["1"]) == [((10).to_bytes(4, "big"),)]
+    finally:
+        hot.close()
+
+
 def test_an_unreachable_database_is_one_engine_unavailable_line(fresh_database_url: str) -> None:
     from sqlalchemy.engine import make_url
 

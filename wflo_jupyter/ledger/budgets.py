@@ -62,7 +62,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import psycopg
 from sqlalchemy import Connection, Engine, Row, create_engine, text
 
 from wflo_jupyter.core.budget import (
@@ -84,7 +83,14 @@ from wflo_jupyter.core.budget import (
 from wflo_jupyter.core.errors import WfloError
 from wflo_jupyter.core.events import BUDGET_THRESHOLD, BUDGET_UPDATED, LLM_CALL, Event, topic_for
 from wflo_jupyter.core.pricing import Usage
-from wflo_jupyter.ledger.hot import HotConnections
+from wflo_jupyter.ledger.hot import (
+    HotConnections,
+    HotStatement,
+    StatementFailed,
+    binary_bool,
+    binary_timestamptz,
+    text_array,
+)
 
 __all__ = [
     "DEFAULT_LEASE_S",
@@ -203,11 +209,12 @@ _INSERT_CACHED_CALLS = text(
     """
 )
 
-# the hot path's statements (psycopg placeholders; ledger/hot.py)
-_RESERVE_PG = (
-    "SELECT * FROM wflo_reserve(%(kinds)s::text[], %(keys)s::text[], %(amount)s::bigint, "
-    "%(rid)s::text, %(lease_s)s::double precision, %(step_id)s::text, %(call_id)s::text, "
-    "%(label)s::text, %(topic)s::text, %(probe)s::boolean)"
+# the hot path's statements (ledger/hot.py)
+_RESERVE = HotStatement(
+    "wflo_hot_reserve",
+    "SELECT payload, lease_expires_at, has_expired FROM wflo_reserve($1::text[], $2::text[], "
+    "$3::bigint, $4::text, $5::double precision, $6::text, $7::text, $8::text, $9::text, "
+    "$10::boolean)",
 )
 _FINISH_PG = (
     "SELECT * FROM wflo_finish(%(rid)s::text, %(actual)s::bigint, %(op)s::text, "
@@ -514,31 +521,31 @@ class BudgetLedger:
         call_id: str | None,
     ) -> tuple[Reservation | BudgetExceeded, bool]:
         reservation_id = str(uuid.uuid4())
-        params = {
-            "kinds": [s.kind for s in scopes],
-            "keys": [s.key for s in scopes],
-            "amount": amount,
-            "rid": reservation_id,
-            "lease_s": lease_s,
-            "step_id": step_id,
-            "call_id": call_id,
-            "label": call_label,
-            "topic": self._budget_topic,
-            "probe": self._probe_leases_now(),
-        }
+        params = (
+            text_array([s.kind for s in scopes]),
+            text_array([s.key for s in scopes]),
+            str(amount),
+            reservation_id,
+            repr(lease_s),
+            step_id,
+            call_id,
+            call_label,
+            self._budget_topic,
+            "t" if self._probe_leases_now() else "f",
+        )
         try:
-            rows = self._hot.run(
-                lambda conn: conn.execute(_RESERVE_PG, params, binary=True).fetchall()
-            )
-        except psycopg.Error as exc:
+            rows = self._hot.run_prepared(_RESERVE, params)
+        except StatementFailed as exc:
             if exc.sqlstate != _REFUSED:
                 raise
-            detail = json.loads(exc.diag.message_detail or "{}")
+            detail = json.loads(exc.detail or "{}")
             return _refusal(scopes, amount, call_label, detail), bool(detail.get("has_expired"))
-        has_expired = bool(rows[0].has_expired)
+        lease_expires_at, has_expired_flag = rows[0][1], rows[0][2]
+        assert lease_expires_at is not None
+        has_expired = binary_bool(has_expired_flag)
         by_scope = {}
         for row in rows:
-            state = _state_from_payload(row.payload)
+            state = _state_from_payload(json.loads(row[0] or b"{}"))
             by_scope[state.scope] = state
         states = tuple(by_scope[scope] for scope in scopes)
         return (
@@ -546,7 +553,7 @@ class BudgetLedger:
                 id=reservation_id,
                 amount_micros=amount,
                 scopes=tuple(scopes),
-                lease_expires_at=rows[0].lease_expires_at,
+                lease_expires_at=binary_timestamptz(lease_expires_at),
                 step_id=step_id,
                 call_id=call_id,
                 label=call_label,

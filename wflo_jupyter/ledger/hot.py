@@ -8,6 +8,13 @@ statement itself, on machines where the client and Postgres share the cores. Her
 thread takes an idle autocommit connection (or opens one), runs the statement with
 psycopg's server-side prepared statements and hands the connection back.
 
+The hottest statements (``run_prepared``: a reservation) go one level lower still: a
+``HotStatement`` is prepared once per connection and executed with libpq's
+``PQexecPrepared`` through psycopg's ``pgconn``, text parameters in and binary columns
+out, with no cursor, no query conversion and no per-value adapters. Under contention on
+one budget the client's CPU is the reservation's throughput on a machine that shares its
+cores with Postgres (bench/ledger.py).
+
 A connection that failed is closed, never reused. An idle connection that turns out to
 be dead when it is next used (Postgres restarted meanwhile) is replaced and the
 statement retried once on a fresh one: that statement never reached a live server.
@@ -17,20 +24,53 @@ Errors that remain are ``EngineUnavailable`` with one line; SQL errors (a refusa
 
 from __future__ import annotations
 
+import struct
 import threading
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.pq import ConnStatus, DiagnosticField, ExecStatus
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Engine
 
-from wflo_jupyter.core.errors import EngineUnavailable
+from wflo_jupyter.core.errors import EngineUnavailable, WfloError
 
-__all__ = ["HotConnections"]
+__all__ = [
+    "HotConnections",
+    "HotStatement",
+    "StatementFailed",
+    "binary_bool",
+    "binary_timestamptz",
+    "text_array",
+]
 
 T = TypeVar("T")
+Row = tuple[bytes | None, ...]
+
+
+@dataclass(frozen=True)
+class HotStatement:
+    """One statement ``run_prepared`` prepares once per connection: ``sql`` takes its
+    parameters as ``$1 .. $n`` in text form (cast them in the SQL)."""
+
+    name: str
+    sql: str
+
+
+class StatementFailed(WfloError):
+    """A hot statement's own SQL error (the connection is fine): its SQLSTATE, primary
+    message and detail."""
+
+    def __init__(self, sqlstate: str, message: str, detail: str | None) -> None:
+        super().__init__(f"PostgreSQL: {message} (SQLSTATE {sqlstate})")
+        self.sqlstate = sqlstate
+        self.message = message
+        self.detail = detail
 
 
 class HotConnections:
@@ -45,6 +85,9 @@ class HotConnections:
         self._idle: list[psycopg.Connection[Any]] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._prepared: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[str]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def run(self, action: Callable[[psycopg.Connection[Any]], T]) -> T:
         """``action(connection)`` on an idle connection (retried once on a fresh one if
@@ -59,6 +102,29 @@ class HotConnections:
                     reused = False
                     continue
                 raise EngineUnavailable(f"PostgreSQL: {_first_line(exc)}") from None
+
+    def run_prepared(self, statement: HotStatement, params: Sequence[str | None]) -> list[Row]:
+        """``statement`` with ``params`` (text; None is NULL): its rows, each column's
+        binary value (None for NULL). ``StatementFailed`` for an SQL error,
+        ``EngineUnavailable`` when the database cannot be reached."""
+        return self.run(lambda conn: self._execute(conn, statement, params))
+
+    def _execute(
+        self, conn: psycopg.Connection[Any], statement: HotStatement, params: Sequence[str | None]
+    ) -> list[Row]:
+        pgconn = conn.pgconn
+        encoding = conn.info.encoding
+        name = statement.name.encode()
+        prepared = self._prepared.setdefault(conn, set())
+        if statement.name not in prepared:
+            _check(pgconn.prepare(name, statement.sql.encode(encoding)), pgconn, encoding)
+            prepared.add(statement.name)
+        values = [None if p is None else p.encode(encoding) for p in params]
+        # None is a NULL parameter (libpq semantics, which psycopg's stub does not spell)
+        result = pgconn.exec_prepared(name, values, result_format=1)  # type: ignore[arg-type]
+        _check(result, pgconn, encoding)
+        fields = range(result.nfields)
+        return [tuple(result.get_value(r, f) for f in fields) for r in range(result.ntuples)]
 
     def close(self) -> None:
         with self._lock:
@@ -101,6 +167,44 @@ class HotConnections:
                 self._idle.append(conn)
                 return
         conn.close()
+
+
+def _check(result: Any, pgconn: Any, encoding: str) -> None:
+    """Raise for a failed ``PGresult``: ``psycopg.OperationalError`` when the connection
+    is broken (``run`` then replaces it), ``StatementFailed`` for the statement's error."""
+    if result.status in (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK):
+        return
+
+    def field(which: DiagnosticField) -> str | None:
+        value = result.error_field(which)
+        return None if value is None else bytes(value).decode(encoding, "replace")
+
+    sqlstate = field(DiagnosticField.SQLSTATE)
+    message = field(DiagnosticField.MESSAGE_PRIMARY) or bytes(
+        result.error_message or pgconn.error_message
+    ).decode(encoding, "replace")
+    if pgconn.status == ConnStatus.BAD or sqlstate is None or sqlstate.startswith(("08", "57P")):
+        raise psycopg.OperationalError(message.strip() or "the connection to PostgreSQL broke")
+    raise StatementFailed(sqlstate, message, field(DiagnosticField.MESSAGE_DETAIL))
+
+
+def text_array(values: Sequence[str]) -> str:
+    """A PostgreSQL text-array literal of ``values`` (every element quoted)."""
+    quoted = (v.replace("\\", "\\\\").replace('"', '\\"') for v in values)
+    return "{" + ",".join(f'"{v}"' for v in quoted) + "}"
+
+
+_EPOCH_2000 = datetime(2000, 1, 1, tzinfo=UTC)
+_INT8 = struct.Struct("!q")
+
+
+def binary_timestamptz(value: bytes) -> datetime:
+    """A ``timestamptz`` in binary form (microseconds since 2000-01-01 UTC)."""
+    return _EPOCH_2000 + timedelta(microseconds=_INT8.unpack(value)[0])
+
+
+def binary_bool(value: bytes | None) -> bool:
+    return value == b"\x01"
 
 
 def _connection_was_dead(exc: psycopg.OperationalError) -> bool:
