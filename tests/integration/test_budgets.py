@@ -753,14 +753,22 @@ def test_a_hot_statements_sql_error_is_one_line_and_the_connection_stays_usable(
 
     hot = HotConnections(ledger.engine, max_idle=1)
     try:
-        divide = HotStatement("wflo_test_divide", "SELECT 10 / $1::integer")
-        assert hot.run_prepared(divide, ["5"]) == [((2).to_bytes(4, "big"),)]
+        divide = HotStatement(
+            "wflo_test_divide",
+            "SELECT 10 / $1::integer, $2::text, $1::integer < 0, "
+            "timestamptz '2000-01-02 00:00:01.5+00', json_build_object('k', $2::text)",
+            ("int", "text", "bool", "timestamptz", "json"),
+        )
+        when = datetime(2000, 1, 2, 0, 0, 1, 500_000, tzinfo=UTC)
+        assert hot.run_prepared(divide, ["-5", "é"]) == [(-2, "é", True, when, {"k": "é"})]
         with pytest.raises(StatementFailed, match=r"^PostgreSQL: division by zero") as caught:
-            hot.run_prepared(divide, ["0"])
+            hot.run_prepared(divide, ["0", "x"])
         assert caught.value.sqlstate == "22012"
         assert "\n" not in str(caught.value)
-        assert hot.run_prepared(divide, [None]) == [(None,)]  # NULL in, NULL out
-        assert hot.run_prepared(divide, ["1"]) == [((10).to_bytes(4, "big"),)]
+        assert hot.run_prepared(divide, [None, None])[0][:3] == (None, None, None)  # NULLs
+        assert hot.run_prepared(divide, ["1", "x"])[0][:3] == (10, "x", False)
+        with pytest.raises(ValueError, match="no binary decoder"):
+            HotStatement("wflo_test_bad", "SELECT 1", ("numeric",))
     finally:
         hot.close()
 

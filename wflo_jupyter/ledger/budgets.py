@@ -56,6 +56,7 @@ import json
 import math
 import time
 import uuid
+from collections import namedtuple
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -83,14 +84,7 @@ from wflo_jupyter.core.budget import (
 from wflo_jupyter.core.errors import WfloError
 from wflo_jupyter.core.events import BUDGET_THRESHOLD, BUDGET_UPDATED, LLM_CALL, Event, topic_for
 from wflo_jupyter.core.pricing import Usage
-from wflo_jupyter.ledger.hot import (
-    HotConnections,
-    HotStatement,
-    StatementFailed,
-    binary_bool,
-    binary_timestamptz,
-    text_array,
-)
+from wflo_jupyter.ledger.hot import HotConnections, HotStatement, StatementFailed, text_array
 
 __all__ = [
     "DEFAULT_LEASE_S",
@@ -215,12 +209,31 @@ _RESERVE = HotStatement(
     "SELECT payload, lease_expires_at, has_expired FROM wflo_reserve($1::text[], $2::text[], "
     "$3::bigint, $4::text, $5::double precision, $6::text, $7::text, $8::text, $9::text, "
     "$10::boolean)",
+    ("json", "timestamptz", "bool"),
 )
-_FINISH_PG = (
-    "SELECT * FROM wflo_finish(%(rid)s::text, %(actual)s::bigint, %(op)s::text, "
-    "%(from_states)s::text[], %(to_state)s::text, %(check_lease)s::boolean, "
-    "%(lease_before)s::timestamptz, %(budget_topic)s::text, %(llm_topic)s::text, "
-    "%(call)s::jsonb)"
+_FINISH_COLUMNS = {
+    "id": "int",
+    "scope_kind": "text",
+    "scope_key": "text",
+    "limit_micros": "int",
+    "spent_micros": "int",
+    "reserved_micros": "int",
+    "period": "text",
+    "period_start": "timestamptz",
+    "thresholds_emitted": "int",
+    "spent_before": "int",
+    "mask_before": "int",
+    "from_state": "text",
+    "held": "int",
+    "seen_state": "text",
+    "seen_actual": "int",
+}
+_FinishRow = namedtuple("_FinishRow", list(_FINISH_COLUMNS))  # type: ignore[misc]
+_FINISH_HOT = HotStatement(
+    "wflo_hot_finish",
+    f"SELECT {', '.join(_FINISH_COLUMNS)} FROM wflo_finish($1::text, $2::bigint, $3::text, "
+    "$4::text[], $5::text, $6::boolean, $7::timestamptz, $8::text, $9::text, $10::jsonb)",
+    tuple(_FINISH_COLUMNS.values()),
 )
 
 _REFUSED = "WB001"  # SQLSTATE raised by wflo_reserve when a budget has no room
@@ -540,12 +553,10 @@ class BudgetLedger:
                 raise
             detail = json.loads(exc.detail or "{}")
             return _refusal(scopes, amount, call_label, detail), bool(detail.get("has_expired"))
-        lease_expires_at, has_expired_flag = rows[0][1], rows[0][2]
-        assert lease_expires_at is not None
-        has_expired = binary_bool(has_expired_flag)
+        lease_expires_at, has_expired = rows[0][1], bool(rows[0][2])
         by_scope = {}
         for row in rows:
-            state = _state_from_payload(json.loads(row[0] or b"{}"))
+            state = _state_from_payload(row[0])
             by_scope[state.scope] = state
         states = tuple(by_scope[scope] for scope in scopes)
         return (
@@ -553,7 +564,7 @@ class BudgetLedger:
                 id=reservation_id,
                 amount_micros=amount,
                 scopes=tuple(scopes),
-                lease_expires_at=binary_timestamptz(lease_expires_at),
+                lease_expires_at=lease_expires_at,
                 step_id=step_id,
                 call_id=call_id,
                 label=call_label,
@@ -768,8 +779,20 @@ class BudgetLedger:
     def _finish_hot(self, rid: str, actual: int, call: LlmCall | None, *, op: str) -> Settlement:
         """``wflo_finish`` as its own transaction, on a hot connection (a retry after a dead
         connection is harmless: a finished reservation is not finished twice)."""
-        params = self._finish_params(rid, actual, call, op, None)
-        rows = self._hot.run(lambda conn: conn.execute(_FINISH_PG, params, binary=True).fetchall())
+        named = self._finish_params(rid, actual, call, op, None)
+        params = (
+            rid,
+            str(actual),
+            op,
+            text_array(named["from_states"]),
+            named["to_state"],
+            "t" if named["check_lease"] else "f",
+            None,
+            self._budget_topic,
+            self._llm_topic,
+            named["call"],
+        )
+        rows = [_FinishRow(*row) for row in self._hot.run_prepared(_FINISH_HOT, params)]
         return self._settlement(rows, rid, actual, op)
 
     def _finish_params(

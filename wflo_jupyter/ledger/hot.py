@@ -11,7 +11,8 @@ psycopg's server-side prepared statements and hands the connection back.
 The hottest statements (``run_prepared``: a reservation) go one level lower still: a
 ``HotStatement`` is prepared once per connection and executed with libpq's
 ``PQexecPrepared`` through psycopg's ``pgconn``, text parameters in and binary columns
-out, with no cursor, no query conversion and no per-value adapters. Under contention on
+out (decoded by the statement's declared column types), with no cursor, no query
+conversion and no per-value adapters. Under contention on
 one budget the client's CPU is the reservation's throughput on a machine that shares its
 cores with Postgres (bench/ledger.py).
 
@@ -24,6 +25,7 @@ Errors that remain are ``EngineUnavailable`` with one line; SQL errors (a refusa
 
 from __future__ import annotations
 
+import json
 import struct
 import threading
 import weakref
@@ -40,26 +42,39 @@ from sqlalchemy import Engine
 
 from wflo_jupyter.core.errors import EngineUnavailable, WfloError
 
-__all__ = [
-    "HotConnections",
-    "HotStatement",
-    "StatementFailed",
-    "binary_bool",
-    "binary_timestamptz",
-    "text_array",
-]
+__all__ = ["HotConnections", "HotStatement", "StatementFailed", "text_array"]
 
 T = TypeVar("T")
-Row = tuple[bytes | None, ...]
+Row = tuple[Any, ...]
+
+_EPOCH_2000 = datetime(2000, 1, 1, tzinfo=UTC)
+_INT8 = struct.Struct("!q")
+_DECODERS: dict[str, Callable[[bytes, str], Any]] = {
+    # PostgreSQL's binary forms: network-order integers, text as is, timestamptz as
+    # microseconds since 2000-01-01 UTC, json as its text
+    "int": lambda value, _: int.from_bytes(value, "big", signed=True),
+    "text": lambda value, encoding: value.decode(encoding),
+    "bool": lambda value, _: value == b"\x01",
+    "timestamptz": lambda value, _: _EPOCH_2000 + timedelta(microseconds=_INT8.unpack(value)[0]),
+    "json": lambda value, _: json.loads(value),
+}
 
 
 @dataclass(frozen=True)
 class HotStatement:
     """One statement ``run_prepared`` prepares once per connection: ``sql`` takes its
-    parameters as ``$1 .. $n`` in text form (cast them in the SQL)."""
+    parameters as ``$1 .. $n`` in text form (cast them in the SQL); ``columns`` are the
+    types of its result columns (``int`` for any integer, ``text``, ``bool``,
+    ``timestamptz``, ``json``), used to decode each row."""
 
     name: str
     sql: str
+    columns: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.columns if c not in _DECODERS]
+        if unknown:
+            raise ValueError(f"{self.name}: no binary decoder for column types {unknown}")
 
 
 class StatementFailed(WfloError):
@@ -104,8 +119,8 @@ class HotConnections:
                 raise EngineUnavailable(f"PostgreSQL: {_first_line(exc)}") from None
 
     def run_prepared(self, statement: HotStatement, params: Sequence[str | None]) -> list[Row]:
-        """``statement`` with ``params`` (text; None is NULL): its rows, each column's
-        binary value (None for NULL). ``StatementFailed`` for an SQL error,
+        """``statement`` with ``params`` (text; None is NULL): its rows, each value decoded
+        by its declared column type (None for NULL). ``StatementFailed`` for an SQL error,
         ``EngineUnavailable`` when the database cannot be reached."""
         return self.run(lambda conn: self._execute(conn, statement, params))
 
@@ -123,8 +138,19 @@ class HotConnections:
         # None is a NULL parameter (libpq semantics, which psycopg's stub does not spell)
         result = pgconn.exec_prepared(name, values, result_format=1)  # type: ignore[arg-type]
         _check(result, pgconn, encoding)
-        fields = range(result.nfields)
-        return [tuple(result.get_value(r, f) for f in fields) for r in range(result.ntuples)]
+        if result.nfields != len(statement.columns):
+            raise StatementFailed(
+                "42P18", f"{statement.name} returned {result.nfields} columns", None
+            )
+        decoders = [_DECODERS[c] for c in statement.columns]
+        rows: list[Row] = []
+        for r in range(result.ntuples):
+            row = []
+            for f, decode in enumerate(decoders):
+                value = result.get_value(r, f)
+                row.append(None if value is None else decode(bytes(value), encoding))
+            rows.append(tuple(row))
+        return rows
 
     def close(self) -> None:
         with self._lock:
@@ -192,19 +218,6 @@ def text_array(values: Sequence[str]) -> str:
     """A PostgreSQL text-array literal of ``values`` (every element quoted)."""
     quoted = (v.replace("\\", "\\\\").replace('"', '\\"') for v in values)
     return "{" + ",".join(f'"{v}"' for v in quoted) + "}"
-
-
-_EPOCH_2000 = datetime(2000, 1, 1, tzinfo=UTC)
-_INT8 = struct.Struct("!q")
-
-
-def binary_timestamptz(value: bytes) -> datetime:
-    """A ``timestamptz`` in binary form (microseconds since 2000-01-01 UTC)."""
-    return _EPOCH_2000 + timedelta(microseconds=_INT8.unpack(value)[0])
-
-
-def binary_bool(value: bytes | None) -> bool:
-    return value == b"\x01"
 
 
 def _connection_was_dead(exc: psycopg.OperationalError) -> bool:
