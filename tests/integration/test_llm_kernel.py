@@ -265,3 +265,41 @@ def test_cache_stats_clear_and_price_overrides(kernel: Kernel, fake: FakeProvide
     assert "UsageError" in after.stderr and "m" in after.stderr
     kernel.run("%config WfloMagics.prices = {}")
     assert bad.status in ("ok", "error")
+
+
+def test_a_clear_in_another_kernel_reaches_this_kernels_near_cache(
+    stack_env: dict[str, str], runtime_image: str, fake: FakeProvider, kernel: Kernel
+) -> None:
+    """This kernel answers a repeated call from its in-memory near cache; another kernel
+    clears the model's answers; this kernel's next identical call goes to the provider
+    again (Redis's invalidation push dropped its copy)."""
+    marker = uuid.uuid4().hex[:8]
+    model = "gpt-4o"
+    cell = (
+        "%%wflo\n"
+        "from openai import OpenAI\n"
+        f"print(OpenAI().chat.completions.create(model='{model}', max_tokens=10,\n"
+        f"    messages=[{{'role': 'user', 'content': 'near {marker}'}}]).choices[0].message.content)\n"
+    )
+    served = (
+        "near = get_ipython().find_magic('wflo').__self__.session.cache.near\n"
+        "print(near.served if near.wait_armed(5) else 'feed down')"
+    )
+    before = len(fake.requests)
+    assert kernel.run(cell).stdout == f"echo: near {marker}\n"
+    for _ in range(3):  # Redis read (the store's own push may drop it once), then memory
+        assert kernel.run(cell).stdout == f"echo: near {marker}\n"
+    assert len(fake.requests) == before + 1
+    from_memory = int(kernel.run(served).stdout)
+    assert kernel.run(cell).stdout == f"echo: near {marker}\n"
+    assert int(kernel.run(served).stdout) == from_memory + 1  # this hit made no Redis read
+    other = Kernel(env=_env(fake))
+    try:
+        assert other.run("%load_ext wflo_jupyter").status == "ok"
+        cleared = other.run(f"%wflo cache clear --model {model}")
+        assert f"of {model}" in cleared.stdout, cleared.stdout + cleared.stderr
+    finally:
+        other.run("%unload_ext wflo_jupyter")
+        other.shutdown()
+    assert kernel.run(cell).stdout == f"echo: near {marker}\n"
+    assert len(fake.requests) == before + 2  # the cleared answer was fetched again
