@@ -274,6 +274,7 @@ class LlmCache:
         """GET and PTTL in one round trip; the answer is remembered unless Redis changed
         the key meanwhile (see ``NearCache.fill``)."""
         token = near.fill_token()
+        started = time.monotonic()
 
         def get_with_ttl() -> tuple[bytes | None, int]:
             pipe = self.client.pipeline(transaction=False)
@@ -289,7 +290,7 @@ class LlmCache:
         value = _parsed(key, raw)
         if value is not None and remaining_ms != -2:  # -2: gone between GET and PTTL
             ttl_s = remaining_ms / 1000 if remaining_ms >= 0 else None
-            near.fill(key.redis_key, value, len(raw), ttl_s, token)
+            near.fill(key.redis_key, value, len(raw), ttl_s, token, read_started=started)
         return value
 
     def set(self, key: CacheKey, response: CachedResponse, ttl_s: float | None = None) -> None:

@@ -109,13 +109,25 @@ class NearCache(Generic[T]):
         """Take before reading a value from Redis; pass to ``fill``."""
         return self._seq
 
-    def fill(self, key: str, value: T, size: int, ttl_s: float | None, token: int) -> bool:
+    def fill(
+        self,
+        key: str,
+        value: T,
+        size: int,
+        ttl_s: float | None,
+        token: int,
+        *,
+        read_started: float | None = None,
+    ) -> bool:
         """Remember ``value`` (``size`` bytes, living ``ttl_s`` more seconds; None: no
         expiry) unless ``key`` was invalidated or memory flushed since ``token``, the
-        feed is down, or it is too big. True if remembered."""
+        feed is down, or it is too big. ``read_started`` (``time.monotonic()`` before the
+        read that returned ``ttl_s``) makes the local expiry never later than Redis's.
+        True if remembered."""
         if not key.startswith(self.prefix) or size > self.max_bytes:
             return False
-        expires_at = time.monotonic() + ttl_s if ttl_s is not None else float("inf")
+        counted_from = time.monotonic() if read_started is None else read_started
+        expires_at = counted_from + ttl_s if ttl_s is not None else float("inf")
         with self._lock:
             if (
                 not self._armed
