@@ -70,15 +70,17 @@ def _events(ledger: Ledger, event_type: str) -> list[dict[str, Any]]:
 
 
 # -- schema ------------------------------------------------------------------------------------
-def test_migrations_0002_to_0004_upgrade_and_downgrade(fresh_database_url: str) -> None:
+def test_migrations_0002_to_0005_upgrade_and_downgrade(fresh_database_url: str) -> None:
     ledger = Ledger.connect(fresh_database_url)
     try:
-        assert ledger.current_revision() == "0004"
+        assert ledger.current_revision() == "0005"
         tables = set(inspect(ledger.engine).get_table_names())
         new = {"budgets", "reservations", "llm_calls", "compute_charges"}
         assert new <= tables and "reservation_budgets" not in tables
         functions = "SELECT count(*) FROM pg_proc WHERE proname LIKE 'wflo\\_%'"
         assert _scalar(ledger, functions) == 8
+        ledger.downgrade("0004")
+        assert ledger.current_revision() == "0004"
         ledger.downgrade("0003")
         assert ledger.current_revision() == "0003"
         assert _scalar(ledger, functions) == 8
@@ -90,13 +92,13 @@ def test_migrations_0002_to_0004_upgrade_and_downgrade(fresh_database_url: str) 
         assert not new & set(inspect(ledger.engine).get_table_names())
         assert _scalar(ledger, functions) == 0
         ledger.migrate()
-        assert ledger.current_revision() == "0004"
+        assert ledger.current_revision() == "0005"
         BudgetLedger(ledger.engine).set_budget("team", "after-upgrade", 1)
     finally:
         ledger.close()
 
 
-@pytest.mark.parametrize("revision", ["0003", "0004"])
+@pytest.mark.parametrize("revision", ["0003", "0004", "0005"])
 def test_every_threshold_mask_reads_the_same_in_payloads_and_events(
     fresh_database_url: str, revision: str
 ) -> None:
@@ -124,6 +126,89 @@ def test_every_threshold_mask_reads_the_same_in_payloads_and_events(
             assert same is True, mask
     finally:
         ledger.close()
+
+
+@pytest.mark.parametrize("revision", ["0004", "0005"])
+def test_the_shared_budget_is_locked_last(fresh_database_url: str, revision: str) -> None:
+    """While another transaction holds the team budget's row, a reserve against cell +
+    notebook + team waits for it. From 0005 on it has already locked the cell and
+    notebook rows, so the team row was next in its lock order. Before, in ascending id
+    order, the older team row came first."""
+    ledger = Ledger.connect(fresh_database_url, migrate=False)
+    try:
+        ledger.migrate(revision)
+        budgets = BudgetLedger(ledger.engine)
+        budgets.set_budget("team", "shared", 10_000)  # the oldest: the lowest id
+        budgets.set_budget("notebook", "nb", 10_000)
+        budgets.set_budget("cell", "c1", 10_000)
+        scopes = [("cell", "c1"), ("notebook", "nb"), ("team", "shared")]
+        holder = ledger.engine.connect()
+        holder.execute(text("SELECT 1 FROM budgets WHERE scope_kind = 'team' FOR UPDATE"))
+        done: list[Any] = []
+        waiter = threading.Thread(target=lambda: done.append(budgets.reserve(scopes, 100)))
+        waiter.start()
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not _scalar(
+                ledger,
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'",
+            ):
+                time.sleep(0.01)
+            probe = ledger.engine.connect()
+            try:
+                probe.execute(text("SET lock_timeout = '100ms'"))
+                cell_free = True
+                try:
+                    probe.execute(
+                        text("SELECT 1 FROM budgets WHERE scope_kind = 'cell' FOR NO KEY UPDATE")
+                    )
+                except Exception:  # lock_timeout: the waiting reserve holds the cell row
+                    cell_free = False
+                probe.rollback()
+            finally:
+                probe.close()
+        finally:
+            holder.rollback()
+            holder.close()
+            waiter.join(10)
+        assert len(done) == 1
+        assert cell_free is (revision == "0004")
+        assert budgets.state("team", "shared").reserved_micros == 100
+    finally:
+        ledger.close()
+
+
+def test_mixed_scopes_from_many_threads_never_deadlock(budgets: BudgetLedger) -> None:
+    """Reserves and settles on overlapping sets of budgets from 6 threads at once: lock
+    order is one total order, so no statement ever fails with a deadlock."""
+    budgets.set_budget("team", "mixed", 10**9)
+    for i in range(3):
+        budgets.set_budget("notebook", f"nb{i}", 10**9)
+        budgets.set_budget("cell", f"c{i}", 10**9)
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            for n in range(60):
+                scopes = [("cell", f"c{(index + n) % 3}"), ("notebook", f"nb{n % 3}")]
+                scopes.append(("team", "mixed"))
+                held = budgets.reserve(scopes[n % 2 :], 10)
+                if n % 3:
+                    budgets.settle(held, 5)
+                else:
+                    budgets.release(held)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    team = budgets.state("team", "mixed")
+    assert team.reserved_micros == 0
+    assert team.spent_micros == 6 * 40 * 5
 
 
 def test_migration_0003_keeps_held_money_both_ways(fresh_database_url: str) -> None:

@@ -7,10 +7,10 @@ day/month period resets, sandbox compute charges, and the live feed
 (``pg_notify('wflo_budget', ...)`` on every money move; ``watch`` listens).
 
 **The atomic reserve is one SQL statement**, ``SELECT * FROM wflo_reserve(...)`` (a
-PL/pgSQL function, migration 0003), run as its own transaction::
+PL/pgSQL function, migrations 0003-0005), run as its own transaction::
 
     INSERT INTO reservations ... budget_ids; INSERT INTO outbox ...   -- no budget lock yet
-    for each enclosing budget, ascending id:
+    for each enclosing budget, in lock order (cell, notebook, team; then id):
         UPDATE budgets SET reserved_micros = reserved_micros + :amount   -- (a day/month
         WHERE id = :id AND spent + reserved + :amount <= limit_micros   --  budget rolls over)
         if no row was updated: RAISE 'WB001' -> the whole transaction rolls back
@@ -23,11 +23,13 @@ a lock re-evaluates its WHERE on the row as the other transaction left it), so
 concurrent reservations on a budget queue behind each other and each sees all earlier
 ones; a budget without room raises, which undoes the reservation row and every budget
 already updated, so a refusal moves no money anywhere. One statement means one round
-trip, and the work that needs no budget lock is done before the first one: a hot budget
-row stays locked only for the updates, the notify and the commit.
+trip, and the work that needs no budget lock is done before the first one; the shared
+(team) budget comes last in the lock order, so the row concurrent calls queue on stays
+locked only for its own update, the notify and the commit.
 
 Why it cannot deadlock: every operation here takes its locks in one global order: at
-most one reservation row, then the step row, then budget rows in ascending id. (Expiry
+most one reservation row, then the step row, then budget rows in lock order: cell, then
+notebook, then team (and any other kind), ties by ascending id. (Expiry
 ends one reservation per statement.) ``NO KEY UPDATE`` (what these updates take) does
 not conflict with the ``KEY SHARE`` locks that foreign-key checks of concurrent inserts
 take. Each row is locked by one statement and updated by a later one (or locked by the
@@ -37,7 +39,7 @@ contention (seen while building this, so none of the statements here do that).
 
 Settle, release and expiry go through ``wflo_finish``: lock the reservation row, mark it,
 add the step's cost and write the ``llm_calls`` row and its event, then lock its budgets
-(ascending id), spend and free the rest, announce thresholds, write the budget events
+(in lock order), spend and free the rest, announce thresholds, write the budget events
 and ``pg_notify``.
 
 Leases: a reservation is held until ``lease_expires_at`` (database clock). A ``reserve``

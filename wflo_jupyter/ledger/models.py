@@ -171,7 +171,7 @@ class ReservationRow(Base):
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
     settled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # the budgets it holds money against, ascending id (migration 0003)
+    # the budgets it holds money against, in lock order (migrations 0003, 0005)
     budget_ids: Mapped[list[int]] = mapped_column(
         ARRAY(BigInteger), nullable=False, server_default=text("'{}'::bigint[]")
     )

@@ -17,13 +17,11 @@ Revision ID: 0003
 Revises: 0002
 """
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
+
+from wflo_jupyter.ledger.migration_texts import migration_module, or_replace
 
 revision = "0003"
 down_revision = "0002"
@@ -31,20 +29,11 @@ branch_labels = None
 depends_on = None
 
 
-def _revision_0002() -> ModuleType:
-    """Migration 0002's module: its function texts are what a downgrade restores."""
-    path = Path(__file__).with_name("0002_budgets_reservations_calls.py")
-    spec = importlib.util.spec_from_file_location("wflo_migration_0002", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _function_0002(name: str) -> str:
-    (text,) = [f for f in _revision_0002()._FUNCTIONS if f"FUNCTION {name}(" in f]
-    return str(text).replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+    """Migration 0002's text of function ``name``: what a downgrade restores."""
+    functions = migration_module("0002_budgets_reservations_calls.py")._FUNCTIONS
+    (text,) = [f for f in functions if f"FUNCTION {name}(" in f]
+    return or_replace(str(text))
 
 
 _LINK_LOOKUP = """SELECT rb.budget_id FROM reservation_budgets AS rb

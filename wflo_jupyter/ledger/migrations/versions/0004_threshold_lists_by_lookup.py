@@ -14,11 +14,9 @@ Revision ID: 0004
 Revises: 0003
 """
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 from alembic import op
+
+from wflo_jupyter.ledger.migration_texts import migration_module, or_replace
 
 revision = "0004"
 down_revision = "0003"
@@ -41,44 +39,32 @@ def _lookup(mask_expression: str, sql_type: str) -> str:
     return f"({_all_lists_literal(sql_type)})[({mask_expression} & 15) + 1]"
 
 
-def _sibling(filename: str) -> ModuleType:
-    """Another migration's module: the function texts an upgrade edits and a downgrade
-    restores."""
-    path = Path(__file__).with_name(filename)
-    spec = importlib.util.spec_from_file_location(f"wflo_migration_{path.stem}", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _replaced(function_text: str, call: str, lookup: str) -> str:
     assert call in function_text, f"{call} not found: update migration 0004"
-    text = function_text.replace(call, lookup)
-    return text.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+    return or_replace(function_text.replace(call, lookup))
 
 
 def _reserve_0003() -> str:
-    return str(_sibling("0003_lean_reservations.py")._RESERVE).replace(
-        "CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1
-    )
+    return or_replace(str(migration_module("0003_lean_reservations.py")._RESERVE))
 
 
 def _budget_payload_0002() -> str:
-    functions = _sibling("0002_budgets_reservations_calls.py")._FUNCTIONS
+    functions = migration_module("0002_budgets_reservations_calls.py")._FUNCTIONS
     (text,) = [f for f in functions if "FUNCTION wflo_budget_payload(" in f]
-    return str(text).replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+    return or_replace(str(text))
+
+
+def reserve_0004() -> str:
+    """``wflo_reserve`` as this revision leaves it (migration 0005 edits it)."""
+    return _replaced(
+        _reserve_0003(),
+        "wflo_thresholds(v_b.thresholds_emitted)",
+        _lookup("v_b.thresholds_emitted", "json"),
+    )
 
 
 def upgrade() -> None:
-    op.execute(
-        _replaced(
-            _reserve_0003(),
-            "wflo_thresholds(v_b.thresholds_emitted)",
-            _lookup("v_b.thresholds_emitted", "json"),
-        )
-    )
+    op.execute(reserve_0004())
     op.execute(
         _replaced(
             _budget_payload_0002(),
