@@ -919,3 +919,35 @@ def test_memory_is_bounded_least_recently_used_first(client: redis.Redis, namesp
         assert near.served == served + 1
     finally:
         cache.close()
+
+
+def test_a_redis_that_refuses_the_feed_is_asked_again_only_rarely(
+    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A locked-down Redis (an ACL user without CLIENT TRACKING) refuses CLIENT TRACKING: the
+    cache still works through Redis, nothing is served from memory, the refusal is
+    logged once, and the feed does not reconnect in a loop."""
+    admin = redis.Redis.from_url(private_redis.url)
+    acl = ["on", ">pw", "~*", "&*", "+@all", "-client", "+client|setname"]  # no TRACKING
+    admin.execute_command("ACL", "SETUSER", "limited", *acl)
+    url = private_redis.url.replace("redis://", "redis://limited:pw@")
+    client = connect_redis(url)
+    cache = LlmCache(client, retry_after_s=0.05)
+    try:
+        assert cache.near is not None
+        with caplog.at_level(logging.INFO, logger="wflo_jupyter.cache.near"):
+            key = _key("acl", _request())
+            cache.set(key, _response())
+            before = int(admin.info("stats")["total_connections_received"])
+            for _ in range(20):
+                assert cache.get(key) == _response()
+                time.sleep(0.05)
+            after = int(admin.info("stats")["total_connections_received"])
+        assert not cache.near.armed and cache.near.served == 0
+        assert after - before <= 2, "the refused feed kept reconnecting"
+        refusals = [r for r in caplog.records if "refused its invalidation feed" in r.message]
+        assert len(refusals) == 1, [r.message for r in caplog.records]
+    finally:
+        cache.close()
+        client.close()
+        admin.close()

@@ -7,7 +7,9 @@ turns on ``CLIENT TRACKING ... BCAST PREFIX <prefix>``, and Redis then pushes an
 expired or evicted, by any client, and a null one for a flush. A dedicated thread reads
 those pushes and drops the keys. An entry is served only while that feed is connected:
 when it breaks (Redis restarted, the connection killed, no PONG), the process forgets
-everything, serves nothing from memory, and reconnects every ``retry_after_s``.
+everything, serves nothing from memory, and reconnects every ``retry_after_s`` (every
+``refused_retry_s`` when Redis refused it: an ACL without ``CLIENT``, a server without
+RESP3).
 
 Fills cannot race an invalidation. A reader takes a ``fill_token()`` before its GET. If
 the key was invalidated, or the memory was flushed, after that token was taken, the
@@ -30,6 +32,7 @@ from collections import OrderedDict
 from typing import Any, Generic, TypeVar
 
 import redis
+from redis.exceptions import ResponseError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ DEFAULT_MAX_ENTRIES = 4096
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_RETRY_AFTER_S = 1.0
 DEFAULT_PING_EVERY_S = 5.0
+DEFAULT_REFUSED_RETRY_S = 60.0  # after Redis refused the feed (an ACL, no RESP3)
 _FEED_NAME_SUFFIX = "-invalidations"  # the feed's CLIENT LIST name: the client's + this
 _INVALIDATED_KEEP = 10_000  # remembered invalidations (older ones: every fill before fails)
 
@@ -56,6 +60,7 @@ class NearCache(Generic[T]):
         max_entries: int = DEFAULT_MAX_ENTRIES,
         max_bytes: int = DEFAULT_MAX_BYTES,
         retry_after_s: float = DEFAULT_RETRY_AFTER_S,
+        refused_retry_s: float = DEFAULT_REFUSED_RETRY_S,
         ping_every_s: float = DEFAULT_PING_EVERY_S,
     ) -> None:
         if not prefix:
@@ -65,6 +70,7 @@ class NearCache(Generic[T]):
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.retry_after_s = retry_after_s
+        self.refused_retry_s = refused_retry_s
         self.ping_every_s = ping_every_s
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, tuple[T, int, float]] = OrderedDict()
@@ -194,8 +200,18 @@ class NearCache(Generic[T]):
 
     def _run(self) -> None:
         while not self._closed.is_set():
+            wait_s = self.retry_after_s
             try:
                 self._follow()
+            except ResponseError as exc:  # Redis refuses (no RESP3, ACL): ask again rarely
+                wait_s = max(self.retry_after_s, self.refused_retry_s)
+                if not self._announced_down and not self._closed.is_set():
+                    log.info(
+                        "LLM near cache off: Redis refused its invalidation feed (%s); "
+                        "every hit reads Redis",
+                        exc,
+                    )
+                    self._announced_down = True
             except Exception as exc:  # any failure (also a close() racing a read): reconnect
                 if not self._announced_down and not self._closed.is_set():
                     log.info("LLM near cache off until Redis's invalidation feed is back: %s", exc)
@@ -208,7 +224,7 @@ class NearCache(Generic[T]):
                 if feed is not None:
                     with contextlib.suppress(Exception):  # already broken
                         feed.disconnect()
-            self._closed.wait(self.retry_after_s)
+            self._closed.wait(wait_s)
 
     def _follow(self) -> None:
         """Connect, turn tracking on, then apply pushes until the connection breaks."""
