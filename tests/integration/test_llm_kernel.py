@@ -293,6 +293,9 @@ def test_a_clear_in_another_kernel_reaches_this_kernels_near_cache(
     from_memory = int(kernel.run(served).stdout)
     assert kernel.run(cell).stdout == f"echo: near {marker}\n"
     assert int(kernel.run(served).stdout) == from_memory + 1  # this hit made no Redis read
+    stats = "".join(d.get("text/html", "") for d in kernel.run("%wflo cache stats").data)
+    assert "this kernel's hits answered from memory" in stats, stats
+    assert f"<td>{from_memory + 1}</td>" in stats, stats
     other = Kernel(env=_env(fake))
     try:
         assert other.run("%load_ext wflo_jupyter").status == "ok"

@@ -231,16 +231,19 @@ def meter(session: WfloSession) -> Any:
     return widget
 
 
-def cache_stats(stats: CacheStats, available: bool) -> HTML:
-    """``%wflo cache stats``: hits, misses, dollars saved, live entries."""
+def cache_stats(stats: CacheStats, available: bool, from_memory: int | None = None) -> HTML:
+    """``%wflo cache stats``: hits, misses, dollars saved, live entries (all kernels), and
+    ``from_memory``: this kernel's hits answered by its near cache, without a Redis read."""
     total = stats.hits + stats.misses
     rate = f"{100 * stats.hits / total:.0f}%" if total else "-"
     state = "" if available else " (Redis is unreachable: calls go straight to the provider)"
-    rows = [
+    rows: list[tuple[str, object]] = [
         ("hits", stats.hits),
         ("misses", stats.misses),
         ("hit rate", rate),
         ("saved", format_usd(stats.saved_micros)),
         ("entries", stats.entries),
     ]
+    if from_memory is not None:
+        rows.append(("this kernel's hits answered from memory", from_memory))
     return HTML(_html_table(("LLM cache" + state, ""), rows))

@@ -173,7 +173,8 @@ class WfloMagics(Magics):
         if cache is None:
             raise UsageError("%wflo cache: the LLM cache is off (no Redis configured)")
         if options["action"] == "stats":
-            return display.cache_stats(cache.stats(), cache.available)
+            served = cache.near.served if cache.near is not None else None
+            return display.cache_stats(cache.stats(), cache.available, served)
         model = options["model"]
         if options["notebook"]:
             removed = cache.invalidate_origin(session.notebook_key)
