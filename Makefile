@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test install docker runtime-image services lint unit bench clean
+.PHONY: demo test install lock upgrade-check docker runtime-image services lint unit bench clean
 
 ## install + start the local stack + run the quickstart notebook + print its cost report
 demo: install docker runtime-image
@@ -17,8 +17,28 @@ demo: install docker runtime-image
 test: install docker runtime-image lint
 	$(PY) -m pytest tests
 
+## the environment of requirements.lock, exactly (hashes checked), then the project
 install:
 	scripts/install.sh $(VENV)
+
+## refresh requirements.lock on purpose: newest versions the floors allow
+## (`make lock PACKAGE=redis` moves only that one; LOCK_UPGRADE= keeps every pin)
+PACKAGE ?=
+LOCK_UPGRADE ?= $(if $(PACKAGE),--upgrade-package $(PACKAGE),--upgrade)
+LOCK_COMPILE = $(BIN)/uv pip compile pyproject.toml --all-extras --universal --python-version 3.11 \
+	--generate-hashes --custom-compile-command "make lock" --quiet
+lock:
+	scripts/install.sh --uv-only $(VENV)
+	$(LOCK_COMPILE) --group tooling $(LOCK_UPGRADE) -o requirements.lock
+	$(LOCK_COMPILE) --group tooling --group bench -c requirements.lock $(LOCK_UPGRADE) \
+		-o requirements-bench.lock
+	$(PY) scripts/check_lock.py
+	$(PY) scripts/check_lock.py --lock requirements-bench.lock --groups tooling,bench
+
+## what a refresh of the lock would break: lint + unit tests in a throwaway
+## environment with the newest versions the floors allow (not part of `make test`)
+upgrade-check: install
+	scripts/upgrade-check.sh
 
 docker:
 	scripts/ensure-docker.sh
@@ -30,16 +50,18 @@ services: install
 	$(BIN)/wflo up --with-kafka
 
 lint: install
-	$(BIN)/ruff check wflo_jupyter tests
-	$(BIN)/ruff format --check wflo_jupyter tests
+	$(BIN)/ruff check wflo_jupyter tests scripts bench
+	$(BIN)/ruff format --check wflo_jupyter tests scripts bench
 	$(BIN)/mypy
 
 ## benchmarks (ratios against baselines measured in the same run) -> BENCHMARKS.md
+## its own environment: requirements-bench.lock = the main lock + LiteLLM (the baseline)
+BENCH_VENV ?= .venv-bench
 bench: install docker runtime-image
-	$(PY) -m pip install --progress-bar off -q litellm fastapi orjson soundfile
-	$(PY) bench/sandbox.py
-	$(PY) bench/ledger.py
-	$(PY) bench/gateway.py
+	scripts/install.sh $(BENCH_VENV) requirements-bench.lock tooling,bench
+	$(BENCH_VENV)/bin/python bench/sandbox.py
+	$(BENCH_VENV)/bin/python bench/ledger.py
+	$(BENCH_VENV)/bin/python bench/gateway.py
 
 unit: install
 	$(PY) -m pytest tests/unit

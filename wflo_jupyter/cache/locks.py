@@ -179,9 +179,7 @@ class RedisLock:
     def watch_release(self) -> Iterator[ReleaseWatch]:
         """Subscribe to this lock's release notices for the ``with`` block. Subscribe
         before re-checking the lock, so no release between check and wait is missed."""
-        pubsub: PubSub = self.client.pubsub(  # type: ignore[no-untyped-call]
-            ignore_subscribe_messages=True
-        )
+        pubsub: PubSub = self.client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(self.release_channel)
             yield ReleaseWatch(pubsub)
