@@ -7,14 +7,54 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis
 
 from wflo_jupyter.ledger.store import Ledger
+
+T = TypeVar("T")
+
+
+def wait_until(
+    condition: Callable[[], T],
+    timeout: float = 10.0,
+    *,
+    interval: float = 0.02,
+    what: str = "",
+) -> T:
+    """Poll ``condition`` until it returns something truthy and return that; fail the test
+    when ``timeout`` seconds pass first (naming ``what`` and the last value seen). For
+    waiting on another thread or process: the test goes on as soon as the effect is there,
+    and a slow machine only makes it wait longer, never fail early."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"waited {timeout:g} s for {what or condition!r}; last value: {value!r}")
+        time.sleep(interval)
+
+
+def cpu_hogs(count: int = 2) -> list[subprocess.Popen[bytes]]:
+    """``count`` busy processes (one per core here): load for tests that must hold under
+    contention. Stop them with ``stop_processes``."""
+    busy = "while True: pass"
+    return [subprocess.Popen([sys.executable, "-c", busy]) for _ in range(count)]
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.kill()
+    for process in processes:
+        process.wait(timeout=10)
 
 
 def start_step(

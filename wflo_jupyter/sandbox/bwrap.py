@@ -792,6 +792,9 @@ class ProcessAgent(AgentHandle):
     def poll(self) -> int | None:
         return _exit_code(self.proc.poll())
 
+    def known_dead(self) -> bool:
+        return self.proc.poll() is not None
+
     def wait_exit(self, timeout_s: float) -> tuple[int | None, bool]:
         code: int | None
         try:

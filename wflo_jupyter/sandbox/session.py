@@ -237,6 +237,11 @@ class AgentHandle(ABC):
     def poll(self) -> int | None:
         """The exit code once the agent has ended (signals as 128+N), else None."""
 
+    def known_dead(self) -> bool:
+        """True when it is already known, without asking an engine, that the sandbox has
+        ended (a process that exited); False when unknown (the channel tells)."""
+        return False
+
     @abstractmethod
     def wait_exit(self, timeout_s: float) -> tuple[int | None, bool]:
         """(exit code, or None if it had to be killed; OOM-killed?) once it ended."""
@@ -432,6 +437,7 @@ class _Box:
         self.decoder = FrameDecoder(MAX_FRAME_BYTES)
         self.send_lock = threading.Lock()
         self.cells = 0
+        """Cells the agent accepted (so ran, or began to): state that its death loses."""
         self.destroyed = False
 
     @property
@@ -754,33 +760,25 @@ class SandboxSession:
         on_display: DisplayCallback | None,
         output_cap: int,
         limits: SandboxLimits | None,
+        retried: bool = False,
     ) -> ExecResult:
+        """One cell on the session's sandbox. A sandbox that turns out to have died before
+        the cell started (no ``accepted`` frame: the cell never ran) is replaced and the
+        cell runs once more in the new one (``retried``)."""
         started = time.monotonic()
         if self._lost_notice:
             result.notices.append(self._lost_notice)
             result.state_lost = True
             self._lost_notice = None
         box = self._box
-        if box is not None and not box.channel_alive():
-            code_, oom = box.wait_exit(2.0)
-            self._discard()
-            what = (
-                f"memory limit {format_size(box.limits.memory_bytes)} exceeded (OOM-killed)"
-                if oom
-                else f"the sandbox agent died ({_describe_exit(code_)})"
-            )
-            if box.cells:
-                result.state_lost = True
-                result.notices.append(
-                    f"{what} after the last cell; this cell runs in a new sandbox, "
-                    "state from earlier cells was lost"
-                )
+        if box is not None and (box.handle.known_dead() or not box.channel_alive()):
+            self._replace_dead(box, result)
             box = None
         if box is None:
             box = self._box = self._launch(limits)
         elif limits is not None and limits != box.limits:
             self._apply_limits(box, limits, result)
-        if box.handle.notice:
+        if box.handle.notice and box.handle.notice not in result.notices:
             result.notices.insert(0, box.handle.notice)
         result.container_id = box.container_id
         cell_id = uuid.uuid4().hex
@@ -792,16 +790,20 @@ class SandboxSession:
             "outputs": outputs,
             "output_cap": int(output_cap),
         }
+        retry_args = (result, parts, code, inputs, outputs, timeout_s, on_stream, on_display)
         try:
             box.send(frame)
         except ProtocolError as exc:
             raise ValueTransferError("inputs", f"cannot send the cell: {exc}") from None
         except OSError as exc:
+            if self._died_before_start(exc, accepted=False, retried=retried):
+                self._replace_dead(box, result)
+                return self._run_cell(*retry_args, output_cap, limits, retried=True)
             return self._lost(box, result, started, exc)
-        box.cells += 1
         self._running_cell = cell_id
         deadline = started + timeout_s
         interrupted_by: str | None = None
+        accepted = False
         host_cap = int(output_cap) + MB  # the agent enforces the cap; this guards the host
         received = 0
         callback_failed = False
@@ -829,6 +831,10 @@ class SandboxSession:
                     continue
                 return self._kill_stuck(box, result, started, timeout_s, interrupted_by)
             except (ProtocolError, OSError) as exc:
+                if self._died_before_start(exc, accepted=accepted, retried=retried):
+                    self._running_cell = None
+                    self._replace_dead(box, result)
+                    return self._run_cell(*retry_args, output_cap, limits, retried=True)
                 return self._lost(box, result, started, exc)
             for incoming in frames:
                 kind = incoming["type"]
@@ -837,7 +843,10 @@ class SandboxSession:
                     continue
                 if incoming.get("id") != cell_id:
                     continue
-                if kind == "stream":
+                if kind == "accepted":
+                    accepted = True
+                    box.cells += 1  # cells that ran here: the state a death would lose
+                elif kind == "stream":
                     text = str(incoming.get("text", ""))
                     name = "stderr" if incoming.get("name") == "stderr" else "stdout"
                     received += len(text)
@@ -986,6 +995,33 @@ class SandboxSession:
                 "the sandbox was killed and its state was lost"
             )
         return result
+
+    def _died_before_start(self, exc: Exception, *, accepted: bool, retried: bool) -> bool:
+        """The channel ended before the agent accepted the cell: the sandbox died before
+        this cell (between cells, or while it was being sent), so the cell never ran and
+        may run in a new sandbox, once. Not when the session is closing, and not for a
+        corrupted channel (the agent may be alive and running something)."""
+        corrupted = isinstance(exc, ProtocolError) and not isinstance(exc, ChannelClosed)
+        return not accepted and not retried and not self._closing and not corrupted
+
+    def _replace_dead(self, box: _Box, result: ExecResult) -> None:
+        """Drop a sandbox that died while no cell ran; say so when it held state."""
+        code, oom = box.wait_exit(2.0)
+        if box is self._box:
+            self._discard()
+        else:
+            box.destroy()
+        what = (
+            f"memory limit {format_size(box.limits.memory_bytes)} exceeded (OOM-killed)"
+            if oom
+            else f"the sandbox agent died ({_describe_exit(code)})"
+        )
+        if box.cells:
+            result.state_lost = True
+            result.notices.append(
+                f"{what} after the last cell; this cell runs in a new sandbox, "
+                "state from earlier cells was lost"
+            )
 
     def _lost(self, box: _Box, result: ExecResult, started: float, exc: Exception) -> ExecResult:
         """The channel ended or broke while a cell ran: find out why, drop the container."""

@@ -1803,7 +1803,11 @@ class Agent:
             elif kind == "interrupt":
                 cell_id = frame.get("id")
                 self.kernel.interrupt(None if cell_id is None else str(cell_id))
-            elif kind in ("exec", "shutdown"):
+            elif kind == "exec":
+                # before the cell can start: no ``accepted`` means the cell never ran
+                self.sender.send({"type": "accepted", "id": frame.get("id")})
+                self.inbox.put(frame)
+            elif kind == "shutdown":
                 self.inbox.put(frame)
             # unknown frames are ignored
 

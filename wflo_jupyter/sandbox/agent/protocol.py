@@ -28,6 +28,9 @@ Frames, agent -> host
 ``ready``      ``{token, protocol, pid, python, llm_proxy: {port}}`` first frame after
                connecting; ``token`` is the per-container secret the host gave the agent
                (proves which peer this is); ``llm_proxy.port`` is the agent's loopback proxy.
+``accepted``   ``{id}`` cell ``id``'s ``exec`` frame was read; sent before the cell can start,
+               so a channel that ends without it means the cell never ran (the host may
+               run it in a new sandbox).
 ``stream``     ``{id, name: "stdout" | "stderr", text}`` live output of cell ``id``.
 ``display``    ``{id, data: {mime: value}, metadata: {}, kind: "display_data" |
                "execute_result"}`` a Jupyter mime bundle (binary mimes are base64 text,
