@@ -77,6 +77,7 @@ class WfloSession:
         self._sandboxes: dict[str, SandboxSession] = {}
         self._isolation: str | None = None
         self._watchdog: threading.Thread | None = None
+        self._prewarm_threads: list[threading.Thread] = []
         self.endpoints: Endpoints | None = None
         self.ledger: Ledger | None = None
         self.runner: StepRunner | None = None
@@ -136,6 +137,8 @@ class WfloSession:
             sandbox = self._sandboxes.get(image)
         if sandbox is not None:
             return sandbox
+        if self._closed:
+            raise WfloError("this wflo session is closed; %load_ext wflo_jupyter starts a new one")
         created = open_sandbox_session(self.isolation(), self.session_id, image, self.docker_client)
         with self._sandbox_lock:
             return self._sandboxes.setdefault(image, created)
@@ -152,6 +155,7 @@ class WfloSession:
 
         thread = threading.Thread(target=warm, name="wflo-prewarm", daemon=True)
         thread.start()
+        self._prewarm_threads.append(thread)
         self._ensure_watchdog()
         return thread
 
@@ -486,6 +490,8 @@ class WfloSession:
                     self.ledger.close()
                 if self.loop is not None:
                     self.loop.stop()
+                for thread in self._prewarm_threads:  # a sandbox still starting is closed too
+                    thread.join(timeout=30)
                 with self._sandbox_lock:
                     sandboxes, self._sandboxes = list(self._sandboxes.values()), {}
                 for sandbox in sandboxes:

@@ -1,6 +1,11 @@
-"""``%load_ext`` / ``%unload_ext`` hooks: register the magics, clean up on unload."""
+"""``%load_ext`` / ``%unload_ext`` hooks: register the magics, clean up on unload and
+when the kernel's interpreter exits (a shutdown request, the end of a notebook run), so no
+sandbox outlives its kernel."""
 
 from __future__ import annotations
+
+import atexit
+import logging
 
 from IPython.core.interactiveshell import InteractiveShell
 
@@ -8,6 +13,8 @@ from wflo_jupyter.core.errors import WfloError
 from wflo_jupyter.jupyter.magics import WfloMagics
 
 _MAGICS_ATTR = "_wflo_magics"
+_EXIT_HOOK_ATTR = "_wflo_exit_hook"
+log = logging.getLogger(__name__)
 
 
 def _show_wflo_error(
@@ -29,6 +36,15 @@ def load(shell: InteractiveShell) -> None:
     shell.register_magics(magics)
     shell.set_custom_exc((WfloError,), _show_wflo_error)
     setattr(shell, _MAGICS_ATTR, magics)
+
+    def close_at_exit() -> None:
+        try:
+            magics.close()
+        except Exception:  # at exit: log, never print a traceback into the terminal
+            log.exception("closing the wflo session at interpreter exit failed")
+
+    atexit.register(close_at_exit)
+    setattr(shell, _EXIT_HOOK_ATTR, close_at_exit)
     magics.prewarm()
 
 
@@ -36,6 +52,10 @@ def unload(shell: InteractiveShell) -> None:
     magics: WfloMagics | None = getattr(shell, _MAGICS_ATTR, None)
     if magics is None:
         return
+    hook = getattr(shell, _EXIT_HOOK_ATTR, None)
+    if hook is not None:
+        atexit.unregister(hook)
+        setattr(shell, _EXIT_HOOK_ATTR, None)
     magics.close()
     shell.set_custom_exc((), None)
     shell.magics_manager.magics["line"].pop("wflo", None)
