@@ -15,7 +15,7 @@ from rich.table import Table
 
 from wflo_jupyter.core.errors import WfloError
 from wflo_jupyter.core.money import format_usd
-from wflo_jupyter.ledger.reports import StepCostRow
+from wflo_jupyter.core.reports import StepCostRow
 from wflo_jupyter.stack.settings import ENGINES, VARIABLE_BY_ENGINE, Settings, resolve_endpoints
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="wflo-jupyter command line.")

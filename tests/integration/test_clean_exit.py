@@ -31,7 +31,7 @@ CELLS = [
     "import os\nprint('kernel pid', os.getpid())",
     "%%wflo\nimport os\nprint('sandbox pid', os.getpid())",
     "magics = get_ipython()._wflo_magics\n"
-    "print(*[s.container_id for s in magics.session._sandboxes.values()])",
+    "print(*magics.session.sandbox_ids())",
 ]
 
 

@@ -22,9 +22,10 @@ from wflo_jupyter.cache.keys import (
     canonical_json,
     request_digest,
 )
-from wflo_jupyter.cache.llm_cache import CachedResponse, CacheStats, LlmCache
+from wflo_jupyter.cache.llm_cache import CachedResponse, LlmCache
 from wflo_jupyter.cache.locks import FlightCache, LockTimeout, RedisLock, single_flight
 from wflo_jupyter.cache.redis_client import connect_redis
+from wflo_jupyter.core.reports import CacheStats
 
 __all__ = [
     "ANSWER_HEADERS",

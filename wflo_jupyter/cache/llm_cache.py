@@ -42,6 +42,7 @@ from wflo_jupyter.cache.keys import (
 )
 from wflo_jupyter.cache.near import NearCache
 from wflo_jupyter.cache.redis_client import describe_redis
+from wflo_jupyter.core.reports import CacheStats
 
 log = logging.getLogger(__name__)
 
@@ -107,17 +108,6 @@ class CachedResponse:
         except ValueError:
             raise ValueError("cached response has no valid created_at") from None
         return cls(body=body, usage=usage, saved_micros=saved, model=model, created_at=created_at)
-
-
-@dataclass(frozen=True)
-class CacheStats:
-    """Counts for one namespace (or all of them). ``entries`` are live keys now;
-    ``hits``/``misses``/``saved_micros`` accumulate until ``reset_stats``."""
-
-    hits: int
-    misses: int
-    saved_micros: int
-    entries: int
 
 
 class _RedisAvailability:

@@ -9,13 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.display import HTML, publish_display_data
 
-from wflo_jupyter.cache.llm_cache import CacheStats
 from wflo_jupyter.core.budget import BudgetState
 from wflo_jupyter.core.money import format_usd, micros_to_usd
+from wflo_jupyter.core.reports import CacheReport, OutputEvent, StepCostRow, StepSummary
 from wflo_jupyter.core.steps import StepResult
-from wflo_jupyter.ledger.models import StepRow
-from wflo_jupyter.ledger.reports import StepCostRow
-from wflo_jupyter.orchestration.stepio import OutputEvent
 from wflo_jupyter.session import WfloSession
 
 if TYPE_CHECKING:
@@ -59,7 +56,7 @@ def _html_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def steps_table(steps: Sequence[StepRow]) -> HTML:
+def steps_table(steps: Sequence[StepSummary]) -> HTML:
     rows = [
         (
             s.seq,
@@ -93,19 +90,8 @@ def events_table(events: Sequence[dict[str, Any]]) -> HTML:
     return HTML(_html_table(("time", "type", "subject", "details", "in Kafka"), rows))
 
 
-def status(session: WfloSession) -> HTML:
-    session.start()
-    endpoints = session.endpoints
-    assert endpoints is not None
-    rows = [
-        ("postgres", endpoints.database_url.split("@")[-1]),
-        ("temporal", endpoints.temporal_address),
-        ("redis", endpoints.redis_url or "not configured"),
-        ("kafka", endpoints.kafka_bootstrap or "not configured (events stay in the outbox)"),
-        ("docker", endpoints.docker_host or "local engine"),
-        ("image", endpoints.runtime_image),
-        ("session", session.session_id),
-    ]
+def status(rows: Sequence[tuple[str, str]]) -> HTML:
+    """``%wflo status``: each engine and where it is."""
     return HTML(_html_table(("engine", "where"), rows))
 
 
@@ -209,15 +195,11 @@ def meter(session: WfloSession) -> Any:
     import ipywidgets
 
     widget = ipywidgets.HTML(value=_meter_html(session.budget_states()))
-    budgets = session.budgets
-    assert budgets is not None
 
     def follow() -> None:
         while not session.closed:
             try:
-                for _state in budgets.watch(
-                    "notebook", session.notebook_key, timeout=5.0, initial=False
-                ):
+                for _state in session.watch_notebook_budget(timeout_s=5.0):
                     widget.value = _meter_html(session.budget_states())
                     if session.closed:
                         return
@@ -231,12 +213,13 @@ def meter(session: WfloSession) -> Any:
     return widget
 
 
-def cache_stats(stats: CacheStats, available: bool, from_memory: int | None = None) -> HTML:
+def cache_stats(report: CacheReport) -> HTML:
     """``%wflo cache stats``: hits, misses, dollars saved, live entries (all kernels), and
-    ``from_memory``: this kernel's hits answered by its near cache, without a Redis read."""
+    this kernel's hits answered by its near cache, without a Redis read."""
+    stats = report.stats
     total = stats.hits + stats.misses
     rate = f"{100 * stats.hits / total:.0f}%" if total else "-"
-    state = "" if available else " (Redis is unreachable: calls go straight to the provider)"
+    state = "" if report.available else " (Redis is unreachable: calls go straight to the provider)"
     rows: list[tuple[str, object]] = [
         ("hits", stats.hits),
         ("misses", stats.misses),
@@ -244,6 +227,6 @@ def cache_stats(stats: CacheStats, available: bool, from_memory: int | None = No
         ("saved", format_usd(stats.saved_micros)),
         ("entries", stats.entries),
     ]
-    if from_memory is not None:
-        rows.append(("this kernel's hits answered from memory", from_memory))
+    if report.from_memory is not None:
+        rows.append(("this kernel's hits answered from memory", report.from_memory))
     return HTML(_html_table(("LLM cache" + state, ""), rows))

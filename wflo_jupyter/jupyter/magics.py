@@ -18,8 +18,7 @@ from wflo_jupyter.core.errors import ConfigError, SpecError, StepFailed, UnsafeO
 from wflo_jupyter.core.money import usd_to_micros
 from wflo_jupyter.core.steps import StepDefaults, parse_step_spec
 from wflo_jupyter.jupyter import display
-from wflo_jupyter.session import WfloSession
-from wflo_jupyter.stack.settings import Settings
+from wflo_jupyter.session import WfloSession, load_settings
 
 
 @magics_class
@@ -55,23 +54,28 @@ class WfloMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         self._session: WfloSession | None = None
 
-    def _settings(self) -> Settings:
-        try:
-            return Settings.from_env()
-        except ConfigError as exc:
-            raise UsageError(str(exc)) from None
-
     @property
     def session(self) -> WfloSession:
         if self._session is None:
+            try:
+                settings = load_settings()
+            except ConfigError as exc:
+                raise UsageError(str(exc)) from None
             self._session = WfloSession(
-                self._settings(),
+                settings,
                 notebook_path=os.environ.get("WFLO_NOTEBOOK_PATH")
                 or os.environ.get("JPY_SESSION_NAME"),
                 progress=lambda m: print(f"[wflo] {m}", file=sys.stderr),
                 idle_timeout_s=self.idle_timeout,
             )
         return self._session
+
+    @staticmethod
+    def _runtime_image() -> str:
+        try:
+            return load_settings().runtime_image
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
 
     def defaults(self) -> StepDefaults:
         return StepDefaults(
@@ -80,7 +84,7 @@ class WfloMagics(Magics):
             memory=self.memory,
             cpus=self.cpus,
             pids_limit=self.pids_limit,
-            image=self.image or self._settings().runtime_image,
+            image=self.image or self._runtime_image(),
             retries=self.retries,
         )
 
@@ -153,7 +157,7 @@ class WfloMagics(Magics):
             session.restart_sandbox()
             print("[wflo] new sandbox session: state from earlier cells was dropped")
             return None
-        return display.status(session)
+        return display.status(session.status_rows())
 
     @staticmethod
     def _budget(session: WfloSession, options: dict[str, Any]) -> Any:
@@ -168,22 +172,13 @@ class WfloMagics(Magics):
 
     @staticmethod
     def _cache(session: WfloSession, options: dict[str, Any]) -> Any:
-        session.start()
-        cache = session.cache
-        if cache is None:
-            raise UsageError("%wflo cache: the LLM cache is off (no Redis configured)")
-        if options["action"] == "stats":
-            served = cache.near.served if cache.near is not None else None
-            return display.cache_stats(cache.stats(), cache.available, served)
-        model = options["model"]
-        if options["notebook"]:
-            removed = cache.invalidate_origin(session.notebook_key)
-            what = f"stored by {session.notebook_key} "
-        elif model:
-            removed, what = cache.invalidate_model(model), f"of {model} "
-        else:
-            removed, what = cache.invalidate_all(), ""
-        print(f"[wflo] removed {removed} cached answer(s) {what}from the LLM cache")
+        try:
+            if options["action"] == "stats":
+                return display.cache_stats(session.cache_report())
+            said = session.clear_cache(model=options["model"], this_notebook=options["notebook"])
+        except ConfigError as exc:  # no Redis configured
+            raise UsageError(f"%wflo cache: {exc}") from None
+        print(f"[wflo] {said}")
         return None
 
     def close(self) -> None:

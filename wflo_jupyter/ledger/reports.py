@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from wflo_jupyter.core.money import micros_to_usd
+from wflo_jupyter.core.reports import StepCostRow
 
 __all__ = [
     "CallRow",
@@ -28,32 +29,6 @@ __all__ = [
     "step_costs",
     "totals",
 ]
-
-
-@dataclass(frozen=True)
-class StepCostRow:
-    """One ``%%wflo`` step and what it cost."""
-
-    step_id: str
-    session_id: str
-    seq: int
-    name: str
-    status: str
-    started_at: datetime | None
-    duration_ms: int | None
-    sandbox_ms: int | None
-    calls: int
-    cached_calls: int
-    simulated_calls: int
-    input_tokens: int
-    cache_read_tokens: int
-    cache_write_tokens: int
-    output_tokens: int
-    reasoning_tokens: int
-    llm_cost_micros: int
-    compute_cost_micros: int
-    cost_micros: int  # the step's total as settled (LLM + compute)
-    saved_micros: int  # what cache hits would have cost
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-# ("stream", name, text) | ("display", data, metadata) | ("notice", text, None)
-OutputEvent = tuple[str, Any, Any]
+from wflo_jupyter.core.reports import OutputEvent
 
 
 @dataclass

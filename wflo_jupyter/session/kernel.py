@@ -1,5 +1,7 @@
 """``WfloSession``: one per kernel. Wires the stack's engines to the adapters, owns the
-kernel's sandbox containers, and runs steps.
+kernel's sandboxes (through ``KernelSandboxes``), runs steps, and answers the notebook
+layer's questions (steps, events, budgets and their live feed, cache statistics and
+clears, engine status) with ``core`` value types.
 
 Engines are connected lazily, on the first step, so ``%load_ext`` is instant and a
 missing engine is reported on the cell that needed it; the sandbox container alone is
@@ -17,25 +19,23 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from wflo_jupyter.core.budget import BudgetNotFound
-from wflo_jupyter.core.errors import WfloError
+from wflo_jupyter.core.errors import ConfigError, WfloError
+from wflo_jupyter.core.reports import CacheReport, OutputEvent, StepCostRow, StepSummary
 from wflo_jupyter.core.steps import StepInput, StepResult, StepSpec
-from wflo_jupyter.orchestration.stepio import OutputEvent, StepIO, StepIORegistry
+from wflo_jupyter.orchestration.stepio import StepIO, StepIORegistry
+from wflo_jupyter.session.sandboxes import KernelSandboxes
 from wflo_jupyter.stack.settings import Endpoints, Settings, resolve_endpoints
 
 if TYPE_CHECKING:
-    import docker
-
     from wflo_jupyter.cache.llm_cache import LlmCache
     from wflo_jupyter.core.budget import BudgetState
     from wflo_jupyter.events.relay import OutboxRelay
     from wflo_jupyter.gateway.service import LlmGateway
     from wflo_jupyter.ledger.budgets import BudgetLedger
-    from wflo_jupyter.ledger.models import StepRow
-    from wflo_jupyter.ledger.reports import StepCostRow
     from wflo_jupyter.ledger.store import Ledger
     from wflo_jupyter.orchestration.loop import BackgroundLoop
     from wflo_jupyter.orchestration.worker import StepRunner
@@ -47,6 +47,11 @@ LlmHandler = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], None]
 LlmFastPath = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], bool]
 
 NO_LIMIT_MICROS = 10**15  # a notebook budget nobody set: record spending, refuse nothing
+
+
+def load_settings() -> Settings:
+    """The ``WFLO_*`` settings of this process (``ConfigError``, one line, when bad)."""
+    return Settings.from_env()
 
 
 class WfloSession:
@@ -69,15 +74,14 @@ class WfloSession:
         self.idle_timeout_s = idle_timeout_s
         self.step_io = StepIORegistry()
         self._lock = threading.Lock()
-        self._sandbox_lock = threading.Lock()
         self._started = False
         self._closed = False
-        self._stop = threading.Event()
-        self._docker: docker.DockerClient | None = None
-        self._sandboxes: dict[str, SandboxSession] = {}
-        self._isolation: str | None = None
-        self._watchdog: threading.Thread | None = None
-        self._prewarm_threads: list[threading.Thread] = []
+        self.sandboxes = KernelSandboxes(
+            self.session_id,
+            isolation=settings.isolation,
+            docker_host=settings.docker_host,
+            idle_timeout_s=idle_timeout_s,
+        )
         self.endpoints: Endpoints | None = None
         self.ledger: Ledger | None = None
         self.runner: StepRunner | None = None
@@ -106,87 +110,25 @@ class WfloSession:
         return self.notebook_path or self.session_id
 
     # -- sandbox containers -----------------------------------------------------------------
-    def docker_client(self) -> docker.DockerClient:
-        with self._sandbox_lock:
-            if self._docker is None:
-                from wflo_jupyter.sandbox.docker_runner import connect_docker
-                from wflo_jupyter.sandbox.session import reap_orphans
-
-                self._docker = connect_docker(self.settings.docker_host)
-                try:
-                    removed = reap_orphans(self._docker)
-                    if removed:
-                        log.info("removed %d sandbox containers of dead kernels", len(removed))
-                except Exception as exc:  # cleaning up others' leftovers must not block us
-                    log.warning("sandbox reaper: %s", exc)
-            return self._docker
-
-    def isolation(self) -> str:
-        """The isolation mode of this kernel's sandboxes (chosen once: WFLO_ISOLATION)."""
-        if self._isolation is None:
-            from wflo_jupyter.sandbox.isolation import choose_isolation
-
-            self._isolation = choose_isolation(self.settings.isolation, self.settings.docker_host)
-        return self._isolation
-
     def sandbox_for(self, image: str) -> SandboxSession:
         """The kernel's persistent sandbox for ``image`` (created on demand)."""
-        from wflo_jupyter.sandbox.isolation import open_sandbox_session
-
-        with self._sandbox_lock:
-            sandbox = self._sandboxes.get(image)
-        if sandbox is not None:
-            return sandbox
-        if self._closed:
-            raise WfloError("this wflo session is closed; %load_ext wflo_jupyter starts a new one")
-        created = open_sandbox_session(self.isolation(), self.session_id, image, self.docker_client)
-        with self._sandbox_lock:
-            return self._sandboxes.setdefault(image, created)
+        return self.sandboxes.sandbox_for(image)
 
     def prewarm(self, image: str) -> threading.Thread:
-        """Start the sandbox container for ``image`` in the background (errors are logged
-        and reported again by the first cell that needs it)."""
-
-        def warm() -> None:
-            try:
-                self.sandbox_for(image).start()
-            except Exception as exc:
-                log.info("sandbox pre-warm skipped: %s", exc)
-
-        thread = threading.Thread(target=warm, name="wflo-prewarm", daemon=True)
-        thread.start()
-        self._prewarm_threads.append(thread)
-        self._ensure_watchdog()
-        return thread
-
-    def _ensure_watchdog(self) -> None:
-        if self._watchdog is not None:
-            return
-
-        def watch() -> None:
-            while not self._stop.wait(min(30.0, max(1.0, self.idle_timeout_s / 4))):
-                with self._sandbox_lock:
-                    sandboxes = list(self._sandboxes.values())
-                for sandbox in sandboxes:
-                    with contextlib.suppress(Exception):
-                        sandbox.stop_if_idle(self.idle_timeout_s)
-
-        self._watchdog = threading.Thread(target=watch, name="wflo-idle-watchdog", daemon=True)
-        self._watchdog.start()
+        """Start the sandbox for ``image`` in the background."""
+        return self.sandboxes.prewarm(image)
 
     def restart_sandbox(self) -> None:
         """Replace every sandbox container of this session (their state is dropped)."""
-        with self._sandbox_lock:
-            sandboxes = list(self._sandboxes.values())
-        for sandbox in sandboxes:
-            sandbox.restart()
+        self.sandboxes.restart()
 
     def interrupt(self) -> None:
         """Interrupt the cell running in any of this session's sandboxes."""
-        with self._sandbox_lock:
-            sandboxes = list(self._sandboxes.values())
-        for sandbox in sandboxes:
-            sandbox.interrupt()
+        self.sandboxes.interrupt()
+
+    def sandbox_ids(self) -> list[str]:
+        """The running sandboxes' ids (container ids, ``bwrap-<pid>``, ...)."""
+        return self.sandboxes.ids()
 
     # -- engines ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -202,8 +144,8 @@ class WfloSession:
             from wflo_jupyter.orchestration.worker import StepRunner
 
             endpoints = resolve_endpoints(self.settings, progress=self.progress)
-            if self.isolation() == "docker":
-                self.docker_client()
+            if self.sandboxes.isolation() == "docker":
+                self.sandboxes.docker_client()
             ledger = Ledger.connect(endpoints.database_url)
             ledger.open_session(
                 self.session_id,
@@ -223,7 +165,16 @@ class WfloSession:
                 budgets.state("notebook", self.notebook_key)
             except BudgetNotFound:
                 budgets.set_budget("notebook", self.notebook_key, NO_LIMIT_MICROS)
-            self.gateway = self._build_gateway(budgets, endpoints)
+            from wflo_jupyter.gateway.wiring import build_gateway
+
+            self.gateway, self.cache = build_gateway(
+                budgets,
+                home=self.settings.home,
+                redis_url=endpoints.redis_url,
+                simulated=self.settings.provider == "mock",
+                price_overrides=self.price_overrides,
+                on_missing=self._note_once,
+            )
             activities = StepActivities(
                 ledger,
                 self.sandbox_for,
@@ -246,7 +197,7 @@ class WfloSession:
                 raise
             if relay is not None:
                 relay.start()
-            self._ensure_watchdog()
+            self.sandboxes.ensure_watchdog()
             self.endpoints, self.ledger, self.runner, self.relay, self.loop = (
                 endpoints,
                 ledger,
@@ -327,11 +278,38 @@ class WfloSession:
             except queue.Empty:
                 return
 
-    def steps(self) -> Sequence[StepRow]:
+    def steps(self) -> list[StepSummary]:
         """This session's steps, in order."""
         self.start()
         assert self.ledger is not None
-        return self.ledger.steps(self.session_id)
+        return [
+            StepSummary(
+                step_id=row.id,
+                seq=row.seq,
+                name=row.name,
+                status=row.status,
+                exit_reason=row.exit_reason,
+                duration_ms=row.duration_ms,
+                cost_micros=row.cost_micros,
+                workflow_id=row.workflow_id,
+            )
+            for row in self.ledger.steps(self.session_id)
+        ]
+
+    def status_rows(self) -> list[tuple[str, str]]:
+        """(engine, where) for ``%wflo status``: each engine's address, the image, the id."""
+        self.start()
+        endpoints = self.endpoints
+        assert endpoints is not None
+        return [
+            ("postgres", endpoints.database_url.split("@")[-1]),
+            ("temporal", endpoints.temporal_address),
+            ("redis", endpoints.redis_url or "not configured"),
+            ("kafka", endpoints.kafka_bootstrap or "not configured (events stay in the outbox)"),
+            ("docker", endpoints.docker_host or "local engine"),
+            ("image", endpoints.runtime_image),
+            ("session", self.session_id),
+        ]
 
     def events(self, limit: int = 20, all_sessions: bool = False) -> list[dict[str, Any]]:
         """The newest event envelopes of this session (or of every session)."""
@@ -351,40 +329,6 @@ class WfloSession:
         else:
             log.warning("%s", text)
 
-    def _build_gateway(self, budgets: BudgetLedger, endpoints: Endpoints) -> LlmGateway:
-        from wflo_jupyter.cache.llm_cache import LlmCache
-        from wflo_jupyter.cache.locks import RedisLock
-        from wflo_jupyter.cache.redis_client import connect_redis
-        from wflo_jupyter.gateway.mock import MockUpstream
-        from wflo_jupyter.gateway.service import LlmGateway, UpstreamLike
-        from wflo_jupyter.gateway.upstream import ProviderRoutes, Upstream
-        from wflo_jupyter.ledger.pricing import PriceBook, TokenCounter
-
-        routes = ProviderRoutes.from_env()
-        counter = TokenCounter(self.settings.home, on_missing=self._note_once)
-        prices = PriceBook(self.price_overrides or None, counter=counter)
-        simulated = self.settings.provider == "mock"
-        upstream: UpstreamLike = (
-            MockUpstream(lambda provider, model, body: counter.count(provider, model, body)[0])
-            if simulated
-            else Upstream(routes)
-        )
-        lock_factory = None
-        self.cache = None
-        if endpoints.redis_url:
-            client = connect_redis(endpoints.redis_url)
-            self.cache = LlmCache(client)
-            lock_factory = lambda name: RedisLock(client, name)  # noqa: E731
-        return LlmGateway(
-            routes=routes,
-            upstream=upstream,
-            budgets=budgets,
-            prices=prices,
-            cache=self.cache,
-            lock_factory=lock_factory,
-            simulated=simulated,
-        )
-
     def set_price_overrides(self, overrides: dict[str, Any]) -> None:
         """``%config WfloMagics.prices``: used for the next calls (ConfigError if bad)."""
         if overrides == self.price_overrides:
@@ -396,22 +340,18 @@ class WfloSession:
     def llm_handlers(
         self, step: StepInput, io: StepIO, no_cache: bool
     ) -> tuple[LlmHandler, LlmFastPath]:
-        """What the sandbox calls for each ``llm_request`` frame of ``step``'s cell: the
-        worker-thread handler, and the reading thread's cache-hit fast path."""
-        from wflo_jupyter.core.budget import BudgetScope
-        from wflo_jupyter.gateway.channel import frame_handlers
-        from wflo_jupyter.gateway.service import CallContext
+        """What the sandbox calls for each ``llm_request`` frame of ``step``'s cell."""
+        from wflo_jupyter.gateway.wiring import step_handlers
 
-        gateway = self.gateway
-        assert gateway is not None
-        context = CallContext(
+        assert self.gateway is not None
+        return step_handlers(
+            self.gateway,
             step_id=step.step_id,
-            scopes=tuple(BudgetScope(kind, key) for kind, key in step.budget_scopes()),  # type: ignore[arg-type]
+            scopes=step.budget_scopes(),
             no_cache=no_cache,
             notice=io.notice,
             origin=self.notebook_key,
         )
-        return frame_handlers(gateway, context)
 
     # -- budgets and reports ----------------------------------------------------------------
     def _budgets(self) -> BudgetLedger:
@@ -453,6 +393,38 @@ class WfloSession:
             self.teams.append(team)
         return state
 
+    def watch_notebook_budget(self, timeout_s: float = 5.0) -> Iterator[BudgetState]:
+        """The notebook budget each time money moves on it (Postgres NOTIFY, from any
+        kernel); ends after ``timeout_s`` without a change, so callers can look around."""
+        yield from self._budgets().watch(
+            "notebook", self.notebook_key, timeout=timeout_s, initial=False
+        )
+
+    def _cache(self) -> LlmCache:
+        self.start()
+        if self.cache is None:
+            raise ConfigError("the LLM cache is off (no Redis configured)")
+        return self.cache
+
+    def cache_report(self) -> CacheReport:
+        """Cache counts (every kernel's), whether Redis answers, and this kernel's hits
+        answered from memory."""
+        cache = self._cache()
+        served = cache.near.served if cache.near is not None else None
+        return CacheReport(cache.stats(), cache.available, served)
+
+    def clear_cache(self, *, model: str | None = None, this_notebook: bool = False) -> str:
+        """Remove cached answers: this notebook's, one model's, or all. Says what went."""
+        cache = self._cache()
+        if this_notebook:
+            removed = cache.invalidate_origin(self.notebook_key)
+            what = f"stored by {self.notebook_key} "
+        elif model:
+            removed, what = cache.invalidate_model(model), f"of {model} "
+        else:
+            removed, what = cache.invalidate_all(), ""
+        return f"removed {removed} cached answer(s) {what}from the LLM cache"
+
     def report_rows(self, all_sessions: bool = False) -> list[StepCostRow]:
         from wflo_jupyter.ledger.reports import step_costs
 
@@ -470,7 +442,6 @@ class WfloSession:
             if self._closed:
                 return
             self._closed = True
-            self._stop.set()
             try:
                 if self.runner is not None:
                     self.runner.close()
@@ -490,15 +461,4 @@ class WfloSession:
                     self.ledger.close()
                 if self.loop is not None:
                     self.loop.stop()
-                for thread in self._prewarm_threads:  # a sandbox still starting is closed too
-                    thread.join(timeout=30)
-                with self._sandbox_lock:
-                    sandboxes, self._sandboxes = list(self._sandboxes.values()), {}
-                for sandbox in sandboxes:
-                    with contextlib.suppress(Exception):
-                        sandbox.close()
-                if self._docker is not None:
-                    with contextlib.suppress(Exception):
-                        self._docker.close()
-                if self._watchdog is not None:
-                    self._watchdog.join(timeout=5)
+                self.sandboxes.close()
