@@ -53,6 +53,7 @@ lint: install
 	$(BIN)/ruff check wflo_jupyter tests scripts bench
 	$(BIN)/ruff format --check wflo_jupyter tests scripts bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 ## benchmarks (ratios against baselines measured in the same run) -> BENCHMARKS.md
 ## its own environment: requirements-bench.lock = the main lock + LiteLLM (the baseline)
