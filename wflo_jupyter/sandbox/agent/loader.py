@@ -35,6 +35,6 @@ def load(name: str) -> types.ModuleType:
         code = compile(source.read(), path, "exec")
     module = types.ModuleType(key)
     module.__file__ = path
-    sys.modules[key] = module  # registered first: a part that fails to run is not retried
+    sys.modules[key] = module  # registered before it runs, like an import
     exec(code, module.__dict__)
     return module
