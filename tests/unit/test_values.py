@@ -1,6 +1,6 @@
 """Values across the sandbox boundary: safe formats out, pickle only in, never back.
 
-The agent-side encoder (``sandbox/agent/agent.py``) is stdlib code, so it is exercised
+The agent-side encoder (``sandbox/agent/out_values.py``) is stdlib code, so it is exercised
 here on the host too: what it produces must decode with ``sandbox/values.py``.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from wflo_jupyter.core.errors import WfloError
-from wflo_jupyter.sandbox.agent import agent
+from wflo_jupyter.sandbox.agent import out_values
 from wflo_jupyter.sandbox.values import (
     UnsafeValue,
     ValueTransferError,
@@ -27,7 +27,7 @@ from wflo_jupyter.sandbox.values import (
 
 
 def round_trip(value: Any, name: str = "v") -> Any:
-    return decode_output(name, agent.encode_value(name, value))
+    return decode_output(name, out_values.encode_value(name, value))
 
 
 @pytest.mark.parametrize(
@@ -46,7 +46,7 @@ def round_trip(value: Any, name: str = "v") -> Any:
     ],
 )
 def test_json_values_round_trip(value: Any) -> None:
-    payload = agent.encode_value("v", value)
+    payload = out_values.encode_value("v", value)
     assert payload["format"] == "json"
     assert round_trip(value) == value
 
@@ -60,7 +60,7 @@ def test_numpy_arrays_round_trip_without_pickle() -> None:
     import numpy
 
     array = numpy.arange(12, dtype="float32").reshape(3, 4)
-    payload = agent.encode_value("a", array)
+    payload = out_values.encode_value("a", array)
     assert payload["format"] == "npy"
     back = decode_output("a", payload)
     assert back.dtype == array.dtype
@@ -68,7 +68,7 @@ def test_numpy_arrays_round_trip_without_pickle() -> None:
     scalar = round_trip(numpy.int64(7))
     assert isinstance(scalar, numpy.int64)
     assert scalar == 7
-    refused = agent.encode_value("o", numpy.array([object()], dtype=object))
+    refused = out_values.encode_value("o", numpy.array([object()], dtype=object))
     assert "cannot be sent without pickle" in refused["error"]
 
 
@@ -77,7 +77,7 @@ def test_pandas_round_trip_through_arrow() -> None:
     import pyarrow  # noqa: F401
 
     frame = pandas.DataFrame({"a": [1, 2, 3], "b": ["x", "y", "z"]}, index=[10, 20, 30])
-    payload = agent.encode_value("df", frame)
+    payload = out_values.encode_value("df", frame)
     assert payload["format"] == "arrow"
     assert payload["kind"] == "dataframe"
     pandas.testing.assert_frame_equal(decode_output("df", payload), frame)
@@ -101,7 +101,7 @@ def test_pandas_round_trip_through_arrow() -> None:
     ],
 )
 def test_unsafe_values_are_refused_with_one_line(value: Any, what: str) -> None:
-    payload = agent.encode_value("thing", value)
+    payload = out_values.encode_value("thing", value)
     assert payload["error"] == (
         f"cannot return thing: {what} is not JSON, a DataFrame/Series, a numpy array or bytes"
     )
@@ -114,7 +114,7 @@ def test_unsafe_values_are_refused_with_one_line(value: Any, what: str) -> None:
 def test_self_referencing_list_is_refused() -> None:
     loop: list[Any] = [1]
     loop.append(loop)
-    assert "self-referencing list" in agent.encode_value("loop", loop)["error"]
+    assert "self-referencing list" in out_values.encode_value("loop", loop)["error"]
 
 
 class _Pwn:
@@ -187,8 +187,8 @@ def test_garbage_payloads_give_one_line_errors() -> None:
 def test_decode_outputs_splits_values_and_errors() -> None:
     values, errors = decode_outputs(
         {
-            "ok": agent.encode_value("ok", [1]),
-            "bad": agent.encode_value("bad", {1}),
+            "ok": out_values.encode_value("ok", [1]),
+            "bad": out_values.encode_value("bad", {1}),
             "evil": {"format": "pickle", "data": ""},
         }
     )

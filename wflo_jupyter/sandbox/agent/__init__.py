@@ -8,8 +8,10 @@ outside the standard library at run time, because the container has neither.
 - ``protocol.py`` owns the framed channel (length-prefixed JSON frames) and is used by
   both sides: the host imports it as ``wflo_jupyter.sandbox.agent.protocol``, the agent
   loads it by file path.
-- ``agent.py`` owns the in-container side: the persistent namespace, output capture,
-  rich display, interrupts and the safe encoding of ``--out`` values.
+- ``agent.py`` is the in-container entry point; its parts, one file each (the kernel,
+  output capture, rich display, ``--out`` values, the LLM proxy, ...), are listed in its
+  docstring. Inside the container they are loaded by path (``loader.py``), since there
+  is no package there; on the host they are ordinary modules of this package.
 """
 
 from __future__ import annotations
