@@ -23,7 +23,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
-from tests.helpers import start_step
+from tests.helpers import start_step, wait_until
 from wflo_jupyter.core.budget import (
     BudgetExceeded,
     BudgetNotFound,
@@ -58,6 +58,17 @@ def budgets(ledger: Ledger) -> BudgetLedger:
 def _scalar(ledger: Ledger, sql: str, **params: Any) -> Any:
     with ledger.engine.connect() as conn:
         return conn.execute(text(sql), params).scalar()
+
+
+def _lease_over(ledger: Ledger, reservation_id: str) -> bool:
+    """Has the reservation's lease ended, by the database's clock (as expiry judges it)?"""
+    return bool(
+        _scalar(
+            ledger,
+            "SELECT lease_expires_at < now() FROM reservations WHERE id = :i",
+            i=reservation_id,
+        )
+    )
 
 
 def _events(ledger: Ledger, event_type: str) -> list[dict[str, Any]]:
@@ -148,12 +159,15 @@ def test_the_shared_budget_is_locked_last(fresh_database_url: str, revision: str
         waiter = threading.Thread(target=lambda: done.append(budgets.reserve(scopes, 100)))
         waiter.start()
         try:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not _scalar(
-                ledger,
-                "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'",
-            ):
-                time.sleep(0.01)
+            wait_until(
+                lambda: _scalar(
+                    ledger,
+                    "SELECT count(*) FROM pg_locks "
+                    "WHERE NOT granted AND locktype = 'transactionid'",
+                ),
+                30,
+                what="the reserve to wait for the team row",
+            )
             probe = ledger.engine.connect()
             try:
                 probe.execute(text("SET lock_timeout = '100ms'"))
@@ -170,7 +184,7 @@ def test_the_shared_budget_is_locked_last(fresh_database_url: str, revision: str
         finally:
             holder.rollback()
             holder.close()
-            waiter.join(10)
+            waiter.join(60)
         assert len(done) == 1
         assert cell_free is (revision == "0004")
         assert budgets.state("team", "shared").reserved_micros == 100
@@ -455,7 +469,9 @@ def test_expired_leases_free_themselves(ledger: Ledger, budgets: BudgetLedger) -
     lost = budgets.reserve([("team", "crash")], 900, lease_s=0.3)
     with pytest.raises(BudgetExceeded):
         budgets.reserve([("team", "crash")], 200, lease_s=60)
-    time.sleep(0.5)
+    wait_until(
+        lambda: _lease_over(ledger, lost.id), 10, what="the 0.3 s lease to end (database clock)"
+    )
     # the next reservation notices the expired lease, frees it and then fits
     kept = budgets.reserve([("team", "crash")], 200, lease_s=60)
     assert budgets.state("team", "crash").reserved_micros == 200
@@ -474,11 +490,15 @@ def test_expired_leases_free_themselves(ledger: Ledger, budgets: BudgetLedger) -
     assert budgets.settle(kept, 10).late
 
 
-def test_extend_lease(budgets: BudgetLedger) -> None:
+def test_extend_lease(ledger: Ledger, budgets: BudgetLedger) -> None:
     budgets.set_budget("team", "long", 100)
     reservation = budgets.reserve([("team", "long")], 100, lease_s=0.3)
     assert budgets.extend_lease(reservation, 60)
-    time.sleep(0.5)
+    wait_until(  # the lease it was given at first is over by now
+        lambda: _scalar(ledger, "SELECT now() > :t", t=reservation.lease_expires_at),
+        10,
+        what="the first 0.3 s lease to end (database clock)",
+    )
     assert budgets.expire_leases() == 0
     assert budgets.state("team", "long").reserved_micros == 100
 
@@ -728,8 +748,27 @@ def test_killed_kernels_reservations_expire(fresh_database_url: str) -> None:
     for process in processes:
         process.join(timeout=30)
     assert processes[0].exitcode == processes[1].exitcode == -signal.SIGKILL
-    # after the lease, every reservation the dead kernels held is released
-    time.sleep(max(0.0, max(killed.values()) + lease_s + 0.2 - time.monotonic()))
+    # after the lease, every reservation the dead kernels held is released: wait until no
+    # statement is still running (kernel 1 may have been killed inside one, which its
+    # backend then completes) and every lease still held has ended
+    wait_until(
+        lambda: not [a for a in _activity(fresh_database_url) if a[1] == "active"],
+        30,
+        interval=0.1,
+        what="the killed kernels' statements to finish",
+    )
+    wait_until(
+        lambda: (
+            not _scalar(
+                ledger,
+                "SELECT count(*) FROM reservations "
+                "WHERE state = 'held' AND lease_expires_at >= now()",
+            )
+        ),
+        30,
+        interval=0.1,
+        what="the dead kernels' leases to end (database clock)",
+    )
     BudgetLedger(ledger.engine).expire_leases()
     totals = _totals(fresh_database_url)
     ledger.close()

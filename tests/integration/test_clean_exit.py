@@ -30,8 +30,7 @@ CELLS = [
     "%load_ext wflo_jupyter",
     "import os\nprint('kernel pid', os.getpid())",
     "%%wflo\nimport os\nprint('sandbox pid', os.getpid())",
-    "magics = get_ipython()._wflo_magics\n"
-    "print(*magics.session.sandbox_ids())",
+    "magics = get_ipython()._wflo_magics\nprint(*magics.session.sandbox_ids())",
 ]
 
 

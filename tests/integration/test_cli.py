@@ -13,6 +13,8 @@ from pathlib import Path
 import docker
 import pytest
 
+from tests.helpers import wait_until
+
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.postgres,
@@ -73,12 +75,12 @@ def test_up_up_status_down(tmp_path: Path) -> None:
         down = wflo("down", home=tmp_path)
     assert down.returncode == 0, down.stderr
     assert "stopped:" in down.stdout
-    import time
-
-    deadline = time.monotonic() + 15
-    while any(_alive(p) for p in pids.values()) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert [n for n, p in pids.items() if _alive(p)] == []
+    wait_until(
+        lambda: not [n for n, p in pids.items() if _alive(p)],
+        30,
+        interval=0.05,
+        what="every engine process to end",
+    )
     after = wflo("status", home=tmp_path)
     assert after.stdout.count("not running") == 4
 

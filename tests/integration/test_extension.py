@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers import wait_until
 from tests.kernel_driver import Kernel
 
 pytestmark = [
@@ -30,7 +31,12 @@ def test_unload_stops_threads_and_magics(stack_env: dict[str, str], runtime_imag
         assert "wflo-loop" in running
         assert "wflo-outbox-relay" in running
         assert kernel.run("%unload_ext wflo_jupyter").status == "ok"
-        assert kernel.run("import time; time.sleep(0.5)\n" + THREADS).stdout.strip() == "[]"
+        wait_until(
+            lambda: kernel.run(THREADS).stdout.strip() == "[]",
+            30,
+            interval=0.1,
+            what="the kernel's wflo threads to end",
+        )
         gone = kernel.run("%%wflo\nprint(1)")
         assert "Cell magic `%%wflo` not found" in gone.stderr + gone.error_line, gone
         assert gone.status == "error"

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.fakes.providers import FakeProvider
-from tests.helpers import start_step
+from tests.helpers import start_step, wait_until
 from wflo_jupyter.cache.keys import cache_key
 from wflo_jupyter.cache.llm_cache import LlmCache
 from wflo_jupyter.cache.locks import RedisLock
@@ -274,16 +274,23 @@ def test_concurrent_identical_calls_make_one_provider_request(rig: Rig) -> None:
 
 
 def test_per_call_cache_ttl(rig: Rig) -> None:
-    import time
-
     request = chat("short-lived")
     short = GatewayRequest(
         request.provider, request.endpoint, request.path, request.body, {"x-wflo-cache-ttl": "1"}
     )
+    key = cache_key(
+        provider="openai",
+        base_url=rig.fake.base_url,
+        endpoint="chat",
+        body=request.body,
+        namespace=rig.namespace,
+    )
     rig.gateway.handle(short, rig.ctx(), Collected())
     rig.gateway.handle(short, rig.ctx(), Collected())
     assert len(rig.fake.requests) == 1  # cached ...
-    time.sleep(1.5)
+    ttl = rig.cache.ttl_s(key)
+    assert ttl is not None and 0 < ttl <= 1.0  # the TTL the header asked for
+    wait_until(lambda: rig.cache.ttl_s(key) is None, 10, what="the cached answer to expire")
     rig.gateway.handle(short, rig.ctx(), Collected())
     assert len(rig.fake.requests) == 2  # ... for one second only
     bad = Collected()

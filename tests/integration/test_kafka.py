@@ -10,8 +10,9 @@ import json
 import uuid
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
-from tests.helpers import start_step
+from tests.helpers import start_step, wait_until
 from wflo_jupyter.core.events import STEP_COMPLETED, Event
 from wflo_jupyter.core.steps import StepResult
 from wflo_jupyter.events import (
@@ -164,9 +165,29 @@ def test_consumer_deserialisation_rejects_garbage(kafka_bootstrap: str) -> None:
 
 
 def test_consumer_connect_and_close(kafka_bootstrap: str) -> None:
-    consumer = EventConsumer(kafka_bootstrap, _name("g"), [_name()])
-    consumer.close()
+    """The consumer joins its group on the broker; ``close`` leaves the group at once (not
+    after the 10 s session timeout), is idempotent, and the closed consumer reads nothing."""
+    topic, group = _name(), _name("g")
+    TopicAdmin(kafka_bootstrap).ensure([topic])
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+    def members() -> int:
+        return len(admin.describe_consumer_groups([group])[group].result(10).members)
+
+    consumer = EventConsumer(kafka_bootstrap, group, [topic])
+    try:
+
+        def joined() -> bool:
+            list(consumer.messages(0.2))  # the consumer joins its group while it polls
+            return members() == 1
+
+        wait_until(joined, 30, what=f"the consumer to join group {group}")
+    finally:
+        consumer.close()
     consumer.close()  # idempotent
+    assert members() == 0
+    with pytest.raises(RuntimeError, match="closed"):
+        next(consumer.messages(1))
 
 
 def test_consumers_in_one_group_share_partitions(kafka_bootstrap: str) -> None:
@@ -180,12 +201,13 @@ def test_consumers_in_one_group_share_partitions(kafka_bootstrap: str) -> None:
         EventConsumer(kafka_bootstrap, group, [topic]) as first,
         EventConsumer(kafka_bootstrap, group, [topic]) as second,
     ):
-        import time
 
-        deadline = time.monotonic() + 30
-        while len(seen) < 40 and time.monotonic() < deadline:
+        def all_read() -> bool:
             for consumer in (first, second):
                 seen.extend(m.value() or b"" for m in consumer.messages(0.5))
+            return len(seen) >= 40
+
+        wait_until(all_read, 60, interval=0, what="the 40 messages to be read")
     # Each message is delivered to exactly one member of the group.
     assert sorted(seen, key=int) == [str(i).encode() for i in range(40)]
 

@@ -5,7 +5,6 @@ channel → host gateway (budgets, Redis cache, ledger) → the provider's HTTP 
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.providers import FakeProvider
-from tests.helpers import PrivateRedis
+from tests.helpers import PrivateRedis, wait_until
 from tests.kernel_driver import Kernel, loaded_kernel
 
 pytestmark = [
@@ -214,7 +213,12 @@ def test_redis_outage_mid_notebook(
         assert [r.stdout for r in down] == [f"echo: outage {marker}\n"] * 2
         assert len(fake.requests) == start + 3  # straight to the provider
         server.start()  # same port, empty: the next call refills the cache
-        time.sleep(1.5)  # the cache re-probes a Redis it saw down at most once a second
+
+        def cache_sees_redis() -> bool:  # it re-probes a Redis it saw down once a second
+            stats = "".join(d.get("text/html", "") for d in k.run("%wflo cache stats").data)
+            return "LLM cache" in stats and "Redis is unreachable" not in stats
+
+        wait_until(cache_sees_redis, 30, interval=0.2, what="the kernel's cache to see Redis")
         assert k.run(cell).stdout == f"echo: outage {marker}\n"
         assert k.run(cell).stdout == f"echo: outage {marker}\n"
         assert len(fake.requests) == start + 4  # caching resumed

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import wait_until
 from wflo_jupyter.stack.local import EngineInfo, LocalStack, StackError
 
 ALL = ("postgres", "redis", "temporal", "kafka")
@@ -65,20 +66,14 @@ def _working_in(directory: Path) -> list[int]:
     return found
 
 
-def _wait_gone(pids: list[int], timeout: float = 5.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        left = [p for p in pids if _running(p)]
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.05)
-
-
-def _proc_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text(errors="replace")[:80]
-    except OSError:
-        return f"{pid} (gone)"
+def _wait_gone(pids: list[int], timeout: float = 30.0) -> None:
+    """Poll until none of ``pids`` runs (a zombie counts as gone); fail after ``timeout``."""
+    wait_until(
+        lambda: not [p for p in pids if _running(p)],
+        timeout,
+        interval=0.05,
+        what=f"pids {pids} to end",
+    )
 
 
 def _recorded(home: Path) -> dict[str, dict[str, object]]:
@@ -147,13 +142,12 @@ def _check_kafka(info: EngineInfo) -> None:
     )
     try:
         consumer.subscribe([topic])
-        deadline = time.monotonic() + 20
-        value = None
-        while value is None and time.monotonic() < deadline:
+
+        def received() -> bytes | None:
             msg = consumer.poll(0.5)
-            if msg is not None and msg.error() is None:
-                value = msg.value()
-        assert value == b"hello"
+            return msg.value() if msg is not None and msg.error() is None else None
+
+        assert wait_until(received, 60, what="the message to be consumed") == b"hello"
     finally:
         consumer.close()  # leave the group cleanly
 
@@ -270,15 +264,16 @@ def test_down_stops_everything_then_up_works_again(
     stopped = stack.down()
     timings["down"] = time.monotonic() - started
     assert stopped == list(ALL)
-    assert _wait_gone(family, timeout=0.5) == []
+    # down() returns once its engines have stopped: at most a moment for a straggler
+    _wait_gone(family, timeout=2.0)
     # reaped, not zombies: our own children at once; an engine's helper that was
     # re-parented to init goes as soon as init reaps it (a moment on a loaded machine)
-    deadline = time.monotonic() + 5
-    while (
-        left := [p for p in pids if Path(f"/proc/{p}").exists()]
-    ) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not left, f"still in /proc after down: {[_proc_line(p) for p in left]}"
+    wait_until(
+        lambda: not [p for p in pids if Path(f"/proc/{p}").exists()],
+        30,
+        interval=0.05,
+        what=f"the engines {pids} to leave /proc",
+    )
     assert _recorded(stack.home) == {}
     assert stack.engines() == {}
     assert stack.status() == []
@@ -304,7 +299,7 @@ def test_dead_or_foreign_pid_in_stack_json_means_not_running(tmp_path: Path) -> 
     stack = LocalStack(tmp_path)
     first = stack.up(only=["redis"])["redis"]
     os.kill(first.pid, signal.SIGKILL)
-    assert _wait_gone([first.pid]) == []
+    _wait_gone([first.pid])
     assert stack.engines() == {}
 
     second = LocalStack(tmp_path).up(only=["redis"])["redis"]
@@ -335,11 +330,11 @@ def test_engines_lost_from_stack_json_are_found_and_stopped(tmp_path: Path) -> N
     # up: the stray still works in home/redis, so it is stopped and replaced, not duplicated
     second = LocalStack(tmp_path).up(only=["redis"])["redis"]
     assert second.pid != first.pid
-    assert _wait_gone([first.pid]) == []
+    _wait_gone([first.pid])
     (tmp_path / "stack.json").unlink()
     # down: finds it all the same
     assert LocalStack(tmp_path).down() == ["redis"]
-    assert _wait_gone([second.pid]) == []
+    _wait_gone([second.pid])
 
 
 @pytest.mark.postgres
@@ -400,7 +395,7 @@ def test_engines_outlive_the_launching_process(tmp_path: Path) -> None:
     pids = [i.pid for i, _ in status]
     assert stack.down() == ["postgres", "redis"]
     # not our children: init reaps them, so allow a zombie for a moment
-    assert _wait_gone(pids) == []
+    _wait_gone(pids)
 
 
 @pytest.mark.postgres

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import wait_until
 from tests.kernel_driver import Kernel
 from wflo_jupyter.ledger.store import Ledger, with_database
 from wflo_jupyter.stack.local import LocalStack
@@ -38,6 +39,16 @@ def test_postgres_restart_mid_notebook(
         in_flight = kernel.submit(
             "%%wflo --name in-flight\nimport time\ntime.sleep(3)\nprint('done')"
         )
+        ledger = Ledger.connect(url, migrate=False)
+        try:  # the restart comes once the step is recorded: it is in flight
+            wait_until(
+                lambda: "in-flight" in {s.name for s in ledger.steps(session_id)},
+                60,
+                interval=0.05,
+                what="the in-flight step to be recorded",
+            )
+        finally:
+            ledger.close()
         private.down()
         private.up(only=["postgres"])
         flight = kernel.collect(in_flight, timeout=300)

@@ -21,6 +21,7 @@ from typing import Any
 import docker
 import pytest
 
+from tests.helpers import wait_until
 from wflo_jupyter.core.errors import SandboxError
 from wflo_jupyter.sandbox.session import (
     ExecResult,
@@ -125,7 +126,8 @@ def test_output_streams_live(session: SandboxSession) -> None:
     assert "".join(text for _, _, text in arrivals) == "first\nsecond\n"
     first_at = next(t for t, _, text in arrivals if "first" in text)
     second_at = next(t for t, _, text in arrivals if "second" in text)
-    assert second_at - first_at >= 0.8, arrivals  # the first line came before the sleep
+    # the first line came during the cell's 1 s sleep (buffered, both would come at the end)
+    assert second_at - first_at >= 0.5, arrivals
     assert result.seconds >= 1.0
 
 
@@ -137,7 +139,7 @@ def test_partial_line_is_flushed_by_time(session: SandboxSession) -> None:
 
     ok(session, "import time\nprint('a', end='')\ntime.sleep(1)\nprint('b')", on_stream=on_stream)
     assert [text for _, text in arrivals] == ["a", "b\n"]
-    assert arrivals[1][0] - arrivals[0][0] >= 0.8
+    assert arrivals[1][0] - arrivals[0][0] >= 0.5  # "a" came during the sleep, not with "b"
 
 
 def test_subprocess_and_fd_level_output_is_captured(session: SandboxSession) -> None:
@@ -385,7 +387,7 @@ def test_timeout_interrupts_and_keeps_state(session: SandboxSession) -> None:
     assert not result.state_lost
     assert "ran longer than 1 s and was interrupted" in result.evalue
     assert "KeyboardInterrupt" in result.traceback
-    assert result.seconds < 5
+    assert result.seconds < 10  # interrupted after 1 s, not the cell's 30 s
     after = ok(session, "x")
     assert text_plain(after) == ["2"]
     assert after.container_id == result.container_id
@@ -398,7 +400,7 @@ def test_timeout_kills_a_cell_that_ignores_the_interrupt(session: SandboxSession
     assert result.exit_reason == "timeout"
     assert result.state_lost
     assert "did not stop when interrupted; the sandbox was killed" in result.evalue
-    assert result.seconds < 10
+    assert result.seconds < 20  # 1 s, the 2 s grace, the kill: not the cell's 60 s
     after = session.execute("x")
     assert after.error_line == "NameError: name 'x' is not defined"
     assert after.container_id != result.container_id
@@ -479,7 +481,7 @@ def test_cell_closing_the_channel(session: SandboxSession) -> None:
         "the sandbox agent lost its channel to the host (exit code 75); state was lost"
     )
     assert result.state_lost
-    assert result.seconds < 10
+    assert result.seconds < 10  # noticed at once, not at the cell's 20 s timeout
     assert ok(session, "print('ok')").stdout == "ok\n"
 
 
@@ -518,7 +520,7 @@ def test_daemon_process_left_running_does_not_block(session: SandboxSession) -> 
         "subprocess.Popen(['sh', '-c', 'while true; do echo tick; sleep 0.05; done'])\n"
     )
     ok(session, code)
-    time.sleep(0.5)
+    time.sleep(0.5)  # the scenario: the daemon keeps writing between cells
     result = ok(session, "print('next')")
     assert "next\n" in result.stdout
 
@@ -662,17 +664,19 @@ def test_agent_death_between_cells_is_noticed(
 ) -> None:
     ok(session, "import os, threading, time\nthreading.Timer(0.2, os._exit, (4,)).start()")
     container = docker_client.containers.get(session.container_id or "")
-    deadline = time.monotonic() + 20
-    while container.status != "exited" and time.monotonic() < deadline:
-        time.sleep(0.1)
+
+    def exited() -> bool:
         container.reload()
+        return container.status == "exited"
+
+    wait_until(exited, 30, interval=0.1, what="the agent's container to exit")
     result = ok(session, "print('fresh start')")
     assert result.state_lost
     assert "exit code 4" in result.notices[0]
 
 
 def test_ping(session: SandboxSession) -> None:
-    assert 0 < session.ping() < 1
+    assert 0 < session.ping() < 5  # a round trip, answered within ping's own 5 s timeout
 
 
 def test_missing_image_is_one_line(make_session: Any, docker_client: docker.DockerClient) -> None:
@@ -770,7 +774,7 @@ def test_a_dead_kernels_container_stops_itself_and_is_reaped(
         kernel.wait()
     container = docker_client.containers.get(container_id)
     # The agent sees its channel close and exits: no orphan keeps running.
-    assert container.wait(timeout=15)["StatusCode"] == 0
+    assert container.wait(timeout=60)["StatusCode"] == 0
     assert container_id in reap_orphans(docker_client)
     assert session_containers(docker_client, session_id) == []
     base = default_socket_base()

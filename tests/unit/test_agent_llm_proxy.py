@@ -954,7 +954,8 @@ def test_host_silence_is_a_504_and_a_stream_stall_an_error(fake: FakeProvider) -
         )
         assert cell.ok, cell.error
         assert cell.stdout.splitlines() == ["silent 504 timeout", "stalls True"]
-        assert time.monotonic() - started < 20
+        # the agent's 1 s timeout answered both, not the default 600 s
+        assert time.monotonic() - started < 30
         requests = agent.requests_for(cell.id)
         assert agent.wait_for(lambda: len(agent.cancels) == 2)
         assert [c["id"] for c in agent.cancels] == [r["id"] for r in requests]
@@ -984,7 +985,7 @@ def test_a_client_that_leaves_cancels_its_request(host: Host) -> None:
     assert cell.ok, cell.error
     assert cell.stdout == "gave up\n"
     (request,) = host.requests_for(cell.id)
-    assert host.wait_for(lambda: len(host.cancels) > before, 5)
+    assert host.wait_for(lambda: len(host.cancels) > before, 30)
     assert host.cancels[-1]["id"] == request["id"]
     assert host.cancels[-1]["reason"] == "the client closed the connection"
 
