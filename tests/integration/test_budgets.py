@@ -34,7 +34,9 @@ from wflo_jupyter.core.budget import (
     thresholds_mask,
 )
 from wflo_jupyter.core.pricing import Usage
-from wflo_jupyter.ledger.budgets import BudgetLedger, LlmCall, ReservationNotFound
+from wflo_jupyter.ledger.budget_types import ReservationNotFound
+from wflo_jupyter.ledger.budgets import BudgetLedger
+from wflo_jupyter.ledger.calls import LlmCall
 from wflo_jupyter.ledger.models import Base
 from wflo_jupyter.ledger.store import Ledger
 
