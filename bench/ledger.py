@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import create_engine, text
 
 from wflo_jupyter.core.pricing import Usage
-from wflo_jupyter.ledger.budgets import BudgetLedger, LlmCall
+from wflo_jupyter.ledger.budgets import BudgetLedger
+from wflo_jupyter.ledger.calls import LlmCall
 from wflo_jupyter.ledger.store import Ledger, drop_database, with_database
 from wflo_jupyter.stack.settings import normalize_database_url
 

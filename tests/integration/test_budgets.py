@@ -34,7 +34,9 @@ from wflo_jupyter.core.budget import (
     thresholds_mask,
 )
 from wflo_jupyter.core.pricing import Usage
-from wflo_jupyter.ledger.budgets import BudgetLedger, LlmCall, ReservationNotFound
+from wflo_jupyter.ledger.budget_types import ReservationNotFound
+from wflo_jupyter.ledger.budgets import BudgetLedger
+from wflo_jupyter.ledger.calls import LlmCall
 from wflo_jupyter.ledger.models import Base
 from wflo_jupyter.ledger.store import Ledger
 
@@ -81,14 +83,17 @@ def _events(ledger: Ledger, event_type: str) -> list[dict[str, Any]]:
 
 
 # -- schema ------------------------------------------------------------------------------------
-def test_migrations_0002_to_0005_upgrade_and_downgrade(fresh_database_url: str) -> None:
+def test_migrations_0002_to_0006_upgrade_and_downgrade(fresh_database_url: str) -> None:
     ledger = Ledger.connect(fresh_database_url)
     try:
-        assert ledger.current_revision() == "0005"
+        assert ledger.current_revision() == "0006"
         tables = set(inspect(ledger.engine).get_table_names())
         new = {"budgets", "reservations", "llm_calls", "compute_charges"}
         assert new <= tables and "reservation_budgets" not in tables
         functions = "SELECT count(*) FROM pg_proc WHERE proname LIKE 'wflo\\_%'"
+        assert _scalar(ledger, functions) == 8
+        ledger.downgrade("0005")
+        assert ledger.current_revision() == "0005"
         assert _scalar(ledger, functions) == 8
         ledger.downgrade("0004")
         assert ledger.current_revision() == "0004"
@@ -103,7 +108,7 @@ def test_migrations_0002_to_0005_upgrade_and_downgrade(fresh_database_url: str) 
         assert not new & set(inspect(ledger.engine).get_table_names())
         assert _scalar(ledger, functions) == 0
         ledger.migrate()
-        assert ledger.current_revision() == "0005"
+        assert ledger.current_revision() == "0006"
         BudgetLedger(ledger.engine).set_budget("team", "after-upgrade", 1)
     finally:
         ledger.close()
@@ -431,6 +436,25 @@ def test_thresholds_are_announced_once(ledger: Ledger, budgets: BudgetLedger) ->
     assert budgets.state("team", "t").thresholds_emitted == ()
     budgets.set_budget("team", "t", 2_000)
     assert [e["threshold"] for e in _events(ledger, "budget.threshold")][4:] == [50]
+
+
+def test_budgets_above_92_billion_dollars_settle_release_and_expire(
+    budgets: BudgetLedger,
+) -> None:
+    """Until migration 0006 the threshold arithmetic overflowed ``bigint`` past a limit of
+    92,233,720,368,547,758 micro-dollars: such a budget's reservations could not finish,
+    and once one's lease ended every reserve's lease expiry failed too."""
+    limit = 2**63 - 1
+    budgets.set_budget("team", "huge", limit)
+    settled = budgets.settle(budgets.reserve([("team", "huge")], 10), limit // 2 + 1)
+    assert [t.threshold for t in settled.thresholds] == [50]
+    assert budgets.release(budgets.reserve([("team", "huge")], 10))
+    budgets.reserve([("team", "huge")], 10, lease_s=0.001)
+    budgets.set_budget("notebook", "small", 100)
+    time.sleep(0.05)
+    assert budgets.expire_leases() == 1
+    budgets.reserve([("notebook", "small")], 1)
+    assert budgets.state("team", "huge").reserved_micros == 0
 
 
 def test_watch_sees_every_money_move_from_another_connection(

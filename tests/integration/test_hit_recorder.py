@@ -13,7 +13,8 @@ from sqlalchemy import text
 from wflo_jupyter.cache.llm_cache import LlmCache
 from wflo_jupyter.cache.redis_client import connect_redis
 from wflo_jupyter.gateway.recorder import HitRecorder
-from wflo_jupyter.ledger.budgets import BudgetLedger, LlmCall
+from wflo_jupyter.ledger.budgets import BudgetLedger
+from wflo_jupyter.ledger.calls import LlmCall
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
 

@@ -33,7 +33,7 @@ def test_database_is_created_when_missing(database_url: str) -> None:
     assert ensure_database(url) is False
     ledger = Ledger.connect(url)
     try:
-        assert ledger.current_revision() == "0005"
+        assert ledger.current_revision() == "0006"
     finally:
         ledger.close()
         drop_database(url)
@@ -50,7 +50,7 @@ def test_migrations_upgrade_and_downgrade(fresh_database_url: str) -> None:
         ledger.downgrade("base")
         assert not {"sessions", "steps", "outbox"} & set(inspect(ledger.engine).get_table_names())
         ledger.migrate()
-        assert ledger.current_revision() == "0005"
+        assert ledger.current_revision() == "0006"
     finally:
         ledger.close()
 

@@ -3,6 +3,10 @@ and budget periods.
 
 Pure standard library. The SQL that applies these rules atomically is
 ``ledger.budgets``; this module decides *what* is allowed, never *how* it is stored.
+The threshold and period rules have PL/pgSQL twins that the money moves run
+(``wflo_reached_mask``, ``wflo_period_start``, ``wflo_period_rolled`` and the roll-over
+inside ``wflo_reserve`` / ``wflo_finish``, created by the ledger's migrations);
+``tests/integration/test_budget_truth.py`` checks that both agree.
 
 A budget has a ``limit``; money against it is either ``spent`` (settled) or ``reserved``
 (held for calls in flight). A new reservation of ``amount`` fits only when

@@ -1,6 +1,7 @@
 """Pricing arithmetic: normalised token usage, per-kind prices, exact cost in micro-dollars.
 
-Owns what a token costs once its kind is known. Pure standard library: where prices come
+Owns what a token costs once its kind is known, and what a CPU-second of sandbox compute
+costs (``compute_cost_micros``). Pure standard library: where prices come
 from (genai-prices, user overrides) is ``ledger.pricing``; this module only does the
 arithmetic and the provider-specific *normalisation* of reported usage.
 
@@ -262,6 +263,26 @@ def worst_case_cost_micros(
     input_price = price.max_input(cache_write=cache_write, cache_write_1h=cache_write_1h)
     total = input_tokens * Fraction(input_price) + max_output_tokens * Fraction(price.output)
     return ceil_micros(total / TOKENS_PER_MILLION)
+
+
+# -- sandbox compute --------------------------------------------------------------------------
+def exact_seconds(value: float | Decimal | int) -> Decimal:
+    """A number of seconds as an exact ``Decimal`` (a float read through its shortest repr,
+    so ``0.1`` means exactly ``0.1``)."""
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+
+
+def compute_cost_micros(
+    cpu_seconds: float | Decimal | int, price_per_cpu_second_micros: int | Decimal
+) -> int:
+    """CPU-seconds x micro-dollars per CPU-second, rounded up to a whole micro-dollar."""
+    seconds = exact_seconds(cpu_seconds)
+    price = Decimal(price_per_cpu_second_micros)
+    if not seconds.is_finite() or seconds < 0:
+        raise ValueError(f"cpu_seconds must be a non-negative number, got {cpu_seconds!r}")
+    if not price.is_finite() or price < 0:
+        raise ValueError(f"compute price must be non-negative, got {price_per_cpu_second_micros!r}")
+    return math.ceil(seconds * price)
 
 
 # -- provider usage -> Usage ------------------------------------------------------------------

@@ -29,7 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from wflo_jupyter.cache.llm_cache import LlmCache
-from wflo_jupyter.ledger.budgets import BudgetLedger, LlmCall
+from wflo_jupyter.ledger.budgets import BudgetLedger
+from wflo_jupyter.ledger.calls import LlmCall
 
 __all__ = ["HitRecorder"]
 

@@ -29,7 +29,8 @@ from wflo_jupyter.core.pricing import Usage, normalise_usage
 from wflo_jupyter.gateway.recorder import HitRecorder
 from wflo_jupyter.gateway.streams import SseEvent, SseParser, assemble, synthesise
 from wflo_jupyter.gateway.upstream import ProviderRoutes, UpstreamResponse, error_body, scrub
-from wflo_jupyter.ledger.budgets import BudgetLedger, LlmCall
+from wflo_jupyter.ledger.budgets import BudgetLedger
+from wflo_jupyter.ledger.calls import LlmCall
 from wflo_jupyter.ledger.pricing import PriceBook
 
 log = logging.getLogger(__name__)

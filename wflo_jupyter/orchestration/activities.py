@@ -11,7 +11,8 @@ from temporalio.exceptions import ApplicationError
 
 from wflo_jupyter.core.errors import SandboxError
 from wflo_jupyter.core.steps import StepInput, StepResult
-from wflo_jupyter.ledger.budgets import BudgetLedger, ThresholdCrossed
+from wflo_jupyter.ledger.budget_types import ThresholdCrossed
+from wflo_jupyter.ledger.budgets import BudgetLedger
 from wflo_jupyter.ledger.store import Ledger
 from wflo_jupyter.orchestration.stepio import StepIO, StepIORegistry
 from wflo_jupyter.sandbox.session import ExecResult, SandboxLimits, SandboxSession

@@ -21,7 +21,7 @@ branch_labels = None
 depends_on = None
 
 
-# The money-moving SQL (see ledger/budgets.py for the protocol and its proof). Each
+# The money-moving SQL (see ledger/reservations.py for the protocol and its proof). Each
 # function runs as one statement; inside it every statement sees the rows as they are
 # now. Locks are taken in one global order: reservation, step, budgets by ascending id.
 _FUNCTIONS = [

@@ -60,7 +60,7 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 """
 
-# The protocol and its proof are in ledger/budgets.py. What needs no budget lock comes
+# The protocol and its proof are in ledger/reservations.py. What needs no budget lock comes
 # first (the expiry probe, the reservation row with its budget ids, the event); then one
 # conditional UPDATE per budget, ascending id (the global lock order); then the NOTIFY.
 _RESERVE = """
