@@ -27,7 +27,7 @@ import docker
 
 from wflo_jupyter.core.errors import ConfigError, EngineUnavailable, SandboxError
 from wflo_jupyter.sandbox.bwrap import BubblewrapLauncher, ProcessAgent, probe_bubblewrap
-from wflo_jupyter.sandbox.docker_runner import connect_docker
+from wflo_jupyter.sandbox.docker_engine import connect_docker
 from wflo_jupyter.sandbox.session import (
     AgentHandle,
     AgentLauncher,

@@ -12,7 +12,7 @@ Isolation backends (``AgentLauncher`` -> ``AgentHandle``; the channel, protocol,
 timeouts and death detection above are the same for all of them):
 
 - ``DockerLauncher`` (``isolation == "docker"``, the default): a hardened container
-  (same hardening as ``docker_runner.hardened_options``, plus the read-only agent and
+  (same hardening as ``docker_engine.hardened_options``, plus the read-only agent and
   socket binds and ``--init``);
 - ``sandbox.bwrap.BubblewrapLauncher`` (``"bubblewrap"``): the agent under ``bwrap``
   with the host's ``python3``; weaker, and every cell says so;
@@ -68,7 +68,7 @@ from wflo_jupyter.sandbox.agent.protocol import (
     llm_route,
     recv_frame,
 )
-from wflo_jupyter.sandbox.docker_runner import (
+from wflo_jupyter.sandbox.docker_engine import (
     LABEL_PREFIX,
     TMP_TMPFS_SIZE,
     WORKSPACE_TMPFS_SIZE,
