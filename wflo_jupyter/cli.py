@@ -283,7 +283,7 @@ app.add_typer(sandbox_app, name="sandbox")
 def sandbox_prune() -> None:
     """Remove sandbox containers whose kernel is gone (and their socket directories)."""
     from wflo_jupyter.sandbox.docker_engine import connect_docker
-    from wflo_jupyter.sandbox.session import reap_orphans
+    from wflo_jupyter.sandbox.orphans import reap_orphans
 
     try:
         client = connect_docker(_settings().docker_host)

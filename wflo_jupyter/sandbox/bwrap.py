@@ -69,18 +69,16 @@ from typing import IO, Any
 
 from wflo_jupyter.core.errors import SandboxError
 from wflo_jupyter.core.steps import format_size, parse_size
-from wflo_jupyter.sandbox.session import (
+from wflo_jupyter.sandbox.backend import AgentHandle, AgentLauncher
+from wflo_jupyter.sandbox.orphans import kernel_alive, reap_socket_dirs
+from wflo_jupyter.sandbox.socket_dirs import default_socket_base
+from wflo_jupyter.sandbox.types import (
     AGENT_MOUNT,
     SANDBOX_ENV,
     SANDBOX_UID,
     SOCKET_MOUNT,
-    AgentHandle,
-    AgentLauncher,
     LaunchRequest,
     SandboxLimits,
-    default_socket_base,
-    kernel_alive,
-    reap_socket_dirs,
 )
 
 SANDBOX_PYTHON = "/usr/bin/python3"
