@@ -4,7 +4,7 @@
 (``agent/``) and its framed channel, built from ``lifecycle``, ``cell_run``, ``outcomes``,
 ``handshake``, ``channel`` and ``llm_relay``; the isolation backends behind ``backend``:
 ``docker_backend`` (with ``docker_engine``: connection and hardening options), ``bwrap``
-and ``isolation`` (which to use; the unisolated one); ``orphans``:
+and ``isolation`` (which to use; the unisolated one, on ``processes``); ``orphans``:
 removing what dead kernels left; ``values``: the safe formats for values crossing the
 boundary.
 """

@@ -27,8 +27,9 @@ import docker
 
 from wflo_jupyter.core.errors import ConfigError, EngineUnavailable, SandboxError
 from wflo_jupyter.sandbox.backend import AgentHandle, AgentLauncher
-from wflo_jupyter.sandbox.bwrap import BubblewrapLauncher, ProcessAgent, probe_bubblewrap
+from wflo_jupyter.sandbox.bwrap import BubblewrapLauncher, probe_bubblewrap
 from wflo_jupyter.sandbox.docker_engine import connect_docker
+from wflo_jupyter.sandbox.processes import ProcessAgent
 from wflo_jupyter.sandbox.session import SandboxSession
 from wflo_jupyter.sandbox.types import LaunchRequest
 
