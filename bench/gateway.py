@@ -71,7 +71,7 @@ from wflo_jupyter.gateway.upstream import ProviderRoutes, Upstream
 from wflo_jupyter.ledger.budgets import BudgetLedger
 from wflo_jupyter.ledger.pricing import PriceBook
 from wflo_jupyter.ledger.store import drop_database, ensure_database, with_database
-from wflo_jupyter.sandbox.docker_runner import connect_docker
+from wflo_jupyter.sandbox.docker_engine import connect_docker
 from wflo_jupyter.sandbox.session import SandboxSession
 from wflo_jupyter.stack.settings import normalize_database_url
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import docker
 
-from wflo_jupyter.sandbox.docker_runner import connect_docker, hardened_options
+from wflo_jupyter.sandbox.docker_engine import connect_docker, hardened_options
 from wflo_jupyter.sandbox.session import SandboxLimits, SandboxSession
 
 ROOT = Path(__file__).resolve().parent.parent

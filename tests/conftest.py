@@ -16,7 +16,7 @@ import docker
 import pytest
 
 from wflo_jupyter.ledger.store import drop_database, ensure_database, with_database
-from wflo_jupyter.sandbox.docker_runner import connect_docker
+from wflo_jupyter.sandbox.docker_engine import connect_docker
 from wflo_jupyter.stack.local import LocalStack
 from wflo_jupyter.stack.settings import Settings, normalize_database_url
 

@@ -282,8 +282,8 @@ app.add_typer(sandbox_app, name="sandbox")
 @sandbox_app.command("prune")
 def sandbox_prune() -> None:
     """Remove sandbox containers whose kernel is gone (and their socket directories)."""
-    from wflo_jupyter.sandbox.docker_runner import connect_docker
-    from wflo_jupyter.sandbox.session import reap_orphans
+    from wflo_jupyter.sandbox.docker_engine import connect_docker
+    from wflo_jupyter.sandbox.orphans import reap_orphans
 
     try:
         client = connect_docker(_settings().docker_host)

@@ -540,6 +540,7 @@ def test_pids_limit_contains_a_fork_bomb(make_session: Any) -> None:
     )
     result = ok(session, code)
     assert "blocked after" in result.stdout
+    assert int(result.stdout.split()[2]) < 32
     assert ok(session, "print('alive')").stdout == "alive\n"
 
 
@@ -612,6 +613,49 @@ def test_hardening_of_the_session_container(
     }
     assert lines[4] == "[]"  # the socket is unlinked once the agent connected
     assert lines[5:] == ["denied", "denied", "denied"]
+
+
+# Moved from the retired one-shot DockerSandbox's tests (tests/integration/test_sandbox.py):
+# the hardening and engine checks no other test made on the session container.
+
+
+def test_runs_as_sandbox_user_in_a_docker_container(session: SandboxSession) -> None:
+    code = (
+        "import os, pathlib; "
+        "print(os.getuid(), os.getgid(), os.getcwd(), pathlib.Path('/.dockerenv').exists())"
+    )
+    assert ok(session, code).stdout.split() == ["1000", "1000", "/workspace", "True"]
+
+
+def test_no_outbound_connection(session: SandboxSession) -> None:
+    code = (
+        "import socket\n"
+        "for host in ('169.254.169.254', '1.1.1.1'):\n"
+        "    s = socket.socket(); s.settimeout(2)\n"
+        "    try:\n"
+        "        s.connect((host, 80)); print('connected', host)\n"
+        "    except OSError as e:\n"
+        "        print('refused', host, e.errno)\n"
+    )
+    out = ok(session, code).stdout
+    assert "connected" not in out
+    assert out.count("refused") == 2
+
+
+def test_cannot_write_root_or_etc(session: SandboxSession) -> None:
+    code = (
+        "import pathlib\n"
+        "for p in ('/etc/x', '/x', '/usr/x'):\n"
+        "    try:\n"
+        "        pathlib.Path(p).write_text('x'); print('wrote', p)\n"
+        "    except OSError as e:\n"
+        "        print('denied', p)\n"
+        "pathlib.Path('/workspace/ok').write_text('x'); print('workspace ok')\n"
+    )
+    out = ok(session, code).stdout
+    assert "wrote" not in out
+    assert out.count("denied") == 3
+    assert "workspace ok" in out
 
 
 def test_labels(session: SandboxSession, docker_client: docker.DockerClient) -> None:

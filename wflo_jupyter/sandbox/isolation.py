@@ -1,7 +1,7 @@
 """Which isolation a kernel's sandbox gets: ``WFLO_ISOLATION`` = auto | docker |
 bubblewrap | unisolated.
 
-- ``docker`` (strongest): a hardened container per session (``session.DockerLauncher``).
+- ``docker`` (strongest): a hardened container per session (``docker_backend.DockerLauncher``).
 - ``bubblewrap`` (weaker, labelled on every cell): the same agent under ``bwrap`` with the
   host's system ``python3`` (``bwrap.BubblewrapLauncher``).
 - ``unisolated`` (none, labelled loudly on every cell; only when asked for by name): the
@@ -26,14 +26,12 @@ from typing import Any
 import docker
 
 from wflo_jupyter.core.errors import ConfigError, EngineUnavailable, SandboxError
-from wflo_jupyter.sandbox.bwrap import BubblewrapLauncher, ProcessAgent, probe_bubblewrap
-from wflo_jupyter.sandbox.docker_runner import connect_docker
-from wflo_jupyter.sandbox.session import (
-    AgentHandle,
-    AgentLauncher,
-    LaunchRequest,
-    SandboxSession,
-)
+from wflo_jupyter.sandbox.backend import AgentHandle, AgentLauncher
+from wflo_jupyter.sandbox.bwrap import BubblewrapLauncher, probe_bubblewrap
+from wflo_jupyter.sandbox.docker_engine import connect_docker
+from wflo_jupyter.sandbox.processes import ProcessAgent
+from wflo_jupyter.sandbox.session import SandboxSession
+from wflo_jupyter.sandbox.types import LaunchRequest
 
 ISOLATION_MODES = ("auto", "docker", "bubblewrap", "unisolated")
 DOCKER = "docker"

@@ -51,8 +51,8 @@ class KernelSandboxes:
         """The Docker client (connected on first use, when the reaper runs once)."""
         with self._lock:
             if self._docker is None:
-                from wflo_jupyter.sandbox.docker_runner import connect_docker
-                from wflo_jupyter.sandbox.session import reap_orphans
+                from wflo_jupyter.sandbox.docker_engine import connect_docker
+                from wflo_jupyter.sandbox.orphans import reap_orphans
 
                 self._docker = connect_docker(self.docker_host)
                 try:
