@@ -29,13 +29,8 @@ from wflo_jupyter.core.pricing import (
     normalise_openai,
     worst_case_cost_micros,
 )
-from wflo_jupyter.ledger.pricing import (
-    DEFAULT_IMAGE_TOKENS,
-    PriceBook,
-    TokenCounter,
-    estimate_input_tokens,
-    parse_price_overrides,
-)
+from wflo_jupyter.ledger.pricing import PriceBook, parse_price_overrides
+from wflo_jupyter.ledger.tokens import DEFAULT_IMAGE_TOKENS, TokenCounter, estimate_input_tokens
 
 # (provider, model, raw provider usage, expected normalised Usage, expected micro-dollars)
 CASES: list[tuple[str, str, dict[str, Any], Usage, int]] = [

@@ -21,7 +21,8 @@ from wflo_jupyter.gateway.channel import frame_handlers
 from wflo_jupyter.gateway.mock import MockUpstream
 from wflo_jupyter.gateway.service import CallContext, LlmGateway, UpstreamLike
 from wflo_jupyter.gateway.upstream import ProviderRoutes, Upstream
-from wflo_jupyter.ledger.pricing import PriceBook, TokenCounter
+from wflo_jupyter.ledger.pricing import PriceBook
+from wflo_jupyter.ledger.tokens import TokenCounter
 
 if TYPE_CHECKING:
     from wflo_jupyter.ledger.budgets import BudgetLedger
