@@ -310,3 +310,52 @@ def test_a_clear_in_another_kernel_reaches_this_kernels_near_cache(
         other.shutdown()
     assert kernel.run(cell).stdout == f"echo: near {marker}\n"
     assert len(fake.requests) == before + 2  # the cleared answer was fetched again
+
+
+def _notices(run: object) -> list[str]:
+    """wflo's notice lines of a cell, wherever the front end shows them (stderr lines or
+    display data), without the ``[wflo] `` prefix."""
+    lines = run.stderr.splitlines()  # type: ignore[attr-defined]
+    for data in run.data:  # type: ignore[attr-defined]
+        lines += str(data.get("text/plain", "")).splitlines()
+    return [line.removeprefix("[wflo] ") for line in lines if "budget crossed" in line]
+
+
+def test_llm_spend_announces_each_threshold_once(
+    stack_env: dict[str, str], runtime_image: str, fake: FakeProvider
+) -> None:
+    """Calls whose real cost is known exactly (input free, $1000 per million output tokens,
+    the output capped by max_tokens: N tokens cost N x $0.001) walk a $0.01 cell budget and
+    a $0.02 notebook budget through 50/75/90/100%; each crossing is said once, in the
+    cell whose call crossed it."""
+    model = f"threshold-model-{uuid.uuid4().hex[:6]}"
+    marker = uuid.uuid4().hex[:8]
+    with loaded_kernel(_env(fake)) as kernel:
+        kernel.run(f"%config WfloMagics.prices = {{'{model}': {{'input': 0, 'output': 1000}}}}")
+        assert kernel.run("%wflo budget 0.02").status == "ok"
+        cells = []
+        for cell in range(2):
+            code = (
+                "%%wflo --budget 0.01\n"
+                "from openai import OpenAI\n"
+                "client = OpenAI()\n"
+                "for i, tokens in enumerate([5, 3, 1, 1]):\n"
+                f"    client.chat.completions.create(model='{model}', max_tokens=tokens,\n"
+                f"        messages=[{{'role': 'user', 'content': 'many words to cap {marker} {cell} ' + str(i) + ' x' * 20}}])\n"
+                "print('spent')\n"
+            )
+            run = kernel.run(code)
+            assert run.status == "ok", (run.error, run.stderr[-2000:])
+            cells.append(_notices(run))
+    first, second = cells
+    cell_lines = [f"cell budget crossed {t}%" for t in (50, 75, 90, 100)]
+    for notices in cells:  # every cell walks its own cell budget: each threshold once
+        assert [n.split(":")[0] for n in notices if n.startswith("cell")] == cell_lines
+    assert [n.split(":")[0] for n in first if n.startswith("notebook")] == [
+        "notebook budget crossed 50%"
+    ]
+    assert [n.split(":")[0] for n in second if n.startswith("notebook")] == [
+        f"notebook budget crossed {t}%" for t in (75, 90, 100)
+    ]
+    assert "cell budget crossed 100%: $0.01 of $0.01" in first
+    assert "notebook budget crossed 100%: $0.02 of $0.02" in second

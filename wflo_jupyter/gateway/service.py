@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from wflo_jupyter.cache.keys import DEFAULT_NAMESPACE, CacheKey, cache_key
 from wflo_jupyter.cache.llm_cache import CachedResponse, LlmCache
 from wflo_jupyter.cache.locks import LockTimeout, RedisLock, single_flight
-from wflo_jupyter.core.budget import BudgetExceeded, BudgetScope
+from wflo_jupyter.core.budget import BudgetExceeded, BudgetScope, threshold_notice
 from wflo_jupyter.core.errors import WfloError
 from wflo_jupyter.core.money import format_usd
 from wflo_jupyter.core.pricing import Usage, normalise_usage
@@ -322,7 +322,7 @@ class LlmGateway:
                     streamed = False
             usage = normalise_usage(provider, full.get("usage") or {})
             cost = self.prices.cost_micros(provider, model, usage)
-            self.budgets.settle(
+            settlement = self.budgets.settle(
                 reservation,
                 cost,
                 call=LlmCall(
@@ -338,6 +338,8 @@ class LlmGateway:
         except BaseException:
             self.budgets.release(reservation)
             raise
+        for crossed in settlement.thresholds:  # once each: only the settle that crosses it
+            ctx.notice(threshold_notice(crossed.scope, crossed.threshold, crossed.state))
         return _Paid(full, usage, cost, streamed)
 
     @staticmethod

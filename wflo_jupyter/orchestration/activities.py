@@ -9,9 +9,9 @@ from decimal import Decimal
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from wflo_jupyter.core.budget import threshold_notice
 from wflo_jupyter.core.errors import SandboxError
 from wflo_jupyter.core.steps import StepInput, StepResult
-from wflo_jupyter.ledger.budget_types import ThresholdCrossed
 from wflo_jupyter.ledger.budgets import BudgetLedger
 from wflo_jupyter.ledger.store import Ledger
 from wflo_jupyter.orchestration.stepio import StepIO, StepIORegistry
@@ -97,7 +97,7 @@ class StepActivities:
                 scopes=step.budget_scopes(),
             )
             for crossed in settlement.thresholds:
-                io.notice(threshold_line(crossed))
+                io.notice(threshold_notice(crossed.scope, crossed.threshold, crossed.state))
         return _step_result(step, result)
 
     @activity.defn(name="close_step")
@@ -120,14 +120,3 @@ def _step_result(step: StepInput, result: ExecResult) -> StepResult:
         sandbox_seconds=result.seconds,
         duration_s=result.seconds,
     )
-
-
-def threshold_line(crossed: ThresholdCrossed) -> str:
-    """``notebook budget crossed 75%: $0.38 of $0.50``."""
-    from wflo_jupyter.core.money import format_usd
-
-    scope = crossed.scope
-    name = f"team {scope.key}" if scope.kind == "team" else scope.kind
-    state = crossed.state
-    used = format_usd(state.spent_micros + state.reserved_micros)
-    return f"{name} budget crossed {crossed.threshold}%: {used} of {format_usd(state.limit_micros)}"
