@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +23,7 @@ class CellRun:
     error: dict[str, Any] | None = None
     data: list[dict[str, Any]] = field(default_factory=list)
     timeline: list[tuple[float, str, str]] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)  # input() prompts the cell showed
 
     @property
     def error_line(self) -> str:
@@ -39,21 +40,34 @@ class Kernel:
         self.client.start_channels()
         self.client.wait_for_ready(timeout=60)
 
-    def run(self, code: str, timeout: float = 180) -> CellRun:
-        return self.collect(self.submit(code), timeout)
+    def run(
+        self, code: str, timeout: float = 180, answer: Callable[[str], str] | None = None
+    ) -> CellRun:
+        """Run ``code``; with ``answer``, the cell may ask (``allow_stdin``): each input
+        request is answered with ``answer(prompt)``."""
+        return self.collect(self.submit(code, stdin=answer is not None), timeout, answer)
 
-    def submit(self, code: str) -> str:
+    def submit(self, code: str, stdin: bool = False) -> str:
         """Start running ``code``; ``collect`` its outputs later."""
-        return str(self.client.execute(code, allow_stdin=False))
+        return str(self.client.execute(code, allow_stdin=stdin))
 
-    def collect(self, msg_id: str, timeout: float = 180) -> CellRun:
+    def collect(
+        self, msg_id: str, timeout: float = 180, answer: Callable[[str], str] | None = None
+    ) -> CellRun:
         code = msg_id
         result = CellRun(status="unknown")
+        deadline = time.monotonic() + timeout
         while True:
+            if answer is not None:
+                self._answer_input(result, answer)
             try:
-                msg = self.client.get_iopub_msg(timeout=timeout)
+                wait = 0.1 if answer is not None else timeout
+                msg = self.client.get_iopub_msg(timeout=wait)
             except queue.Empty:
+                if answer is not None and time.monotonic() < deadline:
+                    continue
                 raise TimeoutError(f"cell did not finish in {timeout} s: {code[:60]!r}") from None
+            deadline = time.monotonic() + timeout
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
             kind, content = msg["msg_type"], msg["content"]
@@ -75,6 +89,16 @@ class Kernel:
                 break
         result.status = reply["content"]["status"]
         return result
+
+    def _answer_input(self, result: CellRun, answer: Callable[[str], str]) -> None:
+        try:
+            request = self.client.get_stdin_msg(timeout=0)
+        except queue.Empty:
+            return
+        if request["msg_type"] == "input_request":
+            prompt = request["content"]["prompt"]
+            result.prompts.append(prompt)
+            self.client.input(answer(prompt))
 
     def alive(self) -> bool:
         return self.manager.is_alive() and self.run("print(1 + 1)", timeout=60).stdout == "2\n"

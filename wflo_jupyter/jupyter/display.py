@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from IPython.core.error import StdinNotImplementedError
 from IPython.display import HTML, publish_display_data
 
 from wflo_jupyter.core.budget import BudgetState
@@ -31,6 +32,23 @@ def show_event(event: OutputEvent) -> None:
     elif kind == "notice":
         sys.stderr.write(f"[wflo] {first}\n")
         sys.stderr.flush()
+
+
+def ask(question: str) -> bool | None:
+    """Ask on the kernel's stdin channel: True for y / yes; None when this run has no
+    stdin (nbclient, ``wflo demo``)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        answer = input(question)
+    except (StdinNotImplementedError, EOFError):
+        return None
+    return answer.strip().lower() in ("y", "yes")
+
+
+def show_estimate(lines: Sequence[str]) -> None:
+    """A dry run's report (``%%wflo --estimate``), on stdout."""
+    print("\n".join(lines), flush=True)
 
 
 def show_result(result: StepResult) -> None:

@@ -42,11 +42,19 @@ class WfloMagics(Magics):
     idle_timeout = Float(
         1800.0, help="Seconds of inactivity after which the sandbox container is stopped."
     ).tag(config=True)
+    confirm_above = Float(
+        None,
+        allow_none=True,
+        help="USD: an LLM call whose worst case is above this waits for your yes in the "
+        "running cell before anything is reserved or sent (None: never ask). A run without "
+        "stdin (nbclient, wflo demo) refuses such calls.",
+    ).tag(config=True)
 
-    @validate("compute_price", "timeout", "cpus")
+    @validate("compute_price", "timeout", "cpus", "confirm_above")
     def _positive(self, proposal: Any) -> Any:
         value = proposal["value"]
-        if value < 0 or (proposal["trait"].name != "compute_price" and value == 0):
+        zero_ok = proposal["trait"].name in ("compute_price", "confirm_above")
+        if value is not None and (value < 0 or (not zero_ok and value == 0)):
             raise TraitError(f"WfloMagics.{proposal['trait'].name} must be positive, got {value}")
         return value
 
@@ -105,11 +113,15 @@ class WfloMagics(Magics):
         inputs = {name: namespace[name] for name in spec.inputs}
         session = self.session
         session.compute_price_micros = usd_to_micros(str(self.compute_price))
+        above = self.confirm_above
+        session.confirm_above_micros = None if above is None else usd_to_micros(str(above))
         try:
             session.set_price_overrides(dict(self.prices))
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
-        result, io = session.run_step(spec, inputs, on_event=display.show_event)
+        result, io = session.run_step(spec, inputs, on_event=display.show_event, ask=display.ask)
+        if io.estimate is not None:
+            display.show_estimate(io.estimate.lines(spec.budget_micros, failed=not result.ok))
         display.show_result(result)
         namespace.update(io.values)
         if not result.ok:

@@ -3,6 +3,7 @@ the session's ledger, its sandbox sessions and the in-kernel step IO."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -59,6 +60,7 @@ class StepActivities:
     @activity.defn(name="execute")
     def execute(self, step: StepInput) -> StepResult:
         io = self.step_io.get(step.step_id) or StepIO()
+        io.deadline = time.monotonic() + step.timeout_s  # questions to the analyst expire
         if io.before_run is not None:
             io.before_run(step)
         limits = SandboxLimits(
@@ -89,7 +91,8 @@ class StepActivities:
         io.values.update(result.outputs)
         io.value_errors.update(result.output_errors)
         io.state_lost = io.state_lost or result.state_lost
-        if self.budgets is not None and step.compute_price_micros > 0 and result.seconds > 0:
+        charged = not step.estimate and step.compute_price_micros > 0  # a dry run is free
+        if self.budgets is not None and charged and result.seconds > 0:
             settlement = self.budgets.charge_compute(
                 step.step_id,
                 Decimal(str(result.seconds)),

@@ -14,7 +14,6 @@ import contextlib
 import getpass
 import logging
 import os
-import queue
 import socket
 import threading
 import time
@@ -24,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from wflo_jupyter.core.budget import BudgetNotFound
 from wflo_jupyter.core.errors import ConfigError, WfloError
+from wflo_jupyter.core.estimates import EstimateTally
 from wflo_jupyter.core.reports import CacheReport, OutputEvent, StepCostRow, StepSummary
 from wflo_jupyter.core.steps import StepInput, StepResult, StepSpec
-from wflo_jupyter.orchestration.stepio import StepIO, StepIORegistry
+from wflo_jupyter.orchestration.stepio import Ask, StepIO, StepIORegistry
 from wflo_jupyter.session.sandboxes import KernelSandboxes
 from wflo_jupyter.stack.settings import Endpoints, Settings, resolve_endpoints
 
@@ -92,6 +92,7 @@ class WfloSession:
         self.cache: LlmCache | None = None
         self.teams: list[str] = []
         self.compute_price_micros = 0
+        self.confirm_above_micros: int | None = None  # %config WfloMagics.confirm_above
         self.price_overrides: dict[str, Any] = {}
         self._noted: set[str] = set()
         self._note_sink: Callable[[str], None] | None = None
@@ -214,12 +215,18 @@ class WfloSession:
         spec: StepSpec,
         inputs: dict[str, Any] | None = None,
         on_event: Callable[[OutputEvent], None] | None = None,
+        ask: Ask | None = None,
     ) -> tuple[StepResult, StepIO]:
         """Run one cell as a durable step. ``on_event`` is called on THIS thread for each
-        output event as it arrives (the kernel's main thread, so output lands in the cell)."""
+        output event as it arrives (the kernel's main thread, so output lands in the cell);
+        ``ask`` puts an LLM call above ``confirm_above_micros`` to the analyst, also here.
+
+        ``spec.estimate``: a dry run in a throwaway sandbox, not recorded in the ledger;
+        its calls are priced into ``io.estimate`` and answered with placeholders."""
         self.start()
         assert self.runner is not None
         step_id = str(uuid.uuid4())
+        dry = spec.estimate
         step = StepInput(
             step_id=step_id,
             session_id=self.session_id,
@@ -231,16 +238,26 @@ class WfloSession:
             pids_limit=spec.pids_limit,
             image=spec.image,
             budget_micros=spec.budget_micros,
-            retries=spec.retries,
+            retries=0 if dry else spec.retries,
             notebook_key=self.notebook_key,
             teams=list(self.teams),
             compute_price_micros=self.compute_price_micros,
+            estimate=dry,
         )
         io = self.step_io.open(
-            step_id, StepIO(inputs=dict(inputs or {}), outputs=spec.outputs, fresh=spec.fresh)
+            step_id,
+            StepIO(
+                inputs=dict(inputs or {}),
+                outputs=() if dry else spec.outputs,  # a dry run's values stay out
+                fresh=spec.fresh or dry,
+            ),
         )
-        io.llm_handler, io.llm_fast_path = self.llm_handlers(step, io, spec.no_cache)
-        io.llm_drain = self.gateway.drain if self.gateway is not None else None
+        if dry:
+            io.estimate = EstimateTally()
+            io.llm_handler, io.llm_fast_path = self.estimate_handlers(io.estimate, spec.no_cache)
+        else:
+            io.llm_handler, io.llm_fast_path = self.llm_handlers(step, io, spec.no_cache)
+            io.llm_drain = self.gateway.drain if self.gateway is not None else None
         self._note_sink = io.notice
         deliver = on_event or (lambda _event: None)
         started = time.monotonic()
@@ -249,9 +266,9 @@ class WfloSession:
             interrupted = False
             while True:
                 try:
-                    self._drain(io, deliver, wait_s=0.05)
+                    io.pump(deliver, ask, wait_s=0.05)
                     if future.done():
-                        self._drain(io, deliver, wait_s=0)
+                        io.pump(deliver, ask, wait_s=0)
                         break
                 except KeyboardInterrupt:
                     if interrupted:
@@ -261,22 +278,10 @@ class WfloSession:
             result = self.runner.result(future)
         finally:
             self._note_sink = None
+            io.close()
             self.step_io.close(step_id)
         result.duration_s = time.monotonic() - started
         return result, io
-
-    @staticmethod
-    def _drain(io: StepIO, deliver: Callable[[OutputEvent], None], wait_s: float) -> None:
-        try:
-            event = io.events.get(timeout=wait_s) if wait_s else io.events.get_nowait()
-        except queue.Empty:
-            return
-        deliver(event)
-        while True:
-            try:
-                deliver(io.events.get_nowait())
-            except queue.Empty:
-                return
 
     def steps(self) -> list[StepSummary]:
         """This session's steps, in order."""
@@ -351,7 +356,18 @@ class WfloSession:
             no_cache=no_cache,
             notice=io.notice,
             origin=self.notebook_key,
+            confirm_above_micros=self.confirm_above_micros,
+            confirm=io.ask,
         )
+
+    def estimate_handlers(
+        self, tally: EstimateTally, no_cache: bool
+    ) -> tuple[LlmHandler, LlmFastPath]:
+        """What a ``--estimate`` dry run's sandbox calls for each ``llm_request`` frame."""
+        from wflo_jupyter.gateway.wiring import estimate_handlers
+
+        assert self.gateway is not None
+        return estimate_handlers(self.gateway, tally, no_cache=no_cache)
 
     # -- budgets and reports ----------------------------------------------------------------
     def _budgets(self) -> BudgetLedger:
