@@ -30,6 +30,7 @@ from tests.sandboxes import (
     MB,
     SANDBOX_IDS,
     cell_notices,
+    leftover_cgroups,
     ok,
     pid_running,
     processes_with,
@@ -641,6 +642,7 @@ def test_no_network(session: SandboxSession) -> None:
         "    print('no dns')\n"
     )
     lines = ok(session, code, timeout_s=30).stdout.splitlines()
+    assert len(lines) == 4, lines  # nothing connected
     assert all(line.startswith("blocked") for line in lines[:3]), lines
     assert lines[3] == "no dns"
 
@@ -670,6 +672,7 @@ def test_cannot_write_outside_workspace(make_session: Any) -> None:
         "print(os.listdir('/run/wflo'))\n"
     )
     lines = ok(session, code).stdout.splitlines()
+    assert len(lines) == 12, lines  # nothing was written outside /workspace and /tmp
     assert lines[:9] == ["denied"] * 9
     assert lines[9] == "workspace ok"
     assert lines[10] == "full 28"  # ENOSPC: the workspace tmpfs is size-limited
@@ -700,6 +703,7 @@ def test_close_leaves_nothing_and_is_idempotent(
     assert not session.running
     assert processes_with(marker, timeout_s=30) == []
     assert sandbox_left(session) == []
+    assert leftover_cgroups() == []
 
 
 def test_idle_stop_then_transparent_restart(session: SandboxSession, backend: str) -> None:
