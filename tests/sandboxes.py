@@ -112,15 +112,6 @@ def processes_with(marker: str, timeout_s: float = 0.0) -> list[int]:
     return []
 
 
-def pid_running(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def sandbox_pid(sandbox_id: str | None) -> int:
     """The host pid in a process backend's sandbox id (``bwrap-<pid>``, ``host-<pid>``)."""
     assert sandbox_id is not None and re.fullmatch(r"[a-z]+-\d+", sandbox_id), sandbox_id

@@ -32,7 +32,7 @@ from tests.sandboxes import (
     cell_notices,
     leftover_cgroups,
     ok,
-    pid_running,
+    proc_table,
     processes_with,
     sandbox_pid,
     sandbox_processes,
@@ -129,7 +129,8 @@ def test_fresh_has_no_state_and_leaves_no_sandbox(
         with pytest.raises(docker.errors.NotFound):
             request.getfixturevalue("docker_client").containers.get(fresh.container_id)
     else:
-        assert not pid_running(sandbox_pid(fresh.container_id))
+        # its process ended (an ended process has no command line, an unreaped one neither)
+        assert not proc_table().get(sandbox_pid(fresh.container_id), (0, b""))[1]
     assert text_plain(ok(session, "x")) == ["41"]
     assert ok(session, "__name__").displays[0][0]["text/plain"] == "'__main__'"
 
