@@ -1,18 +1,22 @@
-"""Fixtures the integration tests share: sandbox sessions of one isolation backend.
+"""Fixtures the integration tests share: real Jupyter kernels with the extension loaded,
+and sandbox sessions of one isolation backend.
 
-``make_session`` builds ``SandboxSession`` objects for the module's
+``kernel`` is one loaded kernel per module (its extra environment: ``kernel_env``, which a
+module overrides); ``make_kernel`` starts more, each with its own environment, and ends
+them after the test. ``make_session`` builds ``SandboxSession`` objects for the module's
 ``backend`` (``docker``, ``bubblewrap`` or ``unisolated``: a module defines that fixture)
 and checks, once they are closed, that nothing of them is left on the host."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from tests.helpers import wait_until
+from tests.kernel_driver import Kernel, loaded_kernel
 from tests.sandboxes import (
     leftover_cgroups,
     leftover_dirs,
@@ -23,6 +27,44 @@ from wflo_jupyter.core.errors import SandboxError
 from wflo_jupyter.sandbox.bwrap import BubblewrapLauncher, probe_bubblewrap
 from wflo_jupyter.sandbox.isolation import UnisolatedLauncher
 from wflo_jupyter.sandbox.session import SandboxSession
+
+# -- kernels ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kernel_env() -> dict[str, str]:
+    """Extra environment of the module's ``kernel``."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def kernel(
+    stack_env: dict[str, str], runtime_image: str, kernel_env: dict[str, str]
+) -> Iterator[Kernel]:
+    """One kernel for the module, with the stack's environment and
+    ``%load_ext wflo_jupyter`` done; unloaded and shut down after the module."""
+    with loaded_kernel(kernel_env) as k:
+        yield k
+
+
+@pytest.fixture
+def make_kernel(stack_env: dict[str, str], runtime_image: str) -> Iterator[Callable[..., Kernel]]:
+    """``make_kernel(env=None, load=True)``: another kernel with ``env`` added to the
+    stack's environment, the extension loaded unless ``load=False``; each is closed
+    (unloaded, shut down) after the test unless the test closed it."""
+    kernels: list[Kernel] = []
+
+    def make(env: dict[str, str] | None = None, *, load: bool = True) -> Kernel:
+        kernel = Kernel(env=env)
+        kernels.append(kernel)
+        if load:
+            kernel.load_wflo()
+        return kernel
+
+    yield make
+    for kernel in kernels:
+        kernel.close()
+
 
 # -- sandbox sessions -------------------------------------------------------------------
 
