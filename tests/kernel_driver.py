@@ -34,6 +34,8 @@ class Kernel:
     """Start a python3 kernel with an environment; run cells; shut down."""
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.wflo_loaded = False
+        self._shut_down = False
         self.manager = KernelManager(kernel_name="python3")
         self.manager.start_kernel(env={**os.environ, **(env or {})})
         self.client = self.manager.client()
@@ -103,7 +105,28 @@ class Kernel:
     def alive(self) -> bool:
         return self.manager.is_alive() and self.run("print(1 + 1)", timeout=60).stdout == "2\n"
 
+    def load_wflo(self) -> None:
+        """``%load_ext wflo_jupyter``, which must succeed; ``close`` unloads it."""
+        loaded = self.run("%load_ext wflo_jupyter")
+        assert loaded.status == "ok", loaded.error
+        self.wflo_loaded = True
+
+    def wflo_session_id(self) -> str:
+        """The id of the loaded extension's session."""
+        run = self.run("print(get_ipython().find_magic('wflo').__self__.session.session_id)")
+        return run.stdout.strip()
+
+    def close(self) -> None:
+        """``%unload_ext wflo_jupyter`` when ``load_wflo`` loaded it, then shut down; a
+        kernel already shut down is left as it is."""
+        if self.wflo_loaded and not self._shut_down:
+            self.run("%unload_ext wflo_jupyter")
+        self.shutdown()
+
     def shutdown(self) -> None:
+        if self._shut_down:
+            return
+        self._shut_down = True
         self.client.stop_channels()
         self.manager.shutdown_kernel(now=False)
 
@@ -113,9 +136,8 @@ def loaded_kernel(env: dict[str, str] | None = None) -> Iterator[Kernel]:
     """A kernel with ``%load_ext wflo_jupyter`` done; unloaded and shut down after."""
     kernel = Kernel(env=env)
     try:
-        loaded = kernel.run("%load_ext wflo_jupyter")
-        assert loaded.status == "ok", loaded.error
+        kernel.load_wflo()
         yield kernel
-        kernel.run("%unload_ext wflo_jupyter")
+        kernel.close()
     finally:
         kernel.shutdown()

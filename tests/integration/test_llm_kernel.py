@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fakes.providers import FakeProvider
 from tests.helpers import PrivateRedis, wait_until
-from tests.kernel_driver import Kernel, loaded_kernel
+from tests.kernel_driver import Kernel
 
 pytestmark = [
     pytest.mark.integration,
@@ -44,9 +44,9 @@ def _env(fake: FakeProvider) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def kernel(stack_env: dict[str, str], runtime_image: str, fake: FakeProvider) -> Iterator[Kernel]:
-    with loaded_kernel(_env(fake)) as k:
-        yield k
+def kernel_env(fake: FakeProvider) -> dict[str, str]:
+    """The module's ``kernel`` (``conftest.py``) calls the fake provider."""
+    return _env(fake)
 
 
 def test_sdk_calls_answered_cached_and_reported(kernel: Kernel, fake: FakeProvider) -> None:
@@ -156,11 +156,10 @@ def test_host_key_is_unreachable_from_the_cell(kernel: Kernel) -> None:
 
 
 def test_single_flight_across_two_kernels(
-    stack_env: dict[str, str], runtime_image: str, fake: FakeProvider, kernel: Kernel
+    make_kernel: Callable[..., Kernel], fake: FakeProvider, kernel: Kernel
 ) -> None:
-    other = Kernel(env=_env(fake))
+    other = make_kernel(_env(fake))
     try:
-        assert other.run("%load_ext wflo_jupyter").status == "ok"
         assert other.run("%%wflo\nprint('warm')").stdout == "warm\n"
         kernel.run("%%wflo\nprint('warm')")
         fake.state.delay_s = 1.0
@@ -180,21 +179,19 @@ def test_single_flight_across_two_kernels(
         runs = [kernel.collect(first, 300), other.collect(second, 300)]
     finally:
         fake.state.delay_s = 0.0
-        other.run("%unload_ext wflo_jupyter")
-        other.shutdown()
+        other.close()
     for run in runs:
         assert run.stdout == f"{{'echo: together {marker}'}}\n", (run.stdout, run.stderr[-1500:])
     assert len(fake.requests) == before + 1
 
 
 def test_redis_outage_mid_notebook(
-    stack_env: dict[str, str], runtime_image: str, fake: FakeProvider, tmp_path: Path
+    make_kernel: Callable[..., Kernel], fake: FakeProvider, tmp_path: Path
 ) -> None:
     """Redis stopped mid-notebook: calls go on (budgeted, recorded) after one warning;
     Redis back: caching resumes."""
     server = PrivateRedis(tmp_path)
     server.start()
-    k = Kernel(env={**_env(fake), "WFLO_REDIS_URL": server.url})
     marker = uuid.uuid4().hex[:8]
     cell = (
         "%%wflo --name outage\n"
@@ -203,7 +200,7 @@ def test_redis_outage_mid_notebook(
         f"    messages=[{{'role': 'user', 'content': 'outage {marker}'}}]).choices[0].message.content)\n"
     )
     try:
-        assert k.run("%load_ext wflo_jupyter").status == "ok"
+        k = make_kernel({**_env(fake), "WFLO_REDIS_URL": server.url})
         start = len(fake.requests)
         assert k.run(cell).stdout == f"echo: outage {marker}\n"
         assert k.run(cell).stdout == f"echo: outage {marker}\n"
@@ -228,9 +225,8 @@ def test_redis_outage_mid_notebook(
             " sum(r.cached_calls for r in rows if r.name == 'outage'))"
         )
         assert rows.stdout.split() == ["6", "2"]  # every call was recorded
+        k.close()  # unloaded while its Redis still runs
     finally:
-        k.run("%unload_ext wflo_jupyter")
-        k.shutdown()
         server.stop()
 
 
@@ -272,7 +268,7 @@ def test_cache_stats_clear_and_price_overrides(kernel: Kernel, fake: FakeProvide
 
 
 def test_a_clear_in_another_kernel_reaches_this_kernels_near_cache(
-    stack_env: dict[str, str], runtime_image: str, fake: FakeProvider, kernel: Kernel
+    make_kernel: Callable[..., Kernel], fake: FakeProvider, kernel: Kernel
 ) -> None:
     """This kernel answers a repeated call from its in-memory near cache; another kernel
     clears the model's answers; this kernel's next identical call goes to the provider
@@ -300,14 +296,10 @@ def test_a_clear_in_another_kernel_reaches_this_kernels_near_cache(
     stats = "".join(d.get("text/html", "") for d in kernel.run("%wflo cache stats").data)
     assert "this kernel's hits answered from memory" in stats, stats
     assert f"<td>{from_memory + 1}</td>" in stats, stats
-    other = Kernel(env=_env(fake))
-    try:
-        assert other.run("%load_ext wflo_jupyter").status == "ok"
-        cleared = other.run(f"%wflo cache clear --model {model}")
-        assert f"of {model}" in cleared.stdout, cleared.stdout + cleared.stderr
-    finally:
-        other.run("%unload_ext wflo_jupyter")
-        other.shutdown()
+    other = make_kernel(_env(fake))
+    cleared = other.run(f"%wflo cache clear --model {model}")
+    assert f"of {model}" in cleared.stdout, cleared.stdout + cleared.stderr
+    other.close()
     assert kernel.run(cell).stdout == f"echo: near {marker}\n"
     assert len(fake.requests) == before + 2  # the cleared answer was fetched again
 
