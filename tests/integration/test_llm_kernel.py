@@ -314,7 +314,7 @@ def _notices(run: object) -> list[str]:
 
 
 def test_llm_spend_announces_each_threshold_once(
-    stack_env: dict[str, str], runtime_image: str, fake: FakeProvider
+    make_kernel: Callable[..., Kernel], fake: FakeProvider
 ) -> None:
     """Calls whose real cost is known exactly (input free, $1000 per million output tokens,
     the output capped by max_tokens: N tokens cost N x $0.001) walk a $0.01 cell budget and
@@ -322,23 +322,23 @@ def test_llm_spend_announces_each_threshold_once(
     cell whose call crossed it."""
     model = f"threshold-model-{uuid.uuid4().hex[:6]}"
     marker = uuid.uuid4().hex[:8]
-    with loaded_kernel(_env(fake)) as kernel:
-        kernel.run(f"%config WfloMagics.prices = {{'{model}': {{'input': 0, 'output': 1000}}}}")
-        assert kernel.run("%wflo budget 0.02").status == "ok"
-        cells = []
-        for cell in range(2):
-            code = (
-                "%%wflo --budget 0.01\n"
-                "from openai import OpenAI\n"
-                "client = OpenAI()\n"
-                "for i, tokens in enumerate([5, 3, 1, 1]):\n"
-                f"    client.chat.completions.create(model='{model}', max_tokens=tokens,\n"
-                f"        messages=[{{'role': 'user', 'content': 'many words to cap {marker} {cell} ' + str(i) + ' x' * 20}}])\n"
-                "print('spent')\n"
-            )
-            run = kernel.run(code)
-            assert run.status == "ok", (run.error, run.stderr[-2000:])
-            cells.append(_notices(run))
+    kernel = make_kernel(_env(fake))
+    kernel.run(f"%config WfloMagics.prices = {{'{model}': {{'input': 0, 'output': 1000}}}}")
+    assert kernel.run("%wflo budget 0.02").status == "ok"
+    cells = []
+    for cell in range(2):
+        code = (
+            "%%wflo --budget 0.01\n"
+            "from openai import OpenAI\n"
+            "client = OpenAI()\n"
+            "for i, tokens in enumerate([5, 3, 1, 1]):\n"
+            f"    client.chat.completions.create(model='{model}', max_tokens=tokens,\n"
+            f"        messages=[{{'role': 'user', 'content': 'many words to cap {marker} {cell} ' + str(i) + ' x' * 20}}])\n"
+            "print('spent')\n"
+        )
+        run = kernel.run(code)
+        assert run.status == "ok", (run.error, run.stderr[-2000:])
+        cells.append(_notices(run))
     first, second = cells
     cell_lines = [f"cell budget crossed {t}%" for t in (50, 75, 90, 100)]
     for notices in cells:  # every cell walks its own cell budget: each threshold once
