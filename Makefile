@@ -63,6 +63,7 @@ bench: install docker runtime-image
 	$(BENCH_VENV)/bin/python bench/sandbox.py
 	$(BENCH_VENV)/bin/python bench/ledger.py
 	$(BENCH_VENV)/bin/python bench/gateway.py
+	$(BENCH_VENV)/bin/python bench/widget.py
 
 unit: install
 	$(PY) -m pytest tests/unit

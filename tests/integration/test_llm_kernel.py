@@ -351,3 +351,28 @@ def test_llm_spend_announces_each_threshold_once(
     ]
     assert "cell budget crossed 100%: $0.01 of $0.01" in first
     assert "notebook budget crossed 100%: $0.02 of $0.02" in second
+
+
+def test_a_cell_that_calls_a_model_shows_a_compact_meter(kernel: Kernel) -> None:
+    marker = uuid.uuid4().hex[:8]
+    code = (
+        "%%wflo --budget 0.05 --name metered\n"
+        "from openai import OpenAI\n"
+        "OpenAI().chat.completions.create(model='gpt-4o-mini', max_tokens=5,\n"
+        f"    messages=[{{'role': 'user', 'content': 'meter {marker}'}}])\n"
+    )
+    run = kernel.run(code)
+    assert run.status == "ok", run.error
+    widgets = [d for d in run.data if "application/vnd.jupyter.widget-view+json" in d]
+    assert len(widgets) == 1
+    assert "[wflo] cell budget: $0." in widgets[0]["text/plain"]
+    assert "[wflo] cell metered: $0." in widgets[0]["text/plain"]
+    plain = kernel.run("%%wflo --name no-llm\nprint(1)")
+    assert not [d for d in plain.data if "application/vnd.jupyter.widget-view+json" in d]
+    kernel.run("%config WfloMagics.show_meter = False")
+    try:
+        quiet = kernel.run(code.replace(marker, marker + "-quiet"))
+        assert quiet.status == "ok", quiet.error
+        assert not [d for d in quiet.data if "application/vnd.jupyter.widget-view+json" in d]
+    finally:
+        kernel.run("%config WfloMagics.show_meter = True")

@@ -11,7 +11,8 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from traitlets import Dict, Float, Int, TraitError, Unicode, validate
+from IPython.display import display as ipython_display
+from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, validate
 
 from wflo_jupyter.core.commands import parse_line_command
 from wflo_jupyter.core.errors import ConfigError, SpecError, StepFailed, UnsafeOutput
@@ -42,6 +43,10 @@ class WfloMagics(Magics):
     idle_timeout = Float(
         1800.0, help="Seconds of inactivity after which the sandbox container is stopped."
     ).tag(config=True)
+    show_meter = Bool(
+        True,
+        help="Show a compact live budget meter under a %%wflo cell that made LLM calls.",
+    ).tag(config=True)
     confirm_above = Float(
         None,
         allow_none=True,
@@ -61,6 +66,8 @@ class WfloMagics(Magics):
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
         self._session: WfloSession | None = None
+        self._meters: list[Any] = []  # %wflo meter widgets, closed with the session
+        self._compact_meter: Any = None  # the newest cell's compact meter
 
     @property
     def session(self) -> WfloSession:
@@ -123,6 +130,8 @@ class WfloMagics(Magics):
         if io.estimate is not None:
             display.show_estimate(io.estimate.lines(spec.budget_micros, failed=not result.ok))
         display.show_result(result)
+        if io.llm_requests and io.estimate is None and self.show_meter:
+            self._show_meter(session, compact=True)
         namespace.update(io.values)
         if not result.ok:
             raise StepFailed(display.failure_line(result), result.traceback)
@@ -164,7 +173,7 @@ class WfloMagics(Magics):
         if command.name == "cache":
             return self._cache(session, command.options)
         if command.name == "meter":
-            return display.meter(session)
+            return self._show_meter(session, compact=False)
         if command.name == "restart":
             session.restart_sandbox()
             print("[wflo] new sandbox session: state from earlier cells was dropped")
@@ -193,7 +202,27 @@ class WfloMagics(Magics):
         print(f"[wflo] {said}")
         return None
 
+    def _show_meter(self, session: WfloSession, *, compact: bool) -> Any:
+        """A live ``BudgetMeter``: ``%wflo meter`` returns a full one; a cell that made
+        LLM calls shows a compact one, and only the newest compact one follows the feed
+        (earlier ones keep their cell's last numbers)."""
+        from wflo_jupyter.jupyter.meter import BudgetMeter
+
+        widget = BudgetMeter(session.meter_snapshot(), compact=compact)
+        widget.follow(session.subscribe_meter)
+        if compact:
+            if self._compact_meter is not None:
+                self._compact_meter.stop_following()
+            self._compact_meter = widget
+            ipython_display(widget)
+            return None
+        self._meters.append(widget)
+        return widget
+
     def close(self) -> None:
+        for widget in [*self._meters, *([self._compact_meter] if self._compact_meter else [])]:
+            widget.close()
+        self._meters, self._compact_meter = [], None
         if self._session is not None:
             self._session.close()
             self._session = None

@@ -82,6 +82,7 @@ class StepIO:
     # waits (up to the seconds given) until every LLM call of the step is in the ledger
     llm_drain: Callable[[float], object] | None = None
     estimate: EstimateTally | None = None  # a dry run's calls (--estimate)
+    llm_requests: int = 0  # LLM calls the cell made (answered from the cache or not)
     deadline: float | None = None  # monotonic: when the running cell's --timeout ends
     _questions: set[Question] = field(default_factory=set)
     _closed: bool = False
