@@ -64,6 +64,7 @@ bench: install docker runtime-image
 	$(BENCH_VENV)/bin/python bench/ledger.py
 	$(BENCH_VENV)/bin/python bench/gateway.py
 	$(BENCH_VENV)/bin/python bench/widget.py
+	$(BENCH_VENV)/bin/python bench/startup.py
 
 unit: install
 	$(PY) -m pytest tests/unit
