@@ -324,6 +324,19 @@ def test_dead_or_foreign_pid_in_stack_json_means_not_running(tmp_path: Path) -> 
 
 
 @pytest.mark.redis
+def test_down_reaps_an_engine_another_launcher_of_this_process_started(tmp_path: Path) -> None:
+    """A launcher dropped after starting an engine (e.g. an `up` that restarted an
+    unhealthy one) leaves no zombie once another launcher of the process stops it: the
+    standard library would reap it only at this process's next subprocess start."""
+    import gc
+
+    pid = LocalStack(tmp_path).up(only=["redis"])["redis"].pid
+    gc.collect()  # the first launcher and its process handle are gone
+    assert LocalStack(tmp_path).down() == ["redis"]
+    wait_until(lambda: not Path(f"/proc/{pid}").exists(), 5, what=f"redis {pid} to be reaped")
+
+
+@pytest.mark.redis
 def test_engines_lost_from_stack_json_are_found_and_stopped(tmp_path: Path) -> None:
     first = LocalStack(tmp_path).up(only=["redis"])["redis"]
     (tmp_path / "stack.json").unlink()

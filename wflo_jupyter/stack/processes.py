@@ -82,11 +82,19 @@ class EngineProcesses:
                 found.append(pid)
         return found
 
-    def reap(self) -> None:
-        """Wait for the spawned processes that have exited (so none stays a zombie)."""
+    def reap(self, pids: Collection[int] = ()) -> None:
+        """Wait for the spawned processes that have exited (so none stays a zombie), and
+        for any of ``pids`` that is this process's child and a zombie although no handle
+        here knows it (spawned by another ``LocalStack`` of this process, whose dropped
+        handle the standard library reaps only when it next starts a subprocess)."""
         for pid, child in list(self._children.items()):
             if child.poll() is not None:
                 del self._children[pid]
+        for pid in pids:
+            found = procfs.stat(pid)
+            if found is not None and found.state == "Z" and found.ppid == os.getpid():
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
 
     def stop(self, infos: Collection[EngineInfo], strays: Collection[str] = ()) -> set[str]:
         """Stop ``infos`` (and any stray process of the ``strays`` engines); verify via /proc."""
@@ -115,7 +123,7 @@ class EngineProcesses:
                 os.kill(pid, sig)
 
         def alive() -> list[int]:
-            self.reap()
+            self.reap(family)
             return [p for p in family if procfs.is_alive(p, starts.get(p))]
 
         deadline = time.monotonic() + _STOP_TIMEOUT
@@ -145,7 +153,7 @@ class EngineProcesses:
             raise StackError(f"could not stop pids {sorted(set(left))} ({', '.join(names)})")
         # A child that exited after alive()'s last reap and before its /proc check is a
         # zombie now (counted as gone): reap it too, so down() leaves no entry in /proc.
-        self.reap()
+        self.reap(family)
         for info in infos:
             tmp_socket_dir = info.extra.get("socket_dir_tmp")
             if tmp_socket_dir:
