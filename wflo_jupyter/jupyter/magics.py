@@ -5,15 +5,15 @@ Defaults are traitlets, so ``%config WfloMagics.timeout = 120`` works.
 
 from __future__ import annotations
 
+import math
 import os
-import sys
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Dict, Float, Int, TraitError, Unicode, validate
 
-from wflo_jupyter.core.commands import parse_line_command
+from wflo_jupyter.core.commands import magic_help, parse_line_command
 from wflo_jupyter.core.errors import ConfigError, SpecError, StepFailed, UnsafeOutput
 from wflo_jupyter.core.money import usd_to_micros
 from wflo_jupyter.core.steps import StepDefaults, parse_step_spec
@@ -46,6 +46,8 @@ class WfloMagics(Magics):
     @validate("compute_price", "timeout", "cpus")
     def _positive(self, proposal: Any) -> Any:
         value = proposal["value"]
+        if value is not None and not math.isfinite(value):
+            raise TraitError(f"WfloMagics.{proposal['trait'].name} must be finite, got {value}")
         if value < 0 or (proposal["trait"].name != "compute_price" and value == 0):
             raise TraitError(f"WfloMagics.{proposal['trait'].name} must be positive, got {value}")
         return value
@@ -65,7 +67,7 @@ class WfloMagics(Magics):
                 settings,
                 notebook_path=os.environ.get("WFLO_NOTEBOOK_PATH")
                 or os.environ.get("JPY_SESSION_NAME"),
-                progress=lambda m: print(f"[wflo] {m}", file=sys.stderr),
+                progress=display.notice,
                 idle_timeout_s=self.idle_timeout,
             )
         return self._session
@@ -90,8 +92,6 @@ class WfloMagics(Magics):
 
     @line_cell_magic
     def wflo(self, line: str, cell: str | None = None) -> Any:
-        """``%%wflo [options]`` runs the cell in the sandbox; ``%wflo <command>`` (status,
-        runs, events, restart) inspects and manages the session."""
         if cell is None:
             return self._line(line)
         try:
@@ -118,6 +118,8 @@ class WfloMagics(Magics):
             raise UnsafeOutput("; ".join(io.value_errors.values()))
         return None
 
+    wflo.__doc__ = magic_help()  # what %wflo? and %%wflo? show
+
     def prewarm(self) -> None:
         """Start the sandbox container in the background (no-op on a bad setting: the
         first cell reports it)."""
@@ -132,6 +134,9 @@ class WfloMagics(Magics):
             command = parse_line_command(line)
         except SpecError as exc:
             raise UsageError(str(exc)) from None
+        if command.name == "help":
+            print(magic_help())
+            return None
         session = self.session
         if command.name == "runs":
             return display.steps_table(session.steps()[-command.options["limit"] :])
@@ -143,19 +148,23 @@ class WfloMagics(Magics):
             return self._budget(session, command.options)
         if command.name == "team":
             state = session.join_team(command.options["name"])
-            print(f"[wflo] this notebook's steps are also charged to team {state.scope.key}")
+            display.notice(f"this notebook's steps are also charged to team {state.scope.key}")
             return display.budget_states([state])
         if command.name == "report":
-            frame = display.report_frame(session.report_rows(command.options["all_sessions"]))
-            display.cost_chart(frame)
+            from wflo_jupyter.jupyter import report
+
+            frame = report.report_frame(session.report_rows(command.options["all_sessions"]))
+            report.cost_chart(frame)
             return frame
         if command.name == "cache":
             return self._cache(session, command.options)
         if command.name == "meter":
-            return display.meter(session)
+            from wflo_jupyter.jupyter.meter import meter
+
+            return meter(session)
         if command.name == "restart":
             session.restart_sandbox()
-            print("[wflo] new sandbox session: state from earlier cells was dropped")
+            display.notice("new sandbox session: state from earlier cells was dropped")
             return None
         return display.status(session.status_rows())
 
@@ -178,7 +187,7 @@ class WfloMagics(Magics):
             said = session.clear_cache(model=options["model"], this_notebook=options["notebook"])
         except ConfigError as exc:  # no Redis configured
             raise UsageError(f"%wflo cache: {exc}") from None
-        print(f"[wflo] {said}")
+        display.notice(said)
         return None
 
     def close(self) -> None:
