@@ -8,6 +8,7 @@ Imported on first use (pandas and matplotlib load then, not at ``%load_ext``).
 
 from __future__ import annotations
 
+import base64
 import io
 from collections.abc import Sequence
 from typing import Any
@@ -61,7 +62,7 @@ def cost_chart(frame: pd.DataFrame) -> None:
     """A bar chart of cost per step (and cache savings), shown in the cell."""
     if frame.empty:
         return
-    from IPython.display import Image, display
+    from IPython.display import publish_display_data
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(max(4.0, 0.5 * len(frame) + 2), 3))
@@ -81,4 +82,12 @@ def cost_chart(frame: pd.DataFrame) -> None:
     figure.tight_layout()
     png = io.BytesIO()
     figure.savefig(png, format="png", dpi=100)
-    display(Image(data=png.getvalue(), format="png"))
+    total = float(frame["cost (USD)"].sum())
+    saved = float(frame["saved (USD)"].sum())
+    steps = f"{len(frame)} step{'s' if len(frame) != 1 else ''}"
+    publish_display_data(
+        {
+            "image/png": base64.b64encode(png.getvalue()).decode("ascii"),
+            "text/plain": f"[chart: cost per step, {steps}: {total:g} USD, {saved:g} USD saved]",
+        }
+    )
