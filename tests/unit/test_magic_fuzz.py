@@ -13,6 +13,12 @@ from wflo_jupyter.core.commands import COMMANDS, LineCommand, parse_line_command
 from wflo_jupyter.core.errors import SpecError
 from wflo_jupyter.core.steps import StepSpec, parse_step_spec
 
+
+def _one_line(error: SpecError) -> None:
+    message = str(error)
+    assert message and "\n" not in message, repr(message)
+
+
 FUZZ = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -30,8 +36,7 @@ def test_cell_options_raise_only_spec_errors(line: str, code: str) -> None:
     try:
         spec = parse_step_spec(line, code)
     except SpecError as exc:
-        message = str(exc)
-        assert message and "\n" not in message, repr(message)
+        _one_line(exc)
         return
     assert isinstance(spec, StepSpec)
     assert math.isfinite(spec.timeout_s) and spec.timeout_s > 0
@@ -51,8 +56,7 @@ def test_line_commands_raise_only_spec_errors(command: str, rest: str) -> None:
         try:
             parsed = parse_line_command(text)
         except SpecError as exc:
-            message = str(exc)
-            assert message and "\n" not in message, repr(message)
+            _one_line(exc)
             continue
         assert isinstance(parsed, LineCommand) and parsed.name in COMMANDS
         limit = parsed.options.get("limit_micros")

@@ -104,8 +104,22 @@ def failure_line(result: StepResult) -> str:
 _NUMBER = re.compile(r"^-$|^[-+]?\$?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?(?: ?(?:%|s|ms))?$")
 
 
+class TextOutput:
+    """An output whose plain-text form is ``text()``: IPython's ``text/plain`` (the pretty
+    printer) and ``repr`` both show it."""
+
+    def text(self) -> str:
+        raise NotImplementedError
+
+    def _repr_pretty_(self, printer: PrettyPrinter, cycle: bool) -> None:
+        printer.text(self.text())
+
+    def __repr__(self) -> str:
+        return self.text()
+
+
 @dataclass(frozen=True, repr=False)
-class Table:
+class Table(TextOutput):
     """A small table that reads right in every front end: ``_repr_html_`` for a browser,
     and the same rows as aligned plain-text columns (``repr``) everywhere else."""
 
@@ -178,15 +192,9 @@ class Table:
             body = f'<tr><td colspan="{len(self.headers)}">{escape_html(self.empty)}</td></tr>'
         return html_block(f'<table class="wflo-table">{caption}{head}<tbody>{body}</tbody></table>')
 
-    def _repr_pretty_(self, printer: PrettyPrinter, cycle: bool) -> None:
-        printer.text(self.text())
-
-    def __repr__(self) -> str:
-        return self.text()
-
 
 @dataclass(frozen=True, repr=False)
-class Lines:
+class Lines(TextOutput):
     """A few lines of text (``%wflo budget``): plain text, and HTML MathJax leaves alone."""
 
     lines: tuple[str, ...]
@@ -196,12 +204,6 @@ class Lines:
 
     def _repr_html_(self) -> str:
         return html_block("<br>".join(escape_html(line) for line in self.lines))
-
-    def _repr_pretty_(self, printer: PrettyPrinter, cycle: bool) -> None:
-        printer.text(self.text())
-
-    def __repr__(self) -> str:
-        return self.text()
 
 
 def steps_table(steps: Sequence[StepSummary]) -> Table:
