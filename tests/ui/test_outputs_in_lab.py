@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -136,6 +137,7 @@ def lab(
             f"--IdentityProvider.token={TOKEN}",
             f"--ServerApp.root_dir={work}",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: run cells by command
         ],
         env=env,
         stdout=log,
@@ -168,31 +170,40 @@ def lab(
         log.close()
 
 
+KERNEL_READY = """() => {
+    const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+    const kernel = panel && panel.sessionContext && panel.sessionContext.session
+        && panel.sessionContext.session.kernel;
+    return !!kernel && kernel.connectionStatus === 'connected' && kernel.status === 'idle';
+}"""
+
+
 @pytest.fixture(scope="module")
 def page(lab: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The notebook run cell by cell (Shift+Enter) in chromium; a screenshot is saved."""
+    """The notebook run in chromium (Run All, once its kernel is connected and idle); a
+    screenshot is saved beside the test's temporary files."""
     from playwright.sync_api import sync_playwright
 
+    shot = tmp_path_factory.mktemp("shots") / "outputs.png"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             tab = browser.new_page(viewport={"width": 1300, "height": 1900})
             tab.goto(f"{lab}/lab/tree/outputs.ipynb?token={TOKEN}&reset")
-            tab.wait_for_selector(
-                ".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000
-            )
-            tab.locator(".jp-Cell").first.locator(".jp-InputArea-prompt").click()
-            for index in range(len(CELLS)):
-                tab.keyboard.press("Shift+Enter")
-                prompt = tab.locator(".jp-Cell").nth(index).locator(".jp-InputArea-prompt")
-                deadline = time.monotonic() + 120
-                while prompt.inner_text().strip() in ("[ ]:", "[*]:", ""):
-                    assert time.monotonic() < deadline, f"cell {index} did not finish"
-                    time.sleep(0.2)
+            tab.wait_for_function(KERNEL_READY, timeout=90_000)
+            tab.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            prompts = tab.locator(".jp-CodeCell .jp-InputArea-prompt")
+            deadline = time.monotonic() + 180
+            while True:
+                shown = [text.strip() for text in prompts.all_inner_texts()]
+                if len(shown) == len(CELLS) and all(re.fullmatch(r"\[\d+\]:", t) for t in shown):
+                    break
+                if time.monotonic() > deadline:
+                    tab.screenshot(path=str(shot), full_page=True)
+                    pytest.fail(f"the notebook did not finish: prompts {shown}; see {shot}")
+                time.sleep(0.2)
             tab.wait_for_timeout(1000)  # a last typesetting pass, if any
-            tab.screenshot(
-                path=str(tmp_path_factory.mktemp("shots") / "outputs.png"), full_page=True
-            )
+            tab.screenshot(path=str(shot), full_page=True)
             yield tab
         finally:
             browser.close()
