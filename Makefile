@@ -63,6 +63,8 @@ bench: install docker runtime-image
 	$(BENCH_VENV)/bin/python bench/sandbox.py
 	$(BENCH_VENV)/bin/python bench/ledger.py
 	$(BENCH_VENV)/bin/python bench/gateway.py
+	$(BENCH_VENV)/bin/python bench/widget.py
+	$(BENCH_VENV)/bin/python bench/startup.py
 
 unit: install
 	$(PY) -m pytest tests/unit

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -203,6 +205,7 @@ def demo(
 ) -> None:
     """Run a notebook headless on the local stack, then print its steps and costs."""
     import nbformat
+    from jupyter_client.manager import AsyncKernelManager
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
@@ -225,8 +228,13 @@ def demo(
     if not os.environ.get("OPENAI_API_KEY") and not os.environ.get("WFLO_PROVIDER"):
         os.environ["WFLO_PROVIDER"] = "mock"
         _progress("no OPENAI_API_KEY: LLM answers are simulated (WFLO_PROVIDER=mock)")
+    # IPC transport (Unix sockets in a private runtime dir): nothing listens on TCP, and
+    # ipykernel has no reason to warn about plain-text TCP
+    sockets = Path(tempfile.mkdtemp(prefix="wflo-demo-kernel-"))  # 0700, ours alone
+    kernel = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(sockets / "ipc"))
     client = NotebookClient(
         nb,
+        km=kernel,
         timeout=timeout,
         kernel_name="python3",
         resources={"metadata": {"path": str(notebook.parent)}},
@@ -236,6 +244,8 @@ def demo(
     except CellExecutionError as exc:
         err.print(f"[red]the notebook failed:[/red] {str(exc).strip().splitlines()[-1]}")
         raise typer.Exit(1) from None
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
     for cell in nb.cells:
         for output in cell.get("outputs", []):
             if output.get("output_type") == "stream":

@@ -4,11 +4,10 @@ threshold notices in the cell."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
-from tests.kernel_driver import Kernel, loaded_kernel
+from tests.kernel_driver import Kernel
 
 pytestmark = [
     pytest.mark.integration,
@@ -17,12 +16,6 @@ pytestmark = [
     pytest.mark.temporal,
     pytest.mark.postgres,
 ]
-
-
-@pytest.fixture(scope="module")
-def kernel(stack_env: dict[str, str], runtime_image: str) -> Iterator[Kernel]:
-    with loaded_kernel() as k:
-        yield k
 
 
 def test_notebook_budget_show_and_set(kernel: Kernel) -> None:

@@ -4,11 +4,11 @@ Postgres and Kafka, plus bad input that leaves the kernel alive."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 
-from tests.kernel_driver import Kernel, loaded_kernel
+from tests.kernel_driver import Kernel
 from wflo_jupyter.events import EventConsumer
 from wflo_jupyter.ledger.store import Ledger
 
@@ -34,17 +34,6 @@ except OSError:
 """
 
 
-@pytest.fixture(scope="module")
-def kernel(stack_env: dict[str, str], runtime_image: str) -> Iterator[Kernel]:
-    with loaded_kernel() as k:
-        yield k
-
-
-def _session_id(kernel: Kernel) -> str:
-    run = kernel.run("print(get_ipython().find_magic('wflo').__self__.session.session_id)")
-    return run.stdout.strip()
-
-
 def test_cell_runs_in_the_sandbox(kernel: Kernel) -> None:
     run = kernel.run(SANDBOX_PROBE)
     assert run.status == "ok", run.error
@@ -62,7 +51,7 @@ def test_step_is_recorded_evented_and_durable(
     marker = uuid.uuid4().hex
     run = kernel.run(f"%%wflo --name recorded-{marker}\nprint('{marker}')")
     assert run.stdout == f"{marker}\n"
-    session_id = _session_id(kernel)
+    session_id = kernel.wflo_session_id()
     ledger = Ledger.connect(database_url)
     try:
         (step,) = [s for s in ledger.steps(session_id) if s.name == f"recorded-{marker}"]
@@ -145,17 +134,14 @@ def test_config_traits_set_defaults(kernel: Kernel) -> None:
         kernel.run("%config WfloMagics.timeout = 60.0")
 
 
-def test_bad_url_is_one_line_usage_error(stack_env: dict[str, str]) -> None:
-    k = Kernel(env={"WFLO_DATABASE_URL": "notaurl"})
-    try:
-        k.run("%load_ext wflo_jupyter")
-        run = k.run("%%wflo\nprint(1)")
-        assert run.status == "error"
-        text = run.stderr + run.error_line
-        assert "UsageError: WFLO_DATABASE_URL: 'notaurl' is not a postgresql:// URL" in text
-        assert k.alive()
-    finally:
-        k.shutdown()
+def test_bad_url_is_one_line_usage_error(make_kernel: Callable[..., Kernel]) -> None:
+    k = make_kernel({"WFLO_DATABASE_URL": "notaurl"}, load=False)
+    k.run("%load_ext wflo_jupyter")
+    run = k.run("%%wflo\nprint(1)")
+    assert run.status == "error"
+    text = run.stderr + run.error_line
+    assert "UsageError: WFLO_DATABASE_URL: 'notaurl' is not a postgresql:// URL" in text
+    assert k.alive()
 
 
 def test_events_lists_this_sessions_events(kernel: Kernel) -> None:

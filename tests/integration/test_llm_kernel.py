@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fakes.providers import FakeProvider
 from tests.helpers import PrivateRedis, wait_until
-from tests.kernel_driver import Kernel, loaded_kernel
+from tests.kernel_driver import Kernel
 
 pytestmark = [
     pytest.mark.integration,
@@ -44,9 +44,9 @@ def _env(fake: FakeProvider) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def kernel(stack_env: dict[str, str], runtime_image: str, fake: FakeProvider) -> Iterator[Kernel]:
-    with loaded_kernel(_env(fake)) as k:
-        yield k
+def kernel_env(fake: FakeProvider) -> dict[str, str]:
+    """The module's ``kernel`` (``conftest.py``) calls the fake provider."""
+    return _env(fake)
 
 
 def test_sdk_calls_answered_cached_and_reported(kernel: Kernel, fake: FakeProvider) -> None:
@@ -156,11 +156,10 @@ def test_host_key_is_unreachable_from_the_cell(kernel: Kernel) -> None:
 
 
 def test_single_flight_across_two_kernels(
-    stack_env: dict[str, str], runtime_image: str, fake: FakeProvider, kernel: Kernel
+    make_kernel: Callable[..., Kernel], fake: FakeProvider, kernel: Kernel
 ) -> None:
-    other = Kernel(env=_env(fake))
+    other = make_kernel(_env(fake))
     try:
-        assert other.run("%load_ext wflo_jupyter").status == "ok"
         assert other.run("%%wflo\nprint('warm')").stdout == "warm\n"
         kernel.run("%%wflo\nprint('warm')")
         fake.state.delay_s = 1.0
@@ -180,21 +179,19 @@ def test_single_flight_across_two_kernels(
         runs = [kernel.collect(first, 300), other.collect(second, 300)]
     finally:
         fake.state.delay_s = 0.0
-        other.run("%unload_ext wflo_jupyter")
-        other.shutdown()
+        other.close()
     for run in runs:
         assert run.stdout == f"{{'echo: together {marker}'}}\n", (run.stdout, run.stderr[-1500:])
     assert len(fake.requests) == before + 1
 
 
 def test_redis_outage_mid_notebook(
-    stack_env: dict[str, str], runtime_image: str, fake: FakeProvider, tmp_path: Path
+    make_kernel: Callable[..., Kernel], fake: FakeProvider, tmp_path: Path
 ) -> None:
     """Redis stopped mid-notebook: calls go on (budgeted, recorded) after one warning;
     Redis back: caching resumes."""
     server = PrivateRedis(tmp_path)
     server.start()
-    k = Kernel(env={**_env(fake), "WFLO_REDIS_URL": server.url})
     marker = uuid.uuid4().hex[:8]
     cell = (
         "%%wflo --name outage\n"
@@ -203,7 +200,7 @@ def test_redis_outage_mid_notebook(
         f"    messages=[{{'role': 'user', 'content': 'outage {marker}'}}]).choices[0].message.content)\n"
     )
     try:
-        assert k.run("%load_ext wflo_jupyter").status == "ok"
+        k = make_kernel({**_env(fake), "WFLO_REDIS_URL": server.url})
         start = len(fake.requests)
         assert k.run(cell).stdout == f"echo: outage {marker}\n"
         assert k.run(cell).stdout == f"echo: outage {marker}\n"
@@ -228,9 +225,8 @@ def test_redis_outage_mid_notebook(
             " sum(r.cached_calls for r in rows if r.name == 'outage'))"
         )
         assert rows.stdout.split() == ["6", "2"]  # every call was recorded
+        k.close()  # unloaded while its Redis still runs
     finally:
-        k.run("%unload_ext wflo_jupyter")
-        k.shutdown()
         server.stop()
 
 
@@ -273,7 +269,7 @@ def test_cache_stats_clear_and_price_overrides(kernel: Kernel, fake: FakeProvide
 
 
 def test_a_clear_in_another_kernel_reaches_this_kernels_near_cache(
-    stack_env: dict[str, str], runtime_image: str, fake: FakeProvider, kernel: Kernel
+    make_kernel: Callable[..., Kernel], fake: FakeProvider, kernel: Kernel
 ) -> None:
     """This kernel answers a repeated call from its in-memory near cache; another kernel
     clears the model's answers; this kernel's next identical call goes to the provider
@@ -302,13 +298,83 @@ def test_a_clear_in_another_kernel_reaches_this_kernels_near_cache(
     assert re.search(
         rf"^this kernel's hits answered from memory +{from_memory + 1}$", stats, re.M
     ), stats
-    other = Kernel(env=_env(fake))
-    try:
-        assert other.run("%load_ext wflo_jupyter").status == "ok"
-        cleared = other.run(f"%wflo cache clear --model {model}")
-        assert f"of {model}" in cleared.notices, cleared.notices + cleared.stderr
-    finally:
-        other.run("%unload_ext wflo_jupyter")
-        other.shutdown()
+    other = make_kernel(_env(fake))
+    cleared = other.run(f"%wflo cache clear --model {model}")
+    assert f"of {model}" in cleared.notices, cleared.notices + cleared.stderr
+    other.close()
     assert kernel.run(cell).stdout == f"echo: near {marker}\n"
     assert len(fake.requests) == before + 2  # the cleared answer was fetched again
+
+
+def _notices(run: object) -> list[str]:
+    """wflo's notice lines of a cell, wherever the front end shows them (stderr lines or
+    display data), without the ``[wflo] `` prefix."""
+    lines = run.stderr.splitlines()  # type: ignore[attr-defined]
+    for data in run.data:  # type: ignore[attr-defined]
+        lines += str(data.get("text/plain", "")).splitlines()
+    return [line.removeprefix("[wflo] ") for line in lines if "budget crossed" in line]
+
+
+def test_llm_spend_announces_each_threshold_once(
+    make_kernel: Callable[..., Kernel], fake: FakeProvider
+) -> None:
+    """Calls whose real cost is known exactly (input free, $1000 per million output tokens,
+    the output capped by max_tokens: N tokens cost N x $0.001) walk a $0.01 cell budget and
+    a $0.02 notebook budget through 50/75/90/100%; each crossing is said once, in the
+    cell whose call crossed it."""
+    model = f"threshold-model-{uuid.uuid4().hex[:6]}"
+    marker = uuid.uuid4().hex[:8]
+    kernel = make_kernel(_env(fake))
+    kernel.run(f"%config WfloMagics.prices = {{'{model}': {{'input': 0, 'output': 1000}}}}")
+    assert kernel.run("%wflo budget 0.02").status == "ok"
+    cells = []
+    for cell in range(2):
+        code = (
+            "%%wflo --budget 0.01\n"
+            "from openai import OpenAI\n"
+            "client = OpenAI()\n"
+            "for i, tokens in enumerate([5, 3, 1, 1]):\n"
+            f"    client.chat.completions.create(model='{model}', max_tokens=tokens,\n"
+            f"        messages=[{{'role': 'user', 'content': 'many words to cap {marker} {cell} ' + str(i) + ' x' * 20}}])\n"
+            "print('spent')\n"
+        )
+        run = kernel.run(code)
+        assert run.status == "ok", (run.error, run.stderr[-2000:])
+        cells.append(_notices(run))
+    first, second = cells
+    cell_lines = [f"cell budget crossed {t}%" for t in (50, 75, 90, 100)]
+    for notices in cells:  # every cell walks its own cell budget: each threshold once
+        assert [n.split(":")[0] for n in notices if n.startswith("cell")] == cell_lines
+    assert [n.split(":")[0] for n in first if n.startswith("notebook")] == [
+        "notebook budget crossed 50%"
+    ]
+    assert [n.split(":")[0] for n in second if n.startswith("notebook")] == [
+        f"notebook budget crossed {t}%" for t in (75, 90, 100)
+    ]
+    assert "cell budget crossed 100%: $0.01 of $0.01" in first
+    assert "notebook budget crossed 100%: $0.02 of $0.02" in second
+
+
+def test_a_cell_that_calls_a_model_shows_a_compact_meter(kernel: Kernel) -> None:
+    marker = uuid.uuid4().hex[:8]
+    code = (
+        "%%wflo --budget 0.05 --name metered\n"
+        "from openai import OpenAI\n"
+        "OpenAI().chat.completions.create(model='gpt-4o-mini', max_tokens=5,\n"
+        f"    messages=[{{'role': 'user', 'content': 'meter {marker}'}}])\n"
+    )
+    run = kernel.run(code)
+    assert run.status == "ok", run.error
+    widgets = [d for d in run.data if "application/vnd.jupyter.widget-view+json" in d]
+    assert len(widgets) == 1
+    assert "[wflo] cell budget: $0." in widgets[0]["text/plain"]
+    assert "[wflo] cell metered: $0." in widgets[0]["text/plain"]
+    plain = kernel.run("%%wflo --name no-llm\nprint(1)")
+    assert not [d for d in plain.data if "application/vnd.jupyter.widget-view+json" in d]
+    kernel.run("%config WfloMagics.show_meter = False")
+    try:
+        quiet = kernel.run(code.replace(marker, marker + "-quiet"))
+        assert quiet.status == "ok", quiet.error
+        assert not [d for d in quiet.data if "application/vnd.jupyter.widget-view+json" in d]
+    finally:
+        kernel.run("%config WfloMagics.show_meter = True")

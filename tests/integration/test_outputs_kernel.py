@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,7 +15,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from tests.fuzz import line
-from tests.kernel_driver import CellRun, Kernel, loaded_kernel
+from tests.kernel_driver import CellRun, Kernel
 from wflo_jupyter.core.commands import CELL_OPTIONS, COMMAND_HELP, parse_line_command
 from wflo_jupyter.core.commands import COMMANDS as LINE_COMMANDS
 from wflo_jupyter.core.errors import SpecError
@@ -47,16 +46,15 @@ LLM_CELL = (
 
 
 @pytest.fixture(scope="module")
-def kernel(stack_env: dict[str, str], runtime_image: str) -> Iterator[Kernel]:
-    with loaded_kernel({"WFLO_PROVIDER": "mock"}) as k:
-        assert k.run("%wflo budget 1").status == "ok"
-        assert k.run(f"%wflo budget --team {TEAM} 5 --period day").status == "ok"
-        yield k
+def kernel_env() -> dict[str, str]:
+    return {"WFLO_PROVIDER": "mock"}  # the module's kernel answers LLM calls offline
 
 
 @pytest.fixture(scope="module")
 def llm_run(kernel: Kernel) -> CellRun:
-    """A cell whose second call is a cache hit (the mock provider: no network)."""
+    """A notebook budget of $1, a team budget, and a cell whose second call is a cache hit."""
+    assert kernel.run("%wflo budget 1").status == "ok"
+    assert kernel.run(f"%wflo budget --team {TEAM} 5 --period day").status == "ok"
     run = kernel.run(LLM_CELL)
     assert run.status == "ok", (run.error, run.stderr[-2000:])
     return run
@@ -104,7 +102,7 @@ def test_every_command_reads_as_text_and_as_math_free_html(
         if html and command != "report":  # pandas writes its own classes
             assert "tex2jax_ignore mathjax_ignore" in html
     plain = "\n".join(str(b["text/plain"]) for b in run.data)
-    if command.startswith(("budget", "team", "meter")):
+    if command.startswith(("budget", "team")):
         assert "budget $" in plain, plain
     if command == "runs":  # an aligned table: a header, a rule, the step's row
         lines = plain.splitlines()
@@ -114,9 +112,10 @@ def test_every_command_reads_as_text_and_as_math_free_html(
     if command == "report":
         assert "twice" in plain and "(USD)" in plain, plain
         assert any("image/png" in b for b in run.data)  # the chart
-    if command == "meter":
+    if command == "meter":  # the widget's text for front ends without widgets
         widget = next(b for b in run.data if WIDGET in b)
-        assert widget["text/plain"].startswith("notebook budget $1.00")
+        assert widget["text/plain"].startswith("[wflo] notebook budget: "), widget
+        assert "of $1.00" in widget["text/plain"], widget
     if command == "cache stats":
         assert re.search(r"^hits +\d+$", plain, re.M), plain
 

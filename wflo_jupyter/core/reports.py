@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from wflo_jupyter.core.budget import BudgetState
+
 OutputEvent = tuple[str, Any, Any]
 """``("stream", name, text) | ("display", data, metadata) | ("notice", text, None)``."""
 
@@ -74,3 +76,28 @@ class CacheReport:
     stats: CacheStats
     available: bool
     from_memory: int | None
+
+
+@dataclass(frozen=True)
+class CallSummary:
+    """One LLM call as the budget meter lists it."""
+
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cost_micros: int
+    saved_micros: int
+    cached: bool
+    simulated: bool
+
+
+@dataclass(frozen=True)
+class MeterSnapshot:
+    """What the budget meter shows: every enclosing budget, this (or the last) cell's
+    cost and cache savings, and the latest calls, newest first."""
+
+    budgets: tuple[BudgetState, ...]
+    cell_name: str | None
+    cell_cost_micros: int
+    cell_saved_micros: int
+    calls: tuple[CallSummary, ...]

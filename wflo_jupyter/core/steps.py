@@ -96,6 +96,7 @@ class StepInput:
     notebook_key: str = ""  # the notebook budget this step is charged to
     teams: list[str] = field(default_factory=list)  # team budgets it is also charged to
     compute_price_micros: int = 0  # per CPU-second of sandbox time
+    estimate: bool = False  # a dry run (--estimate): not recorded in the ledger
 
     def budget_scopes(self) -> list[tuple[str, str]]:
         """``(kind, key)`` of every budget enclosing this step, narrowest first."""

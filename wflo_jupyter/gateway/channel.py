@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
-from wflo_jupyter.gateway.service import CallContext, GatewayRequest, LlmGateway
+from wflo_jupyter.gateway.service import CallContext, GatewayRequest, Responder
 from wflo_jupyter.sandbox.agent.protocol import (
     LLM_FORWARDED_HEADERS,
     Frame,
@@ -25,6 +25,15 @@ FrameHandler = Callable[[Frame, Send], None]
 FastFrameHandler = Callable[[Frame, Send], bool]
 
 log = logging.getLogger(__name__)
+
+
+class Answers(Protocol):
+    """What answers a step's calls: ``LlmGateway``, or a dry run's ``EstimateGateway``."""
+
+    def handle(self, request: GatewayRequest, ctx: CallContext, responder: Responder) -> None: ...
+    def answer_from_cache(
+        self, request: GatewayRequest, ctx: CallContext, responder: Responder
+    ) -> bool: ...
 
 
 class BadLlmRequest(ValueError):
@@ -79,7 +88,7 @@ class ChannelResponder:
         self._send(llm_error_response(self.request_id, provider, status, message))
 
 
-def frame_handlers(gateway: LlmGateway, ctx: CallContext) -> tuple[FrameHandler, FastFrameHandler]:
+def frame_handlers(gateway: Answers, ctx: CallContext) -> tuple[FrameHandler, FastFrameHandler]:
     """What a sandbox calls for the ``llm_request`` frames of one step: ``handle`` (on a
     worker thread: every request gets exactly one answer) and ``fast`` (on the channel's
     reading thread first: answers a cache hit at once, else returns False untouched)."""

@@ -67,8 +67,11 @@ class MockUpstream:
     def close(self) -> None:
         pass
 
-    def answer(self, provider: str, endpoint: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """The full (non-streamed) response body for ``body``."""
+    def answer(
+        self, provider: str, endpoint: str, body: Mapping[str, Any], text: str | None = None
+    ) -> dict[str, Any]:
+        """The full (non-streamed) response body for ``body``; its words are ``text`` when
+        given (a dry run's placeholder), else the simulated answer."""
         model = str(body.get("model") or "unknown-model")
         prompt_tokens = self.count_tokens(provider, model, body)
         if endpoint == "embeddings":
@@ -91,7 +94,8 @@ class MockUpstream:
                 "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
             }
         cap = _max_output(body)
-        text = simulated_text(model, body, cap)
+        if text is None:
+            text = simulated_text(model, body, cap)
         output_tokens = self.count_tokens(
             provider, model, {"messages": [{"role": "assistant", "content": text}]}
         )

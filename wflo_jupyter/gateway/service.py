@@ -22,8 +22,9 @@ from typing import Any, Protocol
 from wflo_jupyter.cache.keys import DEFAULT_NAMESPACE, CacheKey, cache_key
 from wflo_jupyter.cache.llm_cache import CachedResponse, LlmCache
 from wflo_jupyter.cache.locks import LockTimeout, RedisLock, single_flight
-from wflo_jupyter.core.budget import BudgetExceeded, BudgetScope
+from wflo_jupyter.core.budget import BudgetExceeded, BudgetScope, threshold_notice
 from wflo_jupyter.core.errors import WfloError
+from wflo_jupyter.core.estimates import CallNotConfirmed, confirm_question
 from wflo_jupyter.core.money import format_usd
 from wflo_jupyter.core.pricing import Usage, normalise_usage
 from wflo_jupyter.gateway.recorder import HitRecorder
@@ -31,11 +32,12 @@ from wflo_jupyter.gateway.streams import SseEvent, SseParser, assemble, synthesi
 from wflo_jupyter.gateway.upstream import ProviderRoutes, UpstreamResponse, error_body, scrub
 from wflo_jupyter.ledger.budgets import BudgetLedger
 from wflo_jupyter.ledger.calls import LlmCall
-from wflo_jupyter.ledger.pricing import PriceBook
+from wflo_jupyter.ledger.pricing import PriceBook, WorstCase
 
 log = logging.getLogger(__name__)
 
 BUDGET_STATUS = 402
+NOT_CONFIRMED_STATUS = 403
 
 
 class UpstreamLike(Protocol):
@@ -88,6 +90,10 @@ class CallContext:
     namespace: str = DEFAULT_NAMESPACE
     notice: Callable[[str], None] = field(default=lambda _text: None)
     origin: str | None = None  # the notebook: answers it stores can be cleared with it
+    # a call whose worst case is above this waits for ``confirm`` (the analyst's answer:
+    # True yes, False no, None this run cannot ask) before anything is reserved
+    confirm_above_micros: int | None = None
+    confirm: Callable[[str], bool | None] | None = None
 
 
 class _StreamBroken(Exception):
@@ -153,7 +159,7 @@ class LlmGateway:
             if self.cache is None or self.lock_factory is None or ctx.no_cache:
                 paid = self._call_paid(request, ctx, responder)
                 if not paid.streamed:
-                    self._answer(responder, request, paid.body)
+                    send_answer(responder, request, paid.body)
                 return
             self._cached_call(request, ctx, responder)
         except _ProviderFailed as failed:
@@ -172,6 +178,10 @@ class LlmGateway:
             line = f"BudgetExceeded: {refused}"
             ctx.notice(line)
             self._error(responder, provider, BUDGET_STATUS, line)
+        except CallNotConfirmed as refused:
+            line = f"CallNotConfirmed: {refused}"
+            ctx.notice(line)
+            self._error(responder, provider, NOT_CONFIRMED_STATUS, line)
         except (WfloError, ValueError, LockTimeout) as exc:
             self._error(responder, provider, 400, f"{type(exc).__name__}: {exc}")
         except ConnectionError as exc:
@@ -209,7 +219,7 @@ class LlmGateway:
             if ctx.origin is not None and paid:
                 self.cache.note_origin(key, ctx.origin, _cache_ttl(request.headers))
             if not (paid and paid[0].streamed):
-                self._answer(responder, request, value.body)
+                send_answer(responder, request, value.body)
             return
         self._serve_hit(request, ctx, responder, key, value)
 
@@ -236,6 +246,16 @@ class LlmGateway:
             log.exception("LLM gateway: serving a cache hit failed")
         return True
 
+    def cached(self, request: GatewayRequest, ctx: CallContext) -> bool:
+        """Whether the cache holds an answer for ``request`` now: one lookup that stores,
+        locks and counts nothing (a dry run's "answered from the cache at $0")."""
+        if self.cache is None or ctx.no_cache or not request.model:
+            return False
+        try:
+            return self.cache.get(self._key(request, ctx)) is not None
+        except Exception:
+            return False
+
     def _key(self, request: GatewayRequest, ctx: CallContext) -> CacheKey:
         return cache_key(
             provider=request.provider,
@@ -256,7 +276,7 @@ class LlmGateway:
     ) -> None:
         assert self.cache is not None
         # Answer first: a hit moves no money, so its $0 ledger row can follow the answer.
-        self._answer(responder, request, value.body)
+        send_answer(responder, request, value.body)
         ctx.notice(
             f"cache hit: {request.model} answered at $0, saved {format_usd(value.saved_micros)}"
             + (" (simulated)" if self.simulated else "")
@@ -289,6 +309,8 @@ class LlmGateway:
         worst = self.prices.worst_case(provider, model, request.body, endpoint=endpoint)
         body = worst.apply_to(request.body)
         wants_usage = bool((request.body.get("stream_options") or {}).get("include_usage"))
+        label = f"{model}, {worst.max_tokens_field}={worst.max_tokens}"
+        self._confirm(ctx, label, worst)  # before the reservation: a no reserves nothing
         if request.stream and endpoint == "chat":
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         reservation = self.budgets.reserve(
@@ -296,7 +318,7 @@ class LlmGateway:
             worst.micros,
             lease_s=self.lease_s,
             step_id=ctx.step_id,
-            call_label=f"{model}, {worst.max_tokens_field}={worst.max_tokens}",
+            call_label=label,
         )
         started = time.monotonic()
         try:
@@ -322,7 +344,7 @@ class LlmGateway:
                     streamed = False
             usage = normalise_usage(provider, full.get("usage") or {})
             cost = self.prices.cost_micros(provider, model, usage)
-            self.budgets.settle(
+            settlement = self.budgets.settle(
                 reservation,
                 cost,
                 call=LlmCall(
@@ -338,7 +360,24 @@ class LlmGateway:
         except BaseException:
             self.budgets.release(reservation)
             raise
+        for crossed in settlement.thresholds:  # once each: only the settle that crosses it
+            ctx.notice(threshold_notice(crossed.scope, crossed.threshold, crossed.state))
         return _Paid(full, usage, cost, streamed)
+
+    @staticmethod
+    def _confirm(ctx: CallContext, label: str, worst: WorstCase) -> None:
+        """``confirm_above``: a call whose worst case is above it goes on only after the
+        analyst's yes (asked in the running cell); ``CallNotConfirmed`` otherwise."""
+        threshold = ctx.confirm_above_micros
+        if threshold is None or worst.micros <= threshold:
+            return
+        answer = (
+            ctx.confirm(confirm_question(label, worst.micros, threshold)) if ctx.confirm else None
+        )
+        if answer is None:
+            raise CallNotConfirmed.cannot_ask(label, worst.micros, threshold)
+        if not answer:
+            raise CallNotConfirmed.declined(label, worst.micros)
 
     @staticmethod
     def _relay_stream(
@@ -361,25 +400,38 @@ class LlmGateway:
         responder.end()
         return assemble(endpoint, events)
 
-    # -- answers ----------------------------------------------------------------------------
-    @staticmethod
-    def _answer(responder: Responder, request: GatewayRequest, body: dict[str, Any]) -> None:
-        if request.stream and request.endpoint != "embeddings":
-            wants_usage = bool((request.body.get("stream_options") or {}).get("include_usage"))
-            responder.start(200, {"content-type": "text/event-stream"})
-            for event in synthesise(request.endpoint, body, include_usage=wants_usage):
-                responder.chunk(event.encode())
-            responder.end()
-            return
-        responder.full(200, {"content-type": "application/json"}, json.dumps(body).encode())
-
+    # -- answers ---------------------------------------------------------------------------
     @staticmethod
     def _error(responder: Responder, provider: str, status: int, message: str) -> None:
-        responder.full(
-            status,
-            {"content-type": "application/json"},
-            json.dumps(error_body(provider, status, message)).encode(),
-        )
+        send_error(responder, provider, status, message)
+
+
+def send_answer(
+    responder: Responder,
+    request: GatewayRequest,
+    body: dict[str, Any],
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """Answer with the full ``body``: as a stream of the provider's events when the
+    request asked for one (synthesised from the body), else as JSON."""
+    extra = dict(headers or {})
+    if request.stream and request.endpoint != "embeddings":
+        wants_usage = bool((request.body.get("stream_options") or {}).get("include_usage"))
+        responder.start(200, {"content-type": "text/event-stream", **extra})
+        for event in synthesise(request.endpoint, body, include_usage=wants_usage):
+            responder.chunk(event.encode())
+        responder.end()
+        return
+    responder.full(200, {"content-type": "application/json", **extra}, json.dumps(body).encode())
+
+
+def send_error(responder: Responder, provider: str, status: int, message: str) -> None:
+    """Answer with an error in the provider's own shape."""
+    responder.full(
+        status,
+        {"content-type": "application/json"},
+        json.dumps(error_body(provider, status, message)).encode(),
+    )
 
 
 def _cache_ttl(headers: Mapping[str, str]) -> float | None:

@@ -17,7 +17,9 @@ from wflo_jupyter.cache.llm_cache import LlmCache
 from wflo_jupyter.cache.locks import RedisLock
 from wflo_jupyter.cache.redis_client import connect_redis
 from wflo_jupyter.core.budget import BudgetScope
+from wflo_jupyter.core.estimates import EstimateTally
 from wflo_jupyter.gateway.channel import frame_handlers
+from wflo_jupyter.gateway.estimate import EstimateGateway
 from wflo_jupyter.gateway.mock import MockUpstream
 from wflo_jupyter.gateway.service import CallContext, LlmGateway, UpstreamLike
 from wflo_jupyter.gateway.upstream import ProviderRoutes, Upstream
@@ -78,15 +80,29 @@ def step_handlers(
     no_cache: bool,
     notice: Callable[[str], None],
     origin: str,
+    confirm_above_micros: int | None = None,
+    confirm: Callable[[str], bool | None] | None = None,
 ) -> tuple[LlmHandler, LlmFastPath]:
     """What the sandbox calls for each ``llm_request`` frame of one step's cell: the
     worker-thread handler, and the reading thread's cache-hit fast path. ``scopes`` are
-    the enclosing budgets, narrowest first."""
+    the enclosing budgets, narrowest first; a call whose worst case is above
+    ``confirm_above_micros`` is sent only after ``confirm`` says yes."""
     context = CallContext(
         step_id=step_id,
         scopes=tuple(BudgetScope(kind, key) for kind, key in scopes),  # type: ignore[arg-type]
         no_cache=no_cache,
         notice=notice,
         origin=origin,
+        confirm_above_micros=confirm_above_micros,
+        confirm=confirm,
     )
     return frame_handlers(gateway, context)
+
+
+def estimate_handlers(
+    gateway: LlmGateway, tally: EstimateTally, *, no_cache: bool
+) -> tuple[LlmHandler, LlmFastPath]:
+    """The same for a ``--estimate`` dry run: every call is priced into ``tally`` and
+    answered with a placeholder; nothing is reserved, sent, cached or recorded."""
+    context = CallContext(step_id=None, scopes=(), no_cache=no_cache)
+    return frame_handlers(EstimateGateway(gateway, tally), context)

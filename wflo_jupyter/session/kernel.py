@@ -14,25 +14,24 @@ import contextlib
 import getpass
 import logging
 import os
-import queue
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from wflo_jupyter.core.budget import BudgetNotFound
-from wflo_jupyter.core.errors import ConfigError, WfloError
-from wflo_jupyter.core.reports import CacheReport, OutputEvent, StepCostRow, StepSummary
+from wflo_jupyter.core.estimates import EstimateTally
+from wflo_jupyter.core.reports import OutputEvent, StepSummary
 from wflo_jupyter.core.steps import StepInput, StepResult, StepSpec
-from wflo_jupyter.orchestration.stepio import StepIO, StepIORegistry
+from wflo_jupyter.orchestration.stepio import Ask, StepIO, StepIORegistry
+from wflo_jupyter.session.queries import SessionQueries
 from wflo_jupyter.session.sandboxes import KernelSandboxes
 from wflo_jupyter.stack.settings import Endpoints, Settings, resolve_endpoints
 
 if TYPE_CHECKING:
     from wflo_jupyter.cache.llm_cache import LlmCache
-    from wflo_jupyter.core.budget import BudgetState
     from wflo_jupyter.events.relay import OutboxRelay
     from wflo_jupyter.gateway.service import LlmGateway
     from wflo_jupyter.ledger.budgets import BudgetLedger
@@ -54,7 +53,7 @@ def load_settings() -> Settings:
     return Settings.from_env()
 
 
-class WfloSession:
+class WfloSession(SessionQueries):
     """The kernel's wflo state: engines, sandbox containers, the step runner, the relay."""
 
     def __init__(
@@ -92,6 +91,7 @@ class WfloSession:
         self.cache: LlmCache | None = None
         self.teams: list[str] = []
         self.compute_price_micros = 0
+        self.confirm_above_micros: int | None = None  # %config WfloMagics.confirm_above
         self.price_overrides: dict[str, Any] = {}
         self._noted: set[str] = set()
         self._note_sink: Callable[[str], None] | None = None
@@ -214,12 +214,18 @@ class WfloSession:
         spec: StepSpec,
         inputs: dict[str, Any] | None = None,
         on_event: Callable[[OutputEvent], None] | None = None,
+        ask: Ask | None = None,
     ) -> tuple[StepResult, StepIO]:
         """Run one cell as a durable step. ``on_event`` is called on THIS thread for each
-        output event as it arrives (the kernel's main thread, so output lands in the cell)."""
+        output event as it arrives (the kernel's main thread, so output lands in the cell);
+        ``ask`` puts an LLM call above ``confirm_above_micros`` to the analyst, also here.
+
+        ``spec.estimate``: a dry run in a throwaway sandbox, not recorded in the ledger;
+        its calls are priced into ``io.estimate`` and answered with placeholders."""
         self.start()
         assert self.runner is not None
         step_id = str(uuid.uuid4())
+        dry = spec.estimate
         step = StepInput(
             step_id=step_id,
             session_id=self.session_id,
@@ -231,17 +237,29 @@ class WfloSession:
             pids_limit=spec.pids_limit,
             image=spec.image,
             budget_micros=spec.budget_micros,
-            retries=spec.retries,
+            retries=0 if dry else spec.retries,
             notebook_key=self.notebook_key,
             teams=list(self.teams),
             compute_price_micros=self.compute_price_micros,
+            estimate=dry,
         )
         io = self.step_io.open(
-            step_id, StepIO(inputs=dict(inputs or {}), outputs=spec.outputs, fresh=spec.fresh)
+            step_id,
+            StepIO(
+                inputs=dict(inputs or {}),
+                outputs=() if dry else spec.outputs,  # a dry run's values stay out
+                fresh=spec.fresh or dry,
+            ),
         )
-        io.llm_handler, io.llm_fast_path = self.llm_handlers(step, io, spec.no_cache)
-        io.llm_drain = self.gateway.drain if self.gateway is not None else None
+        if dry:
+            io.estimate = EstimateTally()
+            io.llm_handler, io.llm_fast_path = self.estimate_handlers(io.estimate, spec.no_cache)
+        else:
+            io.llm_handler, io.llm_fast_path = self.llm_handlers(step, io, spec.no_cache)
+            io.llm_drain = self.gateway.drain if self.gateway is not None else None
         self._note_sink = io.notice
+        if not dry:
+            self.meter_step = (step_id, step.name)
         deliver = on_event or (lambda _event: None)
         started = time.monotonic()
         future = self.runner.submit(step)
@@ -249,9 +267,9 @@ class WfloSession:
             interrupted = False
             while True:
                 try:
-                    self._drain(io, deliver, wait_s=0.05)
+                    io.pump(deliver, ask, wait_s=0.05)
                     if future.done():
-                        self._drain(io, deliver, wait_s=0)
+                        io.pump(deliver, ask, wait_s=0)
                         break
                 except KeyboardInterrupt:
                     if interrupted:
@@ -261,22 +279,11 @@ class WfloSession:
             result = self.runner.result(future)
         finally:
             self._note_sink = None
+            io.close()
             self.step_io.close(step_id)
+            self.refresh_meters()
         result.duration_s = time.monotonic() - started
         return result, io
-
-    @staticmethod
-    def _drain(io: StepIO, deliver: Callable[[OutputEvent], None], wait_s: float) -> None:
-        try:
-            event = io.events.get(timeout=wait_s) if wait_s else io.events.get_nowait()
-        except queue.Empty:
-            return
-        deliver(event)
-        while True:
-            try:
-                deliver(io.events.get_nowait())
-            except queue.Empty:
-                return
 
     def steps(self) -> list[StepSummary]:
         """This session's steps, in order."""
@@ -344,95 +351,37 @@ class WfloSession:
         from wflo_jupyter.gateway.wiring import step_handlers
 
         assert self.gateway is not None
-        return step_handlers(
+        handle, fast = step_handlers(
             self.gateway,
             step_id=step.step_id,
             scopes=step.budget_scopes(),
             no_cache=no_cache,
             notice=io.notice,
             origin=self.notebook_key,
+            confirm_above_micros=self.confirm_above_micros,
+            confirm=io.ask,
         )
 
-    # -- budgets and reports ----------------------------------------------------------------
-    def _budgets(self) -> BudgetLedger:
-        self.start()
-        assert self.budgets is not None
-        return self.budgets
+        def counted(frame: dict[str, Any], send: Callable[[dict[str, Any]], None]) -> None:
+            io.llm_requests += 1
+            handle(frame, send)
 
-    def budget_states(self) -> list[BudgetState]:
-        """The notebook's budget and every team budget this session is charged to."""
-        budgets = self._budgets()
-        return [budgets.state("notebook", self.notebook_key)] + [
-            budgets.state("team", team) for team in self.teams
-        ]
+        def counted_fast(frame: dict[str, Any], send: Callable[[dict[str, Any]], None]) -> bool:
+            answered = fast(frame, send)
+            if answered:
+                io.llm_requests += 1
+            return answered
 
-    def set_notebook_budget(self, limit_micros: int) -> BudgetState:
-        return self._budgets().set_budget("notebook", self.notebook_key, limit_micros)
+        return counted, counted_fast
 
-    def set_team_budget(self, team: str, limit_micros: int, period: str | None) -> BudgetState:
-        budgets = self._budgets()
-        if period is None:
-            try:
-                period = budgets.state("team", team).period
-            except BudgetNotFound:
-                period = "none"
-        return budgets.set_budget("team", team, limit_micros, period)
+    def estimate_handlers(
+        self, tally: EstimateTally, no_cache: bool
+    ) -> tuple[LlmHandler, LlmFastPath]:
+        """What a ``--estimate`` dry run's sandbox calls for each ``llm_request`` frame."""
+        from wflo_jupyter.gateway.wiring import estimate_handlers
 
-    def team_state(self, team: str) -> BudgetState:
-        try:
-            return self._budgets().state("team", team)
-        except BudgetNotFound:
-            raise WfloError(
-                f"no team budget {team!r}; create it with %wflo budget --team {team} USD"
-            ) from None
-
-    def join_team(self, team: str) -> BudgetState:
-        """Also charge this notebook's steps to ``team`` (its budget must exist)."""
-        state = self.team_state(team)
-        if team not in self.teams:
-            self.teams.append(team)
-        return state
-
-    def watch_notebook_budget(self, timeout_s: float = 5.0) -> Iterator[BudgetState]:
-        """The notebook budget each time money moves on it (Postgres NOTIFY, from any
-        kernel); ends after ``timeout_s`` without a change, so callers can look around."""
-        yield from self._budgets().watch(
-            "notebook", self.notebook_key, timeout=timeout_s, initial=False
-        )
-
-    def _cache(self) -> LlmCache:
-        self.start()
-        if self.cache is None:
-            raise ConfigError("the LLM cache is off (no Redis configured)")
-        return self.cache
-
-    def cache_report(self) -> CacheReport:
-        """Cache counts (every kernel's), whether Redis answers, and this kernel's hits
-        answered from memory."""
-        cache = self._cache()
-        served = cache.near.served if cache.near is not None else None
-        return CacheReport(cache.stats(), cache.available, served)
-
-    def clear_cache(self, *, model: str | None = None, this_notebook: bool = False) -> str:
-        """Remove cached answers: this notebook's, one model's, or all. Says what went."""
-        cache = self._cache()
-        if this_notebook:
-            removed = cache.invalidate_origin(self.notebook_key)
-            what = f"stored by {self.notebook_key} "
-        elif model:
-            removed, what = cache.invalidate_model(model), f"of {model} "
-        else:
-            removed, what = cache.invalidate_all(), ""
-        return f"removed {removed} cached answer(s) {what}from the LLM cache"
-
-    def report_rows(self, all_sessions: bool = False) -> list[StepCostRow]:
-        from wflo_jupyter.ledger.reports import step_costs
-
-        self.start()
-        assert self.ledger is not None
-        return step_costs(
-            self.ledger.engine, session_ids=None if all_sessions else [self.session_id]
-        )
+        assert self.gateway is not None
+        return estimate_handlers(self.gateway, tally, no_cache=no_cache)
 
     # -- shutdown ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -442,6 +391,7 @@ class WfloSession:
             if self._closed:
                 return
             self._closed = True
+            self.close_meters()
             try:
                 if self.runner is not None:
                     self.runner.close()

@@ -1,5 +1,5 @@
-"""The engines' logs, ``logs/<engine>.log``: opened (appending) for each start, and their
-tail quoted in error messages."""
+"""The engines' logs, ``logs/<engine>.log``: opened (appending) for each start, read back
+since a start (to tell why it failed), and their tail quoted in error messages."""
 
 from __future__ import annotations
 
@@ -16,6 +16,16 @@ def open_log(logs: Path, name: str) -> tuple[IO[bytes], Path, int]:
     fh.write(f"\n--- wflo: starting {name} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
     fh.flush()
     return fh, path, fh.tell()
+
+
+def since(path: Path, offset: int = 0, limit: int = 1 << 20) -> str:
+    """What was written to ``path`` after ``offset`` (at most ``limit`` bytes, the first)."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            return fh.read(limit).decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def tail(path: Path, offset: int = 0, lines: int = 8) -> str:

@@ -15,7 +15,7 @@ from wflo_jupyter import procfs
 from wflo_jupyter.stack.engines import START_TIMEOUT, EngineInfo
 from wflo_jupyter.stack.errors import StackError, one_line
 from wflo_jupyter.stack.health import health
-from wflo_jupyter.stack.logs import open_log, tail
+from wflo_jupyter.stack.logs import open_log, since, tail
 from wflo_jupyter.stack.plans import EnginePlans
 from wflo_jupyter.stack.processes import EngineProcess, EngineProcesses
 
@@ -88,7 +88,11 @@ class Spawner:
             if "socket_dir_tmp" in launch.info.extra:
                 shutil.rmtree(launch.info.extra["socket_dir_tmp"], ignore_errors=True)
             log_tail = tail(launch.log, launch.log_offset)
-            if "address already in use" in log_tail.lower() and launch.attempt < 3:
+            # a free port taken by someone else between choosing and binding; the line
+            # saying so may be followed by a long trace (temporal panics after it)
+            if launch.attempt < 5 and (
+                "address already in use" in since(launch.log, launch.log_offset).lower()
+            ):
                 return "retry"
             return f"{name} exited with code {code} at start-up ({launch.log}): {log_tail}"
         problem = health(launch.info, timeout=2.0)

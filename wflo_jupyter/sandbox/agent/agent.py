@@ -137,8 +137,9 @@ class Agent:
                 cell_id = frame.get("id")
                 self.kernel.interrupt(None if cell_id is None else str(cell_id))
             elif kind == "exec":
-                # before the cell can start: no ``accepted`` means the cell never ran
-                self.sender.send({"type": "accepted", "id": frame.get("id")})
+                # on the wire before the cell can start (written now, not queued: a cell
+                # that kills the agent at once must not be taken for one that never ran)
+                self.sender.send_now({"type": "accepted", "id": frame.get("id")})
                 self.inbox.put(frame)
             elif kind == "shutdown":
                 self.inbox.put(frame)
