@@ -21,6 +21,7 @@ class CellRun:
     stdout: str = ""
     stderr: str = ""
     error: dict[str, Any] | None = None
+    reply: dict[str, Any] = field(default_factory=dict)  # execute_reply (ename of a UsageError)
     data: list[dict[str, Any]] = field(default_factory=list)
     timeline: list[tuple[float, str, str]] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)  # input() prompts the cell showed
@@ -28,6 +29,17 @@ class CellRun:
     @property
     def error_line(self) -> str:
         return f"{self.error['ename']}: {self.error['evalue']}" if self.error else ""
+
+    @property
+    def notices(self) -> str:
+        """wflo's notices (display data whose text starts ``[wflo] ``), one a line."""
+        texts = (str(d.get("text/plain", "")) for d in self.data)
+        return "".join(f"{t}\n" for t in texts if t.startswith("[wflo] "))
+
+    @property
+    def text(self) -> str:
+        """The ``text/plain`` of every output (display data and results), one after another."""
+        return "\n".join(str(d.get("text/plain", "")) for d in self.data)
 
 
 class Kernel:
@@ -90,6 +102,7 @@ class Kernel:
             if reply["parent_header"].get("msg_id") == msg_id:
                 break
         result.status = reply["content"]["status"]
+        result.reply = reply["content"]
         return result
 
     def _answer_input(self, result: CellRun, answer: Callable[[str], str]) -> None:

@@ -250,6 +250,11 @@ def demo(
         for output in cell.get("outputs", []):
             if output.get("output_type") == "stream":
                 sys.stdout.write(output.get("text", ""))
+            elif output.get("output_type") == "display_data":  # wflo's notices
+                text = output.get("data", {}).get("text/plain", "")
+                text = "".join(text) if isinstance(text, list) else str(text)
+                if text.startswith("[wflo] "):
+                    sys.stdout.write(text.rstrip("\n") + "\n")
     _progress(f"notebook done in {time.monotonic() - started:.1f} s")
     endpoints = resolve_endpoints(_settings())
     ledger = Ledger.connect(endpoints.database_url)

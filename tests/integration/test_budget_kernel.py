@@ -18,14 +18,10 @@ pytestmark = [
 ]
 
 
-def _html(run) -> str:
-    return "".join(d.get("text/html", "") for d in run.data)
-
-
 def test_notebook_budget_show_and_set(kernel: Kernel) -> None:
-    assert "notebook budget: no limit — spent $0.00" in _html(kernel.run("%wflo budget"))
+    assert "notebook budget: no limit — spent $0.00" in kernel.run("%wflo budget").text
     set_run = kernel.run("%wflo budget 0.50")
-    assert "notebook budget $0.50 — spent $0.00, reserved $0.00 (0%)" in _html(set_run)
+    assert "notebook budget $0.50 — spent $0.00, reserved $0.00 (0%)" in set_run.text
     bad = kernel.run("%wflo budget -1")
     assert "UsageError: %wflo budget: a budget cannot be negative: '-1'" in bad.stderr
     assert kernel.alive()
@@ -39,10 +35,10 @@ def test_team_budget_and_joining(kernel: Kernel) -> None:
         f"WfloError: no team budget {team!r}; create it with %wflo budget --team {team} USD"
     )
     created = kernel.run(f"%wflo budget --team {team} 5 --period day")
-    assert f"team {team} budget $5.00 per day — spent $0.00" in _html(created)
+    assert f"team {team} budget $5.00 per day — spent $0.00" in created.text
     joined = kernel.run(f"%wflo team {team}")
-    assert f"also charged to team {team}" in joined.stdout
-    assert f"team {team} budget" in _html(kernel.run("%wflo budget"))
+    assert f"also charged to team {team}" in joined.notices
+    assert f"team {team} budget" in kernel.run("%wflo budget").text
 
 
 def test_compute_cost_counts_against_budgets_and_warns(kernel: Kernel) -> None:
@@ -53,10 +49,11 @@ def test_compute_cost_counts_against_budgets_and_warns(kernel: Kernel) -> None:
         kernel.run("%config WfloMagics.compute_price = 0.0")
     assert run.status == "ok", run.error
     for threshold in (50, 75, 90, 100):
-        assert f"cell budget crossed {threshold}%" in run.stderr
+        assert f"[wflo] cell budget crossed {threshold}%" in run.notices
+    assert "budget crossed" not in run.stderr  # notices, not errors
     report = kernel.run("%wflo report")
-    html = _html(report)
-    assert "costly" in html and "compute cost $" in html
+    html = "".join(d.get("text/html", "") for d in report.data)
+    assert "costly" in html and "compute cost (USD)" in html
     assert any("image/png" in d for d in report.data)  # the cost chart
     bad = kernel.run("%config WfloMagics.compute_price = -1")
     assert "must be positive" in bad.stderr + bad.error_line

@@ -42,7 +42,10 @@ def run_notebook(env: dict[str, str]) -> tuple[int, str, str]:
         for key, value in env.items():
             patch.setenv(key, value)
         NotebookClient(notebook, timeout=180, kernel_name="python3").execute()
-    texts = ["".join(o.get("text", "") for o in cell.outputs) for cell in notebook.cells]
+    texts = [  # streams, and wflo's notices (display data)
+        "".join(o.get("text", "") or o.get("data", {}).get("text/plain", "") for o in cell.outputs)
+        for cell in notebook.cells
+    ]
     pid = int(texts[1].split()[-1])
     assert "sandbox pid" in texts[2], texts[2]
     return pid, texts[2], texts[3].strip()

@@ -90,16 +90,15 @@ def test_raising_cell_shows_sandbox_traceback_and_kernel_carries_on(kernel: Kern
 def test_runs_table_lists_steps(kernel: Kernel) -> None:
     run = kernel.run("%wflo runs")
     assert run.status == "ok"
-    html = run.data[-1]["text/html"]
-    assert "completed" in html
-    assert "failed" in html
+    text = run.data[-1]["text/plain"]
+    assert "completed" in text
+    assert "failed" in text
 
 
 def test_status_names_every_engine(kernel: Kernel) -> None:
     run = kernel.run("%wflo status")
-    html = run.data[-1]["text/html"]
-    for engine in ("postgres", "temporal", "redis", "kafka", "docker", "image"):
-        assert f"<td>{engine}</td>" in html
+    rows = [line.split()[0] for line in run.data[-1]["text/plain"].splitlines()[2:]]
+    assert {"postgres", "temporal", "redis", "kafka", "docker", "image"} <= set(rows), rows
 
 
 @pytest.mark.parametrize(
@@ -150,9 +149,9 @@ def test_events_lists_this_sessions_events(kernel: Kernel) -> None:
     kernel.run(f"%%wflo --name ev-{marker}\nprint(1)")
     run = kernel.run("%wflo events -n 4")
     assert run.status == "ok", run.stderr
-    html = run.data[-1]["text/html"]
-    assert "step.started" in html
-    assert "step.completed" in html
-    assert f"name=ev-{marker}" in html
+    text = run.data[-1]["text/plain"]
+    assert "step.started" in text
+    assert "step.completed" in text
+    assert f"name=ev-{marker}" in text
     bad = kernel.run("%wflo events -n 0")
     assert "UsageError: %wflo events: argument -n: must be positive, got 0" in bad.stderr

@@ -31,7 +31,7 @@ def test_state_persists_and_fresh_is_isolated(kernel: Kernel) -> None:
 def test_restart_drops_state(kernel: Kernel) -> None:
     kernel.run("%%wflo\nkept = 1")
     restart = kernel.run("%wflo restart")
-    assert "state from earlier cells was dropped" in restart.stdout
+    assert "[wflo] new sandbox session: state from earlier cells was dropped" in restart.notices
     after = kernel.run("%%wflo\nprint('kept' in globals())")
     assert after.stdout == "False\n"
 

@@ -141,12 +141,14 @@ def test_line_commands() -> None:
     assert parse_line_command("status").name == "status"
     assert parse_line_command("events -n 5 --all").options == {"limit": 5, "all_sessions": True}
     assert parse_line_command("runs").options == {"limit": 50}
+    assert parse_line_command("").name == parse_line_command("  ").name == "help"
 
 
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("", "%wflo: say which command"),
+        ("help me", "%wflo help: unrecognized arguments: me"),
+        ("events -n 100001", "%wflo events: argument -n: at most 100000, got 100001"),
         ("frobnicate", "%wflo: unknown command 'frobnicate'"),
         ("events -n 0", "%wflo events: argument -n: must be positive, got 0"),
         ("events -n x", "%wflo events: argument -n: not a whole number: 'x'"),

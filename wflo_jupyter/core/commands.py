@@ -1,4 +1,5 @@
-"""Parsing of the ``%wflo <command> ...`` line magic into a ``LineCommand``.
+"""Parsing of the ``%wflo <command> ...`` line magic into a ``LineCommand``, and the
+help of both magics (``%wflo``, ``%wflo help``, ``%wflo?``, ``%%wflo?``).
 
 Pure and stdlib-only; each bad input is a ``SpecError`` of one line.
 """
@@ -8,18 +9,13 @@ from __future__ import annotations
 import argparse
 import shlex
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 from wflo_jupyter.core.errors import SpecError
 from wflo_jupyter.core.money import usd_to_micros
+from wflo_jupyter.core.options import OptionParser
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise SpecError(f"{self.prog}: {message}")
-
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        raise SpecError(f"{self.prog}: {(message or 'invalid arguments').strip()}")
+MAX_ROWS = 100_000  # -n of runs / events
 
 
 def _positive_int(text: str) -> int:
@@ -29,17 +25,20 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    if value > MAX_ROWS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_ROWS}, got {value}")
     return value
 
 
-def _parsers() -> dict[str, _Parser]:
-    parsers: dict[str, _Parser] = {}
+def _parsers() -> dict[str, OptionParser]:
+    parsers: dict[str, OptionParser] = {}
 
-    def add(name: str) -> _Parser:
-        parser = _Parser(prog=f"%wflo {name}", add_help=False, allow_abbrev=False)
+    def add(name: str) -> OptionParser:
+        parser = OptionParser(f"%wflo {name}")
         parsers[name] = parser
         return parser
 
+    add("help")
     add("status")
     add("runs").add_argument("-n", type=_positive_int, default=50, dest="limit")
     events = add("events")
@@ -72,20 +71,20 @@ class LineCommand:
 
 
 def parse_line_command(line: str) -> LineCommand:
-    """Parse ``status``, ``runs [-n N]``, ``events [-n N] [--all]``, ``restart``,
-    ``budget [USD] [--team NAME [--period day|month]]``, ``team NAME``, ``report [--all]``,
-    ``meter``, ``cache stats|clear [--model M | --notebook]``."""
+    """Parse ``help`` (also an empty line), ``status``, ``runs [-n N]``,
+    ``events [-n N] [--all]``, ``restart``, ``budget [USD] [--team NAME [--period day|month]]``,
+    ``team NAME``, ``report [--all]``, ``meter``, ``cache stats|clear [--model M | --notebook]``."""
     try:
         words = shlex.split(line)
     except ValueError as exc:
         raise SpecError(f"%wflo: cannot parse: {exc}") from None
     if not words:
-        raise SpecError(f"%wflo: say which command: {', '.join(COMMANDS)}")
+        return LineCommand("help")
     parsers = _parsers()
     name, rest = words[0], words[1:]
     if name not in parsers:
         raise SpecError(f"%wflo: unknown command {name!r}; use one of: {', '.join(COMMANDS)}")
-    options = vars(parsers[name].parse_args(rest))
+    options = vars(parsers[name].parse(rest))
     if name == "budget":
         _check_budget(options)
     if name == "team":
@@ -114,3 +113,63 @@ def _check_budget(options: dict[str, Any]) -> None:
         options["limit_micros"] = usd_to_micros(amount) if amount is not None else None
     except ValueError as exc:
         raise SpecError(f"%wflo budget: {exc}") from None
+
+
+CELL_OPTIONS: tuple[tuple[str, str], ...] = (
+    ("--budget USD", "this cell's budget: an LLM call that could go over it is refused"),
+    ("--name NAME", "the step's name in runs, events and reports (default cell-<id>)"),
+    ("--in VAR,...", "notebook variables copied into the sandbox before the cell runs"),
+    ("--out VAR,...", "sandbox variables brought back after it (JSON, DataFrames, arrays)"),
+    ("--timeout SECONDS", "wall-clock limit: the cell is interrupted, then its sandbox killed"),
+    ("--memory SIZE", "sandbox memory limit, e.g. 512m or 2g"),
+    ("--cpus N", "sandbox CPU limit, e.g. 0.5 or 2"),
+    ("--image IMAGE", "the sandbox image this cell runs in"),
+    ("--retries N", "run a failing cell again, up to N more times"),
+    ("--no-cache", "send every LLM call to the provider (no cached answers)"),
+    ("--fresh", "run in a new, empty sandbox: no state from earlier cells"),
+    ("--estimate", "a dry run: what the cell's LLM calls could cost; nothing sent or spent"),
+)
+"""``%%wflo`` options, one line each (a unit test checks them against the parser)."""
+
+COMMAND_HELP: tuple[tuple[str, str], ...] = (
+    ("status", "engines, sandbox image and session at a glance"),
+    ("runs [-n N]", "this session's last N steps (50): status, duration, cost, workflow"),
+    ("events [-n N] [--all]", "the last N events (20) of this session, or of every session"),
+    ("budget [USD]", "show this notebook's budgets, or set the notebook budget to USD"),
+    (
+        "budget --team NAME [USD] [--period P]",
+        "show, create or change a team budget; P: day|month|none",
+    ),
+    ("team NAME", "also charge this notebook's steps to team NAME's budget"),
+    ("report [--all]", "cost per step: a DataFrame and a chart (--all: every session)"),
+    ("cache stats", "LLM cache hits, misses, dollars saved, live entries"),
+    (
+        "cache clear [--model M | --notebook]",
+        "drop cached answers: all, one model's, this notebook's",
+    ),
+    ("meter", "the live budget widget"),
+    ("restart", "a new sandbox session: state from earlier cells is dropped"),
+    ("help", "this list (also %wflo with no command, %wflo? and %%wflo?)"),
+)
+"""``%wflo`` commands, one line each (a unit test checks them against the parsers)."""
+
+
+def _listing(items: tuple[tuple[str, str], ...]) -> list[str]:
+    width = max(len(name) for name, _ in items)
+    return [f"  {name.ljust(width)}  {text}" for name, text in items]
+
+
+def magic_help() -> str:
+    """Every ``%%wflo`` option and ``%wflo`` command, one line each."""
+    return "\n".join(
+        [
+            "%%wflo [options]: run the cell as a budgeted, durable step in a sandbox",
+            *_listing(CELL_OPTIONS),
+            "",
+            "%wflo <command>: inspect and manage this kernel's wflo session",
+            *_listing(COMMAND_HELP),
+            "",
+            "Defaults of the cell options and more: %config WfloMagics (lists every setting),",
+            "%config WfloMagics.<setting> = value (e.g. %config WfloMagics.timeout = 120).",
+        ]
+    )

@@ -11,8 +11,17 @@ class ConfigError(WfloError):
     """A setting (``WFLO_*`` variable, ``%config`` trait) has an unusable value."""
 
 
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other unprintable characters escaped (``\\n``)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class SpecError(WfloError):
-    """The options of a ``%%wflo`` cell are invalid."""
+    """The options of a ``%%wflo`` cell (or a ``%wflo`` command) are invalid; its message
+    is always one line, whatever the user typed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
 
 
 class EngineUnavailable(WfloError):

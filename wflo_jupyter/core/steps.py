@@ -6,17 +6,22 @@ stdlib-only, so the IPython layer stays a thin parse -> session -> display.
 
 from __future__ import annotations
 
-import argparse
 import keyword
+import math
 import re
 import shlex
 from dataclasses import dataclass, field
-from typing import NoReturn
 
 from wflo_jupyter.core.errors import SpecError
 from wflo_jupyter.core.money import usd_to_micros
+from wflo_jupyter.core.options import OptionParser
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+MAX_MEMORY_BYTES = 1024**4  # 1024g
+MAX_TIMEOUT_S = 30 * 24 * 3600.0  # 30 days
+MIN_CPUS = 0.01  # Docker's smallest CPU share (0 would mean "no limit")
+MAX_RETRIES = 100
+MAX_NAME = 255  # the ledger's steps.name and steps.image
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmg]?)(?:i?b)?\s*$", re.IGNORECASE)
 
 
@@ -26,7 +31,10 @@ def parse_size(text: str) -> int:
     if not match:
         raise SpecError(f"--memory: not a size: {text!r} (use e.g. 512m or 2g)")
     number, unit = match.groups()
-    return int(float(number) * _SIZE_UNITS[unit.lower()])
+    size = float(number) * _SIZE_UNITS[unit.lower()]
+    if not size <= MAX_MEMORY_BYTES:
+        raise SpecError(f"--memory: at most 1024g, got {text!r}")
+    return int(size)
 
 
 def format_size(num_bytes: int) -> str:
@@ -125,18 +133,8 @@ class StepResult:
         return self.status == "completed"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises ``SpecError`` instead of printing usage and exiting."""
-
-    def error(self, message: str) -> NoReturn:
-        raise SpecError(f"%%wflo: {message}")
-
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        raise SpecError(f"%%wflo: {(message or 'invalid options').strip()}")
-
-
-def _build_parser() -> _Parser:
-    parser = _Parser(prog="%%wflo", add_help=False, allow_abbrev=False)
+def _build_parser() -> OptionParser:
+    parser = OptionParser("%%wflo")
     parser.add_argument("--budget", default=None)
     parser.add_argument("--name", default=None)
     parser.add_argument("--in", dest="inputs", default="")
@@ -167,7 +165,7 @@ def parse_step_spec(line: str, code: str, defaults: StepDefaults | None = None) 
         argv = shlex.split(line)
     except ValueError as exc:
         raise SpecError(f"%%wflo: cannot parse options: {exc}") from None
-    args = _build_parser().parse_args(argv)
+    args = _build_parser().parse(argv)
 
     budget_text = args.budget if args.budget is not None else defaults.budget_usd
     try:
@@ -177,18 +175,28 @@ def parse_step_spec(line: str, code: str, defaults: StepDefaults | None = None) 
     timeout = args.timeout if args.timeout is not None else defaults.timeout_s
     if not timeout > 0:
         raise SpecError(f"--timeout: must be a positive number of seconds, got {timeout:g}")
+    if not timeout <= MAX_TIMEOUT_S:
+        raise SpecError(f"--timeout: at most {MAX_TIMEOUT_S:.0f} s (30 days), got {timeout:g}")
     cpus = args.cpus if args.cpus is not None else defaults.cpus
     if not cpus > 0:
         raise SpecError(f"--cpus: must be positive, got {cpus:g}")
+    if not MIN_CPUS <= cpus < math.inf:
+        raise SpecError(f"--cpus: at least {MIN_CPUS:g} and finite, got {cpus:g}")
     memory = parse_size(args.memory if args.memory is not None else defaults.memory)
     if memory < 16 * 1024**2:
         raise SpecError(f"--memory: at least 16m is needed, got {memory} bytes")
     retries = args.retries if args.retries is not None else defaults.retries
     if retries < 0:
         raise SpecError(f"--retries: cannot be negative, got {retries}")
+    if retries > MAX_RETRIES:
+        raise SpecError(f"--retries: at most {MAX_RETRIES}, got {retries}")
     name = args.name
     if name is not None and not name.strip():
         raise SpecError("--name: cannot be empty")
+    if name is not None and len(name) > MAX_NAME:
+        raise SpecError(f"--name: at most {MAX_NAME} characters, got {len(name)}")
+    if args.image is not None and len(args.image) > MAX_NAME:
+        raise SpecError(f"--image: at most {MAX_NAME} characters, got {len(args.image)}")
     if not code.strip():
         raise SpecError("%%wflo: the cell has no code to run")
     return StepSpec(

@@ -1,23 +1,71 @@
-"""How results show in the notebook: streams, the one-line failure, tables."""
+"""How results show in the notebook: streams, notices, the one-line failure, tables.
+
+Every rich output reads right in every front end: a table is a ``Table`` (HTML for a
+browser, aligned columns as ``text/plain`` for a terminal or a plain-text front end), and
+no HTML can be typeset as TeX by a front end's MathJax (``$`` is written ``&#36;`` and
+the container is marked ``tex2jax_ignore mathjax_ignore``). wflo's own notices are quiet
+display lines, not stderr: stderr stays the cell's own and its errors.
+"""
 
 from __future__ import annotations
 
 import html
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import StdinNotImplementedError
-from IPython.display import HTML, publish_display_data
+from IPython.display import publish_display_data
 
 from wflo_jupyter.core.budget import BudgetState
-from wflo_jupyter.core.money import format_usd, micros_to_usd
-from wflo_jupyter.core.reports import CacheReport, OutputEvent, StepCostRow, StepSummary
+from wflo_jupyter.core.money import format_usd
+from wflo_jupyter.core.reports import CacheReport, OutputEvent, StepSummary
 from wflo_jupyter.core.steps import StepResult
-from wflo_jupyter.session import WfloSession
 
 if TYPE_CHECKING:
-    import pandas as pd
+    from IPython.lib.pretty import PrettyPrinter
+
+MATH_IGNORE = "tex2jax_ignore mathjax_ignore"
+"""Classes that keep MathJax 2 (``tex2jax_ignore``) and 3 (``mathjax_ignore``) out."""
+
+ERROR_NOTICES = ("BudgetExceeded:", "CallNotConfirmed:")
+"""Notices that report a refused call (over a budget, or not confirmed): the cell's error,
+so they stay on stderr (visible even when the cell's code catches the SDK's exception)."""
+
+
+def escape_html(text: object) -> str:
+    """``text`` as HTML text, with ``$`` as ``&#36;`` so no ``$...$`` pair is TeX."""
+    return html.escape(str(text)).replace("$", "&#36;")
+
+
+def html_block(inner: str, css_class: str = "wflo-output", style: str = "") -> str:
+    """``inner`` in a ``<div>`` MathJax leaves alone."""
+    styled = f' style="{style}"' if style else ""
+    return f'<div class="{css_class} {MATH_IGNORE}"{styled}>{inner}</div>'
+
+
+NOTICE_STYLE = (
+    "color:var(--jp-ui-font-color2,#757575);font-size:var(--jp-content-font-size0,0.85em);"
+    "font-family:var(--jp-code-font-family,monospace);margin:1px 0"
+)
+
+
+def notice_bundle(text: str) -> dict[str, str]:
+    """The mime bundle of one notice: ``[wflo] text`` as plain text and a muted line."""
+    line = f"[wflo] {text}"
+    return {
+        "text/plain": line,
+        "text/html": html_block(escape_html(line), "wflo-notice", NOTICE_STYLE),
+    }
+
+
+def notice(text: str) -> None:
+    """Show one of wflo's notices in the running cell as a quiet line (display data)."""
+    sys.stdout.flush()  # after what the cell printed so far
+    sys.stderr.flush()
+    publish_display_data(notice_bundle(text))
 
 
 def show_event(event: OutputEvent) -> None:
@@ -29,9 +77,12 @@ def show_event(event: OutputEvent) -> None:
         stream.flush()
     elif kind == "display":
         publish_display_data(first, second or {})
-    elif kind == "notice":
+    elif kind == "notice" and str(first).startswith(ERROR_NOTICES):
+        sys.stdout.flush()
         sys.stderr.write(f"[wflo] {first}\n")
         sys.stderr.flush()
+    elif kind == "notice":
+        notice(str(first))
 
 
 def ask(question: str) -> bool | None:
@@ -68,13 +119,112 @@ def failure_line(result: StepResult) -> str:
     return f"{what or 'the cell failed'} (in the sandbox{where})"
 
 
-def _html_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    head = "".join(f"<th>{h}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+_NUMBER = re.compile(r"^-$|^[-+]?\$?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?(?: ?(?:%|s|ms))?$")
 
 
-def steps_table(steps: Sequence[StepSummary]) -> HTML:
+class TextOutput:
+    """An output whose plain-text form is ``text()``: IPython's ``text/plain`` (the pretty
+    printer) and ``repr`` both show it."""
+
+    def text(self) -> str:
+        raise NotImplementedError
+
+    def _repr_pretty_(self, printer: PrettyPrinter, cycle: bool) -> None:
+        printer.text(self.text())
+
+    def __repr__(self) -> str:
+        return self.text()
+
+
+@dataclass(frozen=True, repr=False)
+class Table(TextOutput):
+    """A small table that reads right in every front end: ``_repr_html_`` for a browser,
+    and the same rows as aligned plain-text columns (``repr``) everywhere else."""
+
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    title: str = ""
+    empty: str = "(none)"
+
+    @classmethod
+    def of(
+        cls,
+        headers: Sequence[str],
+        rows: Iterable[Sequence[object]],
+        title: str = "",
+        empty: str = "(none)",
+    ) -> Table:
+        """A table of any cell values (``None`` shows as empty)."""
+        cells = tuple(tuple("" if c is None else str(c) for c in row) for row in rows)
+        return cls(tuple(headers), cells, title, empty)
+
+    def _right_aligned(self) -> list[bool]:
+        """Columns of numbers, amounts and durations align right."""
+        return [
+            any(row[i] for row in self.rows)
+            and all(_NUMBER.match(row[i]) for row in self.rows if row[i])
+            for i in range(len(self.headers))
+        ]
+
+    def text(self) -> str:
+        """Aligned columns, two spaces apart, a rule under the headers."""
+        right = self._right_aligned()
+        shown = [h for h in self.headers if h]
+        widths = [
+            max([len(h), *(len(row[i]) for row in self.rows)]) for i, h in enumerate(self.headers)
+        ]
+
+        def line(cells: Sequence[str]) -> str:
+            parts = (
+                c.rjust(w) if r else c.ljust(w)
+                for c, w, r in zip(cells, widths, right, strict=True)
+            )
+            return "  ".join(parts).rstrip()
+
+        lines = [self.title] if self.title else []
+        if shown:
+            lines += [line(self.headers), "  ".join("-" * w for w in widths)]
+        lines += [line(row) for row in self.rows] or [self.empty]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        right = self._right_aligned()
+
+        def cell(tag: str, text: str, i: int) -> str:
+            align = "right" if right[i] else "left"
+            return f'<{tag} style="text-align:{align}">{escape_html(text)}</{tag}>'
+
+        caption = f"<caption>{escape_html(self.title)}</caption>" if self.title else ""
+        head = (
+            "<thead><tr>"
+            + "".join(cell("th", h, i) for i, h in enumerate(self.headers))
+            + "</tr></thead>"
+            if any(self.headers)
+            else ""
+        )
+        body = "".join(
+            "<tr>" + "".join(cell("td", c, i) for i, c in enumerate(row)) + "</tr>"
+            for row in self.rows
+        )
+        if not self.rows:
+            body = f'<tr><td colspan="{len(self.headers)}">{escape_html(self.empty)}</td></tr>'
+        return html_block(f'<table class="wflo-table">{caption}{head}<tbody>{body}</tbody></table>')
+
+
+@dataclass(frozen=True, repr=False)
+class Lines(TextOutput):
+    """A few lines of text (``%wflo budget``): plain text, and HTML MathJax leaves alone."""
+
+    lines: tuple[str, ...]
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def _repr_html_(self) -> str:
+        return html_block("<br>".join(escape_html(line) for line in self.lines))
+
+
+def steps_table(steps: Sequence[StepSummary]) -> Table:
     rows = [
         (
             s.seq,
@@ -87,10 +237,11 @@ def steps_table(steps: Sequence[StepSummary]) -> HTML:
         )
         for s in steps
     ]
-    return HTML(_html_table(("#", "name", "status", "exit", "duration", "cost", "workflow"), rows))
+    headers = ("#", "name", "status", "exit", "duration", "cost", "workflow")
+    return Table.of(headers, rows, empty="no steps in this session yet")
 
 
-def events_table(events: Sequence[dict[str, Any]]) -> HTML:
+def events_table(events: Sequence[dict[str, Any]]) -> Table:
     rows = [
         (
             str(e.get("occurred_at", ""))[:23].replace("T", " "),
@@ -105,12 +256,13 @@ def events_table(events: Sequence[dict[str, Any]]) -> HTML:
         )
         for e in events
     ]
-    return HTML(_html_table(("time", "type", "subject", "details", "in Kafka"), rows))
+    headers = ("time", "type", "subject", "details", "in Kafka")
+    return Table.of(headers, rows, empty="no events yet")
 
 
-def status(rows: Sequence[tuple[str, str]]) -> HTML:
+def status(rows: Sequence[tuple[str, str]]) -> Table:
     """``%wflo status``: each engine and where it is."""
-    return HTML(_html_table(("engine", "where"), rows))
+    return Table.of(("engine", "where"), rows)
 
 
 NO_LIMIT_MICROS = 10**15  # a budget this large is "no limit" ($1 billion)
@@ -131,107 +283,11 @@ def budget_line(state: BudgetState) -> str:
     )
 
 
-def budget_states(states: Sequence[BudgetState]) -> HTML:
-    return HTML("<br>".join(html.escape(budget_line(s)) for s in states))
+def budget_states(states: Sequence[BudgetState]) -> Lines:
+    return Lines(tuple(budget_line(s) for s in states))
 
 
-def report_frame(rows: Sequence[StepCostRow]) -> pd.DataFrame:
-    """One row per step: calls, tokens by kind, cost, cache savings, duration."""
-    import pandas as pd
-
-    records = [
-        {
-            "step": r.seq,
-            "name": r.name,
-            "status": r.status,
-            "calls": r.calls,
-            "cached calls": r.cached_calls,
-            "simulated calls": r.simulated_calls,
-            "input tokens": r.input_tokens,
-            "cache-read tokens": r.cache_read_tokens,
-            "cache-write tokens": r.cache_write_tokens,
-            "output tokens": r.output_tokens,
-            "reasoning tokens": r.reasoning_tokens,
-            "LLM cost $": float(micros_to_usd(r.llm_cost_micros)),
-            "compute cost $": float(micros_to_usd(r.compute_cost_micros)),
-            "cost $": float(micros_to_usd(r.cost_micros)),
-            "saved $": float(micros_to_usd(r.saved_micros)),
-            "duration s": (r.duration_ms or 0) / 1000,
-        }
-        for r in rows
-    ]
-    return pd.DataFrame.from_records(records).set_index("step") if records else pd.DataFrame()
-
-
-def cost_chart(frame: pd.DataFrame) -> None:
-    """A bar chart of cost per step (and cache savings), shown in the cell."""
-    if frame.empty:
-        return
-    import io
-
-    from IPython.display import Image, display
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(max(4.0, 0.5 * len(frame) + 2), 3))
-    axes = figure.subplots()
-    labels = [f"{i} {n}"[:24] for i, n in zip(frame.index, frame["name"], strict=True)]
-    axes.bar(labels, frame["cost $"], label="cost $")
-    axes.bar(labels, frame["saved $"], bottom=frame["cost $"], label="saved by cache $", alpha=0.5)
-    axes.set_ylabel("USD")
-    axes.set_title("cost per step")
-    axes.tick_params(axis="x", labelrotation=45)
-    axes.legend()
-    figure.tight_layout()
-    png = io.BytesIO()
-    figure.savefig(png, format="png", dpi=100)
-    display(Image(data=png.getvalue(), format="png"))
-
-
-def _meter_html(states: Sequence[BudgetState]) -> str:
-    rows = []
-    for state in states:
-        limited = state.limit_micros < NO_LIMIT_MICROS
-        used = state.spent_micros + state.reserved_micros
-        percent = min(100.0, 100 * used / max(1, state.limit_micros)) if limited else 0.0
-        colour = "#c0392b" if percent >= 90 else "#e67e22" if percent >= 75 else "#2e86c1"
-        bar = (
-            f'<div style="background:#eee;width:220px;height:8px;border-radius:4px">'
-            f'<div style="background:{colour};width:{percent:.1f}%;height:8px;'
-            f'border-radius:4px"></div></div>'
-            if limited
-            else ""
-        )
-        rows.append(f"<div style='margin:2px 0'>{html.escape(budget_line(state))}{bar}</div>")
-    return "".join(rows)
-
-
-def meter(session: WfloSession) -> Any:
-    """A live budget widget: it updates from Postgres NOTIFY whenever money moves (from
-    this kernel or any other sharing a team budget)."""
-    import threading
-
-    import ipywidgets
-
-    widget = ipywidgets.HTML(value=_meter_html(session.budget_states()))
-
-    def follow() -> None:
-        while not session.closed:
-            try:
-                for _state in session.watch_notebook_budget(timeout_s=5.0):
-                    widget.value = _meter_html(session.budget_states())
-                    if session.closed:
-                        return
-                widget.value = _meter_html(session.budget_states())  # team budgets too
-            except Exception:
-                if session.closed:
-                    return
-                threading.Event().wait(2.0)
-
-    threading.Thread(target=follow, name="wflo-meter", daemon=True).start()
-    return widget
-
-
-def cache_stats(report: CacheReport) -> HTML:
+def cache_stats(report: CacheReport) -> Table:
     """``%wflo cache stats``: hits, misses, dollars saved, live entries (all kernels), and
     this kernel's hits answered by its near cache, without a Redis read."""
     stats = report.stats
@@ -247,4 +303,4 @@ def cache_stats(report: CacheReport) -> HTML:
     ]
     if report.from_memory is not None:
         rows.append(("this kernel's hits answered from memory", report.from_memory))
-    return HTML(_html_table(("LLM cache" + state, ""), rows))
+    return Table.of(("", ""), rows, title="LLM cache" + state)

@@ -5,8 +5,8 @@ Defaults are traitlets, so ``%config WfloMagics.timeout = 120`` works.
 
 from __future__ import annotations
 
+import math
 import os
-import sys
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -14,7 +14,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display as ipython_display
 from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, validate
 
-from wflo_jupyter.core.commands import parse_line_command
+from wflo_jupyter.core.commands import magic_help, parse_line_command
 from wflo_jupyter.core.errors import ConfigError, SpecError, StepFailed, UnsafeOutput
 from wflo_jupyter.core.money import usd_to_micros
 from wflo_jupyter.core.steps import StepDefaults, parse_step_spec
@@ -58,6 +58,8 @@ class WfloMagics(Magics):
     @validate("compute_price", "timeout", "cpus", "confirm_above")
     def _positive(self, proposal: Any) -> Any:
         value = proposal["value"]
+        if value is not None and not math.isfinite(value):
+            raise TraitError(f"WfloMagics.{proposal['trait'].name} must be finite, got {value}")
         zero_ok = proposal["trait"].name in ("compute_price", "confirm_above")
         if value is not None and (value < 0 or (not zero_ok and value == 0)):
             raise TraitError(f"WfloMagics.{proposal['trait'].name} must be positive, got {value}")
@@ -80,7 +82,7 @@ class WfloMagics(Magics):
                 settings,
                 notebook_path=os.environ.get("WFLO_NOTEBOOK_PATH")
                 or os.environ.get("JPY_SESSION_NAME"),
-                progress=lambda m: print(f"[wflo] {m}", file=sys.stderr),
+                progress=display.notice,
                 idle_timeout_s=self.idle_timeout,
             )
         return self._session
@@ -105,8 +107,6 @@ class WfloMagics(Magics):
 
     @line_cell_magic
     def wflo(self, line: str, cell: str | None = None) -> Any:
-        """``%%wflo [options]`` runs the cell in the sandbox; ``%wflo <command>`` (status,
-        runs, events, restart) inspects and manages the session."""
         if cell is None:
             return self._line(line)
         try:
@@ -139,6 +139,8 @@ class WfloMagics(Magics):
             raise UnsafeOutput("; ".join(io.value_errors.values()))
         return None
 
+    wflo.__doc__ = magic_help()  # what %wflo? and %%wflo? show
+
     def prewarm(self) -> None:
         """Start the sandbox container in the background (no-op on a bad setting: the
         first cell reports it)."""
@@ -153,6 +155,9 @@ class WfloMagics(Magics):
             command = parse_line_command(line)
         except SpecError as exc:
             raise UsageError(str(exc)) from None
+        if command.name == "help":
+            print(magic_help())
+            return None
         session = self.session
         if command.name == "runs":
             return display.steps_table(session.steps()[-command.options["limit"] :])
@@ -164,11 +169,13 @@ class WfloMagics(Magics):
             return self._budget(session, command.options)
         if command.name == "team":
             state = session.join_team(command.options["name"])
-            print(f"[wflo] this notebook's steps are also charged to team {state.scope.key}")
+            display.notice(f"this notebook's steps are also charged to team {state.scope.key}")
             return display.budget_states([state])
         if command.name == "report":
-            frame = display.report_frame(session.report_rows(command.options["all_sessions"]))
-            display.cost_chart(frame)
+            from wflo_jupyter.jupyter import report
+
+            frame = report.report_frame(session.report_rows(command.options["all_sessions"]))
+            report.cost_chart(frame)
             return frame
         if command.name == "cache":
             return self._cache(session, command.options)
@@ -176,7 +183,7 @@ class WfloMagics(Magics):
             return self._show_meter(session, compact=False)
         if command.name == "restart":
             session.restart_sandbox()
-            print("[wflo] new sandbox session: state from earlier cells was dropped")
+            display.notice("new sandbox session: state from earlier cells was dropped")
             return None
         return display.status(session.status_rows())
 
@@ -199,7 +206,7 @@ class WfloMagics(Magics):
             said = session.clear_cache(model=options["model"], this_notebook=options["notebook"])
         except ConfigError as exc:  # no Redis configured
             raise UsageError(f"%wflo cache: {exc}") from None
-        print(f"[wflo] {said}")
+        display.notice(said)
         return None
 
     def _show_meter(self, session: WfloSession, *, compact: bool) -> Any:

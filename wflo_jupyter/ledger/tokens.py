@@ -206,9 +206,10 @@ class TokenCounter:
                     f"in {self.encodings_dir}); estimating prompt tokens by UTF-8 bytes, "
                     "a safe upper bound"
                 )
-                log.warning(message)
-                if self._on_missing is not None:
+                if self._on_missing is not None:  # the kernel shows it as a notice, once
                     self._on_missing(message)
+                else:
+                    log.warning(message)
             else:
                 self._encodings[name] = encoding
             return encoding
