@@ -1,4 +1,6 @@
-"""The example notebooks run end to end in a real kernel, checked by nbval."""
+"""The example notebooks run end to end in a real kernel: nbval compares every output
+with the one saved in the notebook (ids, per-run names, times and shared-cache counts
+sanitised by notebooks/nbval-sanitize.cfg), and `wflo demo` runs each."""
 
 from __future__ import annotations
 
@@ -18,8 +20,13 @@ pytestmark = [
     pytest.mark.postgres,
 ]
 
+NOTEBOOKS = ["quickstart", "budgets", "cache", "sandbox-safety", "team"]
+HERE = REPO_ROOT / "notebooks"
 
-def test_quickstart_runs_under_nbval(stack_env: dict[str, str], runtime_image: str) -> None:
+
+def test_the_examples_pass_nbval_with_their_saved_outputs(
+    stack_env: dict[str, str], runtime_image: str
+) -> None:
     result = subprocess.run(
         [
             sys.executable,
@@ -27,19 +34,38 @@ def test_quickstart_runs_under_nbval(stack_env: dict[str, str], runtime_image: s
             "pytest",
             "-p",
             "no:cacheprovider",
-            "--nbval-lax",
+            "--nbval",
+            "--nbval-sanitize-with",
+            str(HERE / "nbval-sanitize.cfg"),
             "--rootdir",
-            str(REPO_ROOT / "notebooks"),
+            str(HERE),
             "-q",
-            str(REPO_ROOT / "notebooks" / "quickstart.ipynb"),
+            *[str(HERE / f"{name}.ipynb") for name in NOTEBOOKS],
         ],
         env={**os.environ, **stack_env, "WFLO_PROVIDER": "mock"},
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1200,
         check=False,
-        cwd=REPO_ROOT / "notebooks",
+        cwd=HERE,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert "passed" in result.stdout
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
     assert "failed" not in result.stdout
+
+
+@pytest.mark.parametrize("name", [*NOTEBOOKS[1:], "team-partner"])
+def test_wflo_demo_runs_each_example(
+    stack_env: dict[str, str], runtime_image: str, name: str
+) -> None:
+    """(The quickstart's `wflo demo` run is in test_cli.)"""
+    result = subprocess.run(
+        [sys.executable, "-m", "wflo_jupyter.cli", "demo", str(HERE / f"{name}.ipynb")],
+        env={**os.environ, **stack_env, "WFLO_PROVIDER": "mock"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "notebook done in" in result.stdout + result.stderr
