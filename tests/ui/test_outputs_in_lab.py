@@ -236,3 +236,13 @@ def test_notices_are_quiet_lines_not_stderr(page: Any) -> None:
     assert page.locator(f".jp-OutputArea {STDERR_BOX}").count() == 0, page.locator(
         STDERR_BOX
     ).all_inner_texts()
+
+
+def test_the_meter_widget_renders_bars_and_the_cell(page: Any) -> None:
+    meter = _output(page, METER).locator(".wflo-meter")
+    assert meter.count() == 1  # anywidget rendered the view, not the text fallback
+    assert meter.locator(".wflo-meter-fill").count() >= 1  # the $1 notebook budget's bar
+    assert "notebook budget: $0.0" in meter.inner_text()
+    compact = _output(page, LLM).locator(".wflo-meter")
+    assert compact.count() == 1  # the LLM cell's compact meter
+    assert "cell twice: $0.0" in compact.inner_text()
