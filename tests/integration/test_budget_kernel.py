@@ -5,17 +5,10 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
-
 from tests.kernel_driver import Kernel
+from tests.marks import KERNEL
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.kernel,
-    pytest.mark.docker,
-    pytest.mark.temporal,
-    pytest.mark.postgres,
-]
+pytestmark = KERNEL
 
 
 def test_notebook_budget_show_and_set(kernel: Kernel) -> None:

@@ -14,17 +14,11 @@ from sqlalchemy import text
 
 from tests.fakes.providers import FakeProvider
 from tests.kernel_driver import Kernel, loaded_kernel
+from tests.marks import LLM_KERNEL
 from wflo_jupyter.core.estimates import PLACEHOLDER_MARK
 from wflo_jupyter.ledger.store import Ledger
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.kernel,
-    pytest.mark.docker,
-    pytest.mark.temporal,
-    pytest.mark.postgres,
-    pytest.mark.redis,
-]
+pytestmark = LLM_KERNEL
 
 TABLES = ("steps", "reservations", "llm_calls", "budgets", "compute_charges", "outbox")
 

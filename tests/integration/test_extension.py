@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pytest
-
 from tests.helpers import wait_until
 from tests.kernel_driver import Kernel
+from tests.marks import KERNEL
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.kernel,
-    pytest.mark.docker,
-    pytest.mark.temporal,
-    pytest.mark.postgres,
-]
+pytestmark = KERNEL
 
 THREADS = (
     "import threading; print(sorted({t.name.rstrip('_0123456789') "

@@ -9,17 +9,11 @@ from collections.abc import Callable
 import pytest
 
 from tests.kernel_driver import Kernel
+from tests.marks import KERNEL
 from wflo_jupyter.events import EventConsumer
 from wflo_jupyter.ledger.store import Ledger
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.kernel,
-    pytest.mark.docker,
-    pytest.mark.temporal,
-    pytest.mark.postgres,
-    pytest.mark.kafka,
-]
+pytestmark = [*KERNEL, pytest.mark.kafka]
 
 SANDBOX_PROBE = """%%wflo --budget 0.10 --timeout 30
 import os, socket, pathlib

@@ -14,15 +14,9 @@ import pytest
 from tests.fakes.providers import FakeProvider
 from tests.helpers import PrivateRedis, wait_until
 from tests.kernel_driver import Kernel
+from tests.marks import LLM_KERNEL
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.kernel,
-    pytest.mark.docker,
-    pytest.mark.temporal,
-    pytest.mark.postgres,
-    pytest.mark.redis,
-]
+pytestmark = LLM_KERNEL
 
 SECRET = "sk-host-secret"
 

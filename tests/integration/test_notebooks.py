@@ -11,14 +11,9 @@ import sys
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.marks import KERNEL
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.kernel,
-    pytest.mark.docker,
-    pytest.mark.temporal,
-    pytest.mark.postgres,
-]
+pytestmark = KERNEL
 
 NOTEBOOKS = ["quickstart", "budgets", "cache", "sandbox-safety", "team"]
 HERE = REPO_ROOT / "notebooks"

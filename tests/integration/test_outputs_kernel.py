@@ -16,19 +16,13 @@ from hypothesis import strategies as st
 
 from tests.fuzz import line
 from tests.kernel_driver import CellRun, Kernel
+from tests.marks import LLM_KERNEL
 from wflo_jupyter.core.commands import CELL_OPTIONS, COMMAND_HELP, parse_line_command
 from wflo_jupyter.core.commands import COMMANDS as LINE_COMMANDS
 from wflo_jupyter.core.errors import SpecError
 from wflo_jupyter.core.steps import parse_step_spec
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.kernel,
-    pytest.mark.docker,
-    pytest.mark.temporal,
-    pytest.mark.postgres,
-    pytest.mark.redis,
-]
+pytestmark = LLM_KERNEL
 
 DOLLAR_PAIR = re.compile(r"\$[^$]*\$")
 WIDGET = "application/vnd.jupyter.widget-view+json"

@@ -6,18 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import docker
-import pytest
 
 from tests.kernel_driver import Kernel
+from tests.marks import KERNEL
 from wflo_jupyter.ledger.store import Ledger
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.kernel,
-    pytest.mark.docker,
-    pytest.mark.temporal,
-    pytest.mark.postgres,
-]
+pytestmark = KERNEL
 
 
 def test_state_persists_and_fresh_is_isolated(kernel: Kernel) -> None:

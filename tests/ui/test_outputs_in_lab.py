@@ -24,16 +24,9 @@ import nbformat
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.marks import LLM_KERNEL
 
-pytestmark = [
-    pytest.mark.ui,
-    pytest.mark.integration,
-    pytest.mark.kernel,
-    pytest.mark.docker,
-    pytest.mark.temporal,
-    pytest.mark.postgres,
-    pytest.mark.redis,
-]
+pytestmark = [pytest.mark.ui, *LLM_KERNEL]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
