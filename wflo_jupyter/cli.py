@@ -206,6 +206,7 @@ def demo(
     """Run a notebook headless on the local stack, then print its steps and costs."""
     import nbformat
     from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
@@ -245,6 +246,8 @@ def demo(
         err.print(f"[red]the notebook failed:[/red] {str(exc).strip().splitlines()[-1]}")
         raise typer.Exit(1) from None
     finally:
+        if run_sync(kernel.is_alive)():  # ours to stop: nbclient leaves a given kernel up
+            run_sync(kernel.shutdown_kernel)(now=False)
         shutil.rmtree(sockets, ignore_errors=True)
     for cell in nb.cells:
         for output in cell.get("outputs", []):

@@ -222,5 +222,6 @@ def test_demo_runs_the_quickstart_over_ipc_and_prints_its_report(
     run = wflo("demo", str(notebook), home=tmp_path, extra_env={**engines, "WFLO_PROVIDER": "mock"})
     assert run.returncode == 0, run.stderr[-3000:]
     assert "without encryption" not in run.stdout + run.stderr
+    assert "Parent appears to have exited" not in run.stdout + run.stderr  # kernel stopped
     assert "summarise" in run.stdout and "(simulated)" in run.stdout
     assert "4 steps" in run.stdout
