@@ -224,4 +224,4 @@ def test_demo_runs_the_quickstart_over_ipc_and_prints_its_report(
     assert "without encryption" not in run.stdout + run.stderr
     assert "Parent appears to have exited" not in run.stdout + run.stderr  # kernel stopped
     assert "summarise" in run.stdout and "(simulated)" in run.stdout
-    assert "4 steps" in run.stdout
+    assert "5 steps" in run.stdout
