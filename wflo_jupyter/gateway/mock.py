@@ -1,21 +1,30 @@
 """``MockUpstream`` (``WFLO_PROVIDER=mock``): answers every call locally, for offline
 demos only.
 
-Answers are deterministic, in the provider's real format (streams synthesised from the
-full answer), their usage counted by the same tokenizer the ledger estimates with, so
-they are priced as the named model. Every answer carries ``x-wflo-simulated: true`` and
-the ledger labels the call "simulated" wherever it shows.
+Answers are deterministic, in the provider's real format and in the shape the request
+asks for (JSON for ``response_format`` / ``text.format``, a tool call under a tool
+choice, ``n`` choices, reasoning tokens for a reasoning model; see ``shapes``), streams
+synthesised from the full answer, their usage counted by the same tokenizer the ledger
+estimates with, so they are priced as the named model. Every answer carries
+``x-wflo-simulated: true``, ``sim`` in its ids, and the ledger labels the call
+"simulated" wherever it shows.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from wflo_jupyter.gateway.mock_bodies import (
+    Counted,
+    chat_body,
+    embeddings_body,
+    messages_body,
+    responses_body,
+)
+from wflo_jupyter.gateway.shapes import digest, plan_reply, reasoning_tokens
 from wflo_jupyter.gateway.streams import synthesise
 from wflo_jupyter.gateway.upstream import ENDPOINT_BY_PATH, UpstreamResponse
 
@@ -40,11 +49,15 @@ def _last_user_text(body: Mapping[str, Any]) -> str:
     return json.dumps(raw)[:200] if raw is not None else ""
 
 
-def simulated_text(model: str, body: Mapping[str, Any], max_words: int | None) -> str:
-    """The deterministic answer: the same request always gets the same words."""
+def simulated_text(
+    model: str, body: Mapping[str, Any], max_words: int | None, choice: int = 0
+) -> str:
+    """The deterministic answer: the same request always gets the same words (choice
+    ``n`` of an ``n>1`` request gets its own)."""
     prompt = " ".join(_last_user_text(body).split())
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
-    words = f"Simulated answer {digest} from {model} to: {prompt}".split()
+    fingerprint = digest(body)[:8]
+    which = f" (choice {choice + 1})" if choice else ""
+    words = f"Simulated answer {fingerprint}{which} from {model} to: {prompt}".split()
     if max_words is not None:
         words = words[: max(1, max_words)]
     return " ".join(words)
@@ -56,6 +69,11 @@ def _max_output(body: Mapping[str, Any]) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def _choices(endpoint: str, body: Mapping[str, Any]) -> int:
+    n = body.get("n")
+    return max(1, min(n, 128)) if endpoint == "chat" and isinstance(n, int) else 1
 
 
 class MockUpstream:
@@ -70,111 +88,46 @@ class MockUpstream:
     def answer(
         self, provider: str, endpoint: str, body: Mapping[str, Any], text: str | None = None
     ) -> dict[str, Any]:
-        """The full (non-streamed) response body for ``body``; its words are ``text`` when
-        given (a dry run's placeholder), else the simulated answer."""
+        """The full (non-streamed) response body for ``body``, in the shape it asks for
+        (JSON, a tool call, ``n`` choices); its prose is ``text`` when given (a dry run's
+        placeholder), else the simulated answer."""
         model = str(body.get("model") or "unknown-model")
         prompt_tokens = self.count_tokens(provider, model, body)
         if endpoint == "embeddings":
-            raw = body.get("input")
-            items = raw if isinstance(raw, list) else [raw]
-            vectors = []
-            for index, item in enumerate(items):
-                seed = hashlib.sha256(json.dumps(item).encode()).digest()
-                vectors.append(
-                    {
-                        "object": "embedding",
-                        "index": index,
-                        "embedding": [round(b / 255 - 0.5, 4) for b in seed[:16]],
-                    }
-                )
-            return {
-                "object": "list",
-                "model": model,
-                "data": vectors,
-                "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-            }
-        cap = _max_output(body)
-        if text is None:
-            text = simulated_text(model, body, cap)
-        output_tokens = self.count_tokens(
-            provider, model, {"messages": [{"role": "assistant", "content": text}]}
-        )
-        if cap is not None:
-            output_tokens = min(output_tokens, cap)
-        ident = hashlib.sha256(text.encode()).hexdigest()[:16]
-        created = int(time.time())
+            return embeddings_body(model, prompt_tokens, body.get("input"))
+        choices = [
+            self._choice(provider, endpoint, model, body, index, text)
+            for index in range(_choices(endpoint, body))
+        ]
         if endpoint == "messages":
-            return {
-                "id": f"msg_sim_{ident}",
-                "type": "message",
-                "role": "assistant",
-                "model": model,
-                "content": [{"type": "text", "text": text}],
-                "stop_reason": "end_turn",
-                "stop_sequence": None,
-                "usage": {
-                    "input_tokens": prompt_tokens,
-                    "output_tokens": output_tokens,
-                    "cache_creation_input_tokens": 0,
-                    "cache_read_input_tokens": 0,
-                },
-            }
+            return messages_body(model, prompt_tokens, choices[0])
         if endpoint == "responses":
-            return {
-                "id": f"resp_sim_{ident}",
-                "object": "response",
-                "created_at": created,
-                "status": "completed",
-                "model": model,
-                "error": None,
-                "incomplete_details": None,
-                "instructions": None,
-                "metadata": {},
-                "parallel_tool_calls": True,
-                "temperature": 1.0,
-                "top_p": 1.0,
-                "tool_choice": "auto",
-                "tools": [],
-                "text": {"format": {"type": "text"}},
-                "output": [
-                    {
-                        "type": "message",
-                        "id": f"msg_sim_{ident}",
-                        "status": "completed",
-                        "role": "assistant",
-                        "content": [{"type": "output_text", "text": text, "annotations": []}],
-                    }
-                ],
-                "usage": {
-                    "input_tokens": prompt_tokens,
-                    "input_tokens_details": {"cached_tokens": 0},
-                    "output_tokens": output_tokens,
-                    "output_tokens_details": {"reasoning_tokens": 0},
-                    "total_tokens": prompt_tokens + output_tokens,
-                },
-            }
-        return {
-            "id": f"chatcmpl-sim-{ident}",
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "system_fingerprint": "wflo-simulated",
-            "choices": [
-                {
-                    "index": 0,
-                    "finish_reason": "stop",
-                    "logprobs": None,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                }
-            ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": output_tokens,
-                "total_tokens": prompt_tokens + output_tokens,
-                "prompt_tokens_details": {"cached_tokens": 0},
-                "completion_tokens_details": {"reasoning_tokens": 0},
-            },
-        }
+            return responses_body(model, prompt_tokens, choices[0], body)
+        return chat_body(model, prompt_tokens, choices)
+
+    def _choice(
+        self,
+        provider: str,
+        endpoint: str,
+        model: str,
+        body: Mapping[str, Any],
+        index: int,
+        text: str | None,
+    ) -> Counted:
+        cap = _max_output(body)
+        seed = digest({"request": body, "choice": index}) if index else digest(body)
+        prose = text if text is not None else simulated_text(model, body, cap, index)
+        prefix = "toolu_sim_" if endpoint == "messages" else "call_sim_"
+        reply = plan_reply(endpoint, body, seed, prose, prefix)
+        written = reply.text or "".join(c.name + c.arguments_json for c in reply.calls)
+        output = self.count_tokens(
+            provider, model, {"messages": [{"role": "assistant", "content": written}]}
+        )
+        thinking = reasoning_tokens(model, body, seed) if endpoint != "messages" else 0
+        if cap is not None:
+            output = min(output, cap)
+            thinking = max(0, min(thinking, cap - output))
+        return Counted(reply, output, thinking)
 
     @contextmanager
     def send(
