@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import uuid
 from collections.abc import Mapping
 from fractions import Fraction
@@ -23,6 +24,12 @@ from typing import Any
 from wflo_jupyter.core.simulated_pattern import string_matching
 
 _MAX_DEPTH = 5  # below this depth, only what is required, by the shortest way
+# constraints a schema states in prose, as "{maximum: 7, minimum: 1}" (what a model reads
+# when a provider's structured outputs cannot enforce them; the anthropic SDK writes so)
+_HINT = re.compile(
+    r"\b(minimum|maximum|exclusiveMinimum|exclusiveMaximum|multipleOf|minLength|maxLength"
+    r"|minItems|maxItems|format): ([-\w.]+)"
+)
 _FORMATS: dict[str, str] = {
     "date": "2024-01-{day:02d}",
     "date-time": "2024-01-{day:02d}T10:{minute:02d}:00Z",
@@ -104,6 +111,7 @@ class _Maker:
             schema = {}
         if schema is False or not isinstance(schema, Mapping):
             return None
+        schema = _with_hints(schema)
         if "const" in schema:
             return schema["const"]
         if isinstance(schema.get("enum"), list) and schema["enum"]:
@@ -292,6 +300,27 @@ def _merge(base: Any, extra: Any) -> Any:
     if "required" in base and "required" in extra:
         merged["required"] = list(dict.fromkeys([*base["required"], *extra["required"]]))
     return merged
+
+
+def _with_hints(schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``schema`` plus the constraints its description states in braces (best effort)."""
+    description = schema.get("description")
+    if not isinstance(description, str) or not description.rstrip().endswith("}"):
+        return schema
+    last = description.rstrip().rsplit("\n", 1)[-1]
+    hints: dict[str, Any] = {}
+    for key, raw in _HINT.findall(last):
+        if key in schema:
+            continue
+        if key == "format":
+            hints[key] = raw
+            continue
+        try:
+            number = float(raw)
+        except ValueError:
+            continue
+        hints[key] = int(number) if number.is_integer() else number
+    return {**schema, **hints} if hints else schema
 
 
 def _implied_type(schema: Mapping[str, Any]) -> str:

@@ -54,8 +54,11 @@ def _apply_delta(message: dict[str, Any], delta: dict[str, Any]) -> None:
         message["role"] = delta["role"]
     if delta.get("content") is not None:
         message["content"] = (message["content"] or "") + delta["content"]
-    if delta.get("refusal") is not None:
-        message["refusal"] = (message.get("refusal") or "") + delta["refusal"]
+    if "refusal" in delta:
+        refusal = delta["refusal"]
+        message["refusal"] = (
+            message.get("refusal") if refusal is None else (message.get("refusal") or "") + refusal
+        )
     calls = message.setdefault("tool_calls", []) if delta.get("tool_calls") else None
     for call in delta.get("tool_calls") or []:
         assert calls is not None
