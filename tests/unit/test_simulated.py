@@ -8,7 +8,7 @@ import json
 import random
 import re
 from datetime import date, datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -27,7 +27,7 @@ def valid(schema: Any, value: Any) -> None:
     jsonschema.validate(value, schema, format_checker=jsonschema.FormatChecker())
 
 
-class Colour(str, Enum):
+class Colour(StrEnum):
     RED = "red"
     BLUE = "blue"
 
