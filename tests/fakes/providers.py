@@ -2,7 +2,8 @@
 
 It is the only stand-in in the suite: the provider's HTTP endpoint. It speaks the
 real wire formats (usage fields incl. cached/reasoning token details, error shapes,
-SSE streams) so the official SDKs can drive it, counts requests, and can be told to
+SSE streams) and honours the request's shape (JSON formats, tools and tool choice, ``n``;
+see ``answers``) so the official SDKs can drive it, counts requests, and can be told to
 fail (e.g. 429 with ``Retry-After``) or to answer slowly.
 """
 
@@ -15,6 +16,11 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.fakes import answers
+from tests.fakes.answers import answer_text
+
+__all__ = ["FakeProvider", "answer_text"]
 
 
 @dataclass
@@ -46,26 +52,6 @@ class FakeProviderState:
 def _words(value: Any) -> int:
     """A deterministic token count for the fake: one token per 4 characters, at least 1."""
     return max(1, len(json.dumps(value)) // 4)
-
-
-def _last_user_text(body: dict[str, Any]) -> str:
-    messages = body.get("messages") or []
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    raw = body.get("input")
-    if isinstance(raw, str):
-        return raw
-    return json.dumps(raw)[:200] if raw is not None else ""
-
-
-def answer_text(body: dict[str, Any]) -> str:
-    """The deterministic answer to a request: 'echo: <last user text>'."""
-    return f"echo: {_last_user_text(body)}"
 
 
 def _output_tokens(body: dict[str, Any], text: str) -> int:
@@ -185,10 +171,15 @@ class _Handler(BaseHTTPRequestHandler):
             )
 
     # -- OpenAI -------------------------------------------------------------------------
-    def _openai_usage(self, body: dict[str, Any], text: str) -> dict[str, Any]:
+    def _events(self, events: list[answers.Event]) -> None:
+        self._start_sse()
+        for data, event in events:
+            self._sse(data, event=event)
+
+    def _openai_usage(self, body: dict[str, Any], visible: int) -> dict[str, Any]:
         state = self.server.state
         prompt = _words(body.get("messages") or body.get("input"))
-        completion = _output_tokens(body, text) + state.reasoning_tokens
+        completion = visible + state.reasoning_tokens
         return {
             "prompt_tokens": prompt + state.cached_tokens,
             "completion_tokens": completion,
@@ -203,82 +194,30 @@ class _Handler(BaseHTTPRequestHandler):
         }
 
     def _chat(self, body: dict[str, Any]) -> None:
-        text = answer_text(body)
-        usage = self._openai_usage(body, text)
-        ident, created, model = (
-            f"chatcmpl-{uuid.uuid4().hex[:12]}",
-            int(time.time()),
-            body.get("model", ""),
-        )
-        if not body.get("stream"):
-            self._send_json(
-                200,
-                {
-                    "id": ident,
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": model,
-                    "system_fingerprint": "fp_fake",
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": text, "refusal": None},
-                            "logprobs": None,
-                            "finish_reason": "stop",
-                        }
-                    ],
-                    "usage": usage,
-                },
-            )
-            return
-        self._start_sse()
+        choices = answers.chat_choices(body)
+        usage = self._openai_usage(body, answers.visible_tokens(body, choices))
         base = {
-            "id": ident,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
+            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+            "created": int(time.time()),
+            "model": body.get("model", ""),
             "system_fingerprint": "fp_fake",
         }
-        self._sse(
-            {
-                **base,
-                "choices": [
-                    {
-                        "index": 0,
-                        "delta": {"role": "assistant", "content": ""},
-                        "logprobs": None,
-                        "finish_reason": None,
-                    }
-                ],
-            }
-        )
-        for piece in [w + " " for w in text.split(" ")[:-1]] + [text.split(" ")[-1]]:
-            self._sse(
-                {
-                    **base,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "delta": {"content": piece},
-                            "logprobs": None,
-                            "finish_reason": None,
-                        }
-                    ],
-                }
-            )
-        self._sse(
-            {
-                **base,
-                "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}],
-            }
-        )
+        if not body.get("stream"):
+            full = {**base, "object": "chat.completion", "choices": choices, "usage": usage}
+            self._send_json(200, full)
+            return
+        chunk_base = {**base, "object": "chat.completion.chunk"}
+        events = answers.chat_stream(chunk_base, choices)
         if (body.get("stream_options") or {}).get("include_usage"):
-            self._sse({**base, "choices": [], "usage": usage})
-        self._sse("[DONE]")
+            events.append(({**chunk_base, "choices": [], "usage": usage}, None))
+        self._events([*events, ("[DONE]", None)])
 
     def _responses(self, body: dict[str, Any]) -> None:
-        text = answer_text(body)
-        chat_usage = self._openai_usage(body, text)
+        output = answers.responses_output(body)
+        written = "".join(
+            item.get("arguments") or item.get("content", [{}])[0].get("text", "") for item in output
+        )
+        chat_usage = self._openai_usage(body, _output_tokens(body, written))
         usage = {
             "input_tokens": chat_usage["prompt_tokens"],
             "input_tokens_details": {
@@ -290,23 +229,16 @@ class _Handler(BaseHTTPRequestHandler):
             },
             "total_tokens": chat_usage["total_tokens"],
         }
-        message = {
-            "type": "message",
-            "id": f"msg_{uuid.uuid4().hex[:12]}",
-            "status": "completed",
-            "role": "assistant",
-            "content": [{"type": "output_text", "text": text, "annotations": []}],
-        }
         response = {
             "id": f"resp_{uuid.uuid4().hex[:12]}",
             "object": "response",
             "created_at": int(time.time()),
             "status": "completed",
             "model": body.get("model", ""),
-            "output": [message],
+            "output": output,
             "parallel_tool_calls": True,
-            "tool_choice": "auto",
-            "tools": [],
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools") or [],
             "usage": usage,
             "error": None,
             "incomplete_details": None,
@@ -314,57 +246,12 @@ class _Handler(BaseHTTPRequestHandler):
             "metadata": {},
             "temperature": 1.0,
             "top_p": 1.0,
-            "text": {"format": {"type": "text"}},
+            "text": body.get("text") or {"format": {"type": "text"}},
         }
         if not body.get("stream"):
             self._send_json(200, response)
             return
-        self._start_sse()
-        seq = 0
-
-        def emit(kind: str, payload: dict[str, Any]) -> None:
-            nonlocal seq
-            self._sse({"type": kind, "sequence_number": seq, **payload}, event=kind)
-            seq += 1
-
-        emit(
-            "response.created",
-            {"response": {**response, "status": "in_progress", "output": [], "usage": None}},
-        )
-        emit(
-            "response.output_item.added",
-            {"output_index": 0, "item": {**message, "status": "in_progress", "content": []}},
-        )
-        emit(
-            "response.content_part.added",
-            {
-                "item_id": message["id"],
-                "output_index": 0,
-                "content_index": 0,
-                "part": {"type": "output_text", "text": "", "annotations": []},
-            },
-        )
-        emit(
-            "response.output_text.delta",
-            {
-                "item_id": message["id"],
-                "output_index": 0,
-                "content_index": 0,
-                "delta": text,
-                "logprobs": [],
-            },
-        )
-        emit(
-            "response.output_text.done",
-            {
-                "item_id": message["id"],
-                "output_index": 0,
-                "content_index": 0,
-                "text": text,
-                "logprobs": [],
-            },
-        )
-        emit("response.completed", {"response": response})
+        self._events(answers.responses_stream(response))
 
     def _embeddings(self, body: dict[str, Any]) -> None:
         inputs = body.get("input")
@@ -390,63 +277,28 @@ class _Handler(BaseHTTPRequestHandler):
     # -- Anthropic ----------------------------------------------------------------------
     def _messages(self, body: dict[str, Any]) -> None:
         state = self.server.state
-        text = answer_text(body)
+        content = answers.message_content(body)
+        written = "".join(str(b.get("text") or json.dumps(b.get("input"))) for b in content)
         usage = {
             "input_tokens": _words(body.get("messages")),
-            "output_tokens": _output_tokens(body, text),
+            "output_tokens": _output_tokens(body, written),
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": state.cached_tokens,
         }
-        ident, model = f"msg_{uuid.uuid4().hex[:12]}", body.get("model", "")
         message = {
-            "id": ident,
+            "id": f"msg_{uuid.uuid4().hex[:12]}",
             "type": "message",
             "role": "assistant",
-            "model": model,
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": "end_turn",
+            "model": body.get("model", ""),
+            "content": content,
+            "stop_reason": "tool_use" if content[0]["type"] == "tool_use" else "end_turn",
             "stop_sequence": None,
             "usage": usage,
         }
         if not body.get("stream"):
             self._send_json(200, message)
             return
-        self._start_sse()
-        start_usage = {**usage, "output_tokens": 1}
-        self._sse(
-            {
-                "type": "message_start",
-                "message": {**message, "content": [], "stop_reason": None, "usage": start_usage},
-            },
-            event="message_start",
-        )
-        self._sse(
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "text", "text": ""},
-            },
-            event="content_block_start",
-        )
-        for piece in [w + " " for w in text.split(" ")[:-1]] + [text.split(" ")[-1]]:
-            self._sse(
-                {
-                    "type": "content_block_delta",
-                    "index": 0,
-                    "delta": {"type": "text_delta", "text": piece},
-                },
-                event="content_block_delta",
-            )
-        self._sse({"type": "content_block_stop", "index": 0}, event="content_block_stop")
-        self._sse(
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                "usage": {"output_tokens": usage["output_tokens"]},
-            },
-            event="message_delta",
-        )
-        self._sse({"type": "message_stop"}, event="message_stop")
+        self._events(answers.message_stream(message, usage))
 
 
 class _Server(ThreadingHTTPServer):

@@ -176,3 +176,11 @@ def test_a_recursive_schema_ends() -> None:
 def test_patterns_best_effort(pattern: str) -> None:
     for n in range(10):
         assert re.search(pattern, string_matching(pattern, random.Random(n)))
+
+
+def test_constraints_stated_in_a_description_are_kept() -> None:
+    # the anthropic SDK moves what structured outputs cannot enforce into the description
+    schema = {"type": "integer", "description": "Days\n\n{maximum: 7, minimum: 1}"}
+    assert all(1 <= instance(schema, seed) <= 7 for seed in SEEDS)
+    text = {"type": "string", "description": "{format: email, maxLength: 30}"}
+    assert all("@" in instance(text, seed) for seed in SEEDS)

@@ -302,19 +302,53 @@ def test_anthropic_parse_output_format(ant: anthropic.Anthropic) -> None:
     assert isinstance(reply.parsed_output, Weather)
 
 
-def test_mock_ids_say_simulated(server: Any, oai: openai.OpenAI, ant: anthropic.Anthropic) -> None:
-    if not isinstance(server, MockServer):
-        pytest.skip("ids of the product's mock only")
+@pytest.fixture(scope="module")
+def mock_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MockServer]:
+    counter = TokenCounter(tmp_path_factory.mktemp("home"))
+    served = MockServer(MockUpstream(lambda p, m, b: counter.count(p, m, b)[0]))
+    yield served
+    served.close()
+
+
+def test_mock_ids_say_simulated(mock_only: MockServer) -> None:
+    oai = openai.OpenAI(api_key="k", base_url=mock_only.base_url, max_retries=0)
     chat = oai.chat.completions.create(
         model="gpt-4o-mini", messages=ASK, tools=[WEATHER_TOOL], tool_choice="required"
     )
     assert chat.id.startswith("chatcmpl-sim-")
     assert (chat.choices[0].message.tool_calls or [])[0].id.startswith("call_sim_")
+    ant = anthropic.Anthropic(api_key="k", base_url=mock_only.url, max_retries=0)
     message = ant.messages.create(
         model="claude-haiku-4-5",
         max_tokens=200,
-        messages=ASK,
+        messages=ASK,  # type: ignore[arg-type]
         tools=ANT_TOOLS,
-        tool_choice={"type": "any"},  # type: ignore[arg-type]
+        tool_choice={"type": "any"},
     )
-    assert message.content[0].type == "tool_use" and message.content[0].id.startswith("toolu_sim_")
+    assert message.content[0].type == "tool_use"
+    assert message.content[0].id.startswith("toolu_sim_")
+
+
+def test_mock_reasoning_usage_through_the_sdk(mock_only: MockServer) -> None:
+    oai = openai.OpenAI(api_key="k", base_url=mock_only.base_url, max_retries=0)
+    reply = oai.chat.completions.create(model="o4-mini", messages=ASK, max_completion_tokens=2000)
+    usage = reply.usage
+    assert usage is not None and usage.completion_tokens_details is not None
+    reasoning = usage.completion_tokens_details.reasoning_tokens or 0
+    assert 0 < reasoning < usage.completion_tokens <= 2000
+    chunks = list(
+        oai.chat.completions.create(
+            model="o4-mini",
+            messages=ASK,
+            max_completion_tokens=2000,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    last = chunks[-1].usage
+    assert last is not None and last.completion_tokens_details is not None
+    assert last.completion_tokens_details.reasoning_tokens == reasoning
+    response = oai.responses.create(model="o4-mini", input="think", reasoning={"effort": "low"})
+    assert response.usage is not None
+    assert 0 < response.usage.output_tokens_details.reasoning_tokens < response.usage.output_tokens
+    assert response.output_text.startswith("Simulated answer")

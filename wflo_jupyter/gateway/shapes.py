@@ -45,9 +45,14 @@ class Reply:
     is_json: bool = False
 
 
+_TRANSPORT = ("stream", "stream_options")
+
+
 def digest(body: Mapping[str, Any]) -> str:
-    """The request's fingerprint: the seed of every simulated choice."""
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    """The request's fingerprint, the seed of every simulated choice: the same question
+    gets the same answer, streamed or not."""
+    asked = {k: v for k, v in body.items() if k not in _TRANSPORT}
+    return hashlib.sha256(json.dumps(asked, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def is_reasoning(model: str, body: Mapping[str, Any]) -> bool:
