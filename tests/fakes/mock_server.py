@@ -7,10 +7,10 @@ it, minus the gateway in between."""
 from __future__ import annotations
 
 import json
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.fakes.providers import LocalServer
 from wflo_jupyter.gateway.mock import MockUpstream
 
 
@@ -54,26 +54,13 @@ class _Server(ThreadingHTTPServer):
         self.bodies: list[dict[str, Any]] = []
 
 
-class MockServer:
+class MockServer(LocalServer):
     """``MockUpstream`` behind HTTP; ``bodies`` are the requests it answered."""
 
     def __init__(self, mock: MockUpstream) -> None:
-        self._server = _Server(mock)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.url}/v1"
+        self._mock_server = _Server(mock)
+        super().__init__(self._mock_server)
 
     @property
     def bodies(self) -> list[dict[str, Any]]:
-        return self._server.bodies
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        return self._mock_server.bodies

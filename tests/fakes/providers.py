@@ -309,23 +309,35 @@ class _Server(ThreadingHTTPServer):
         self.state = state
 
 
-class FakeProvider:
-    """Run the fake on a free 127.0.0.1 port; ``base_url`` is its ``/v1`` root."""
+class LocalServer:
+    """An HTTP server on a free 127.0.0.1 port, served from a daemon thread; ``base_url``
+    is its ``/v1`` root (OpenAI SDKs), ``url`` the bare root (Anthropic SDKs)."""
 
-    def __init__(self) -> None:
-        self.state = FakeProviderState()
-        self._server = _Server(self.state)
+    def __init__(self, server: ThreadingHTTPServer) -> None:
+        self._server = server
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host}:{port!s}"
 
     @property
     def base_url(self) -> str:
         return f"{self.url}/v1"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class FakeProvider(LocalServer):
+    """Run the fake on a free 127.0.0.1 port."""
+
+    def __init__(self) -> None:
+        self.state = FakeProviderState()
+        super().__init__(_Server(self.state))
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -340,7 +352,3 @@ class FakeProvider:
         """Answer the next request with these exact SSE bytes."""
         with self.state.lock:
             self.state.replays.append(raw_sse)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -67,9 +68,10 @@ def json_events(events: Iterable[SseEvent]) -> Iterator[dict[str, Any]]:
 
 
 def pieces(text: str, parts: int = 6) -> list[str]:
-    """``text`` cut into at most ``parts`` consecutive pieces (at least one, maybe empty),
-    as a provider streams it."""
-    if not text:
+    """``text`` cut at word starts into at most ``parts`` consecutive pieces (at least
+    one, maybe empty), as a provider streams it."""
+    words = re.findall(r"\s*\S+|\s+", text)
+    if not words:
         return [""]
-    size = max(1, math.ceil(len(text) / parts))
-    return [text[i : i + size] for i in range(0, len(text), size)]
+    size = max(1, math.ceil(len(words) / parts))
+    return ["".join(words[i : i + size]) for i in range(0, len(words), size)]

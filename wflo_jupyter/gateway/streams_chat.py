@@ -1,10 +1,11 @@
 """OpenAI Chat Completions streams (``chat.completion.chunk``): assemble one into the full
 ``chat.completion`` it stands for, and synthesise one from a full completion.
 
-A synthesised stream sends, per choice index: a role chunk, the content in a few pieces,
-each tool call as a first delta with ``id`` / ``name`` and then its ``arguments`` in
-pieces, and a chunk with the ``finish_reason``; then the usage chunk (``choices: []``)
-when the request asked for ``stream_options.include_usage``, and ``[DONE]``.
+A synthesised stream sends, per choice index: a role chunk with the content's first
+piece, the rest in a few more, each tool call as a first delta with ``id`` / ``name``
+and then its ``arguments`` in pieces, and a chunk with the ``finish_reason``; then the
+usage chunk (``choices: []``) when the request asked for
+``stream_options.include_usage``, and ``[DONE]``.
 """
 
 from __future__ import annotations
@@ -84,15 +85,15 @@ def synthesise_chat(response: dict[str, Any], include_usage: bool) -> list[SseEv
     for choice in response.get("choices") or []:
         index, message = int(choice.get("index", 0)), choice.get("message") or {}
         content, calls = message.get("content"), message.get("tool_calls") or []
+        texts = pieces(content) if content else [""]
         first: dict[str, Any] = {
             "role": message.get("role", "assistant"),
-            "content": "" if content is not None or not calls else None,
+            "content": texts[0] if content is not None or not calls else None,
             "refusal": None,
         }
         emit(index, first)
-        if content:
-            for piece in pieces(content):
-                emit(index, {"content": piece})
+        for piece in texts[1:]:
+            emit(index, {"content": piece})
         for position, call in enumerate(calls):
             function = call.get("function") or {}
             opening = {
