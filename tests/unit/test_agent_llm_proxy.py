@@ -166,9 +166,12 @@ class Host:
 
     def relay(self, frame: Frame) -> None:
         """Answer from the fake provider, passing a stream through chunk by chunk."""
-        rid, body = frame["id"], frame["body"]
+        rid, body, method = frame["id"], frame["body"], frame.get("method", "POST")
         with self._http.stream(
-            "POST", self.fake.url + frame["path"], json=body, headers=frame["headers"]
+            method,
+            self.fake.url + frame["path"],
+            json=body if method == "POST" else None,
+            headers=frame["headers"],
         ) as reply:
             headers = {k: v for k, v in reply.headers.items() if k.lower() in RELAYED_HEADERS}
             if body.get("stream") and reply.status_code == 200:
@@ -360,7 +363,10 @@ def test_openai_chat_reaches_the_cell_and_the_frame_carries_the_call(
     assert frame["body"]["messages"] == [{"role": "user", "content": "hello proxy"}]
     assert frame["body"]["max_tokens"] == 20
     assert frame["headers"] == {"content-type": "application/json"}
-    assert set(frame) == {"type", "id", "cell", "provider", "endpoint", "path", "headers", "body"}
+    assert set(frame) == {
+        "type", "id", "cell", "provider", "endpoint", "method", "path", "headers", "body"
+    }
+    assert frame["method"] == "POST"
     assert token not in json.dumps(frame)  # the session token never leaves the sandbox
 
 
