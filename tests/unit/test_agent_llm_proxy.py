@@ -364,7 +364,15 @@ def test_openai_chat_reaches_the_cell_and_the_frame_carries_the_call(
     assert frame["body"]["max_tokens"] == 20
     assert frame["headers"] == {"content-type": "application/json"}
     assert set(frame) == {
-        "type", "id", "cell", "provider", "endpoint", "method", "path", "headers", "body"
+        "type",
+        "id",
+        "cell",
+        "provider",
+        "endpoint",
+        "method",
+        "path",
+        "headers",
+        "body",
     }
     assert frame["method"] == "POST"
     assert token not in json.dumps(frame)  # the session token never leaves the sandbox

@@ -6,7 +6,9 @@ saved dollars → miss: worst-case estimate → reserve against every enclosing 
 (ledger row, outbox events and NOTIFY in one transaction) → cache store → answer.
 
 A refused reservation never reaches the provider: the cell's SDK gets an error in the
-provider's own shape carrying the ``BudgetExceeded`` line, and the cell shows it too.
+provider's own shape carrying the ``BudgetExceeded`` line, and the cell shows it too; so
+does a ``max_tokens`` above the model's limit (``OutputLimitExceeded``, a 400). The free
+endpoints (``count_tokens``, ``models``) skip all of it: ``gateway.free``.
 """
 
 from __future__ import annotations
@@ -443,16 +445,10 @@ def send_answer(
 
 
 def send_error(
-    responder: Responder,
-    provider: str,
-    status: int,
-    message: str,
-    *,
-    param: str | None = None,
-    code: str | None = None,
+    responder: Responder, provider: str, status: int, message: str, **openai: str | None
 ) -> None:
-    """Answer with an error in the provider's own shape (OpenAI's carries ``param``)."""
-    body = error_body(provider, status, message, param=param, code=code)
+    """Answer with an error in the provider's own shape (``openai``: ``param``, ``code``)."""
+    body = error_body(provider, status, message, **openai)
     responder.full(status, {"content-type": "application/json"}, json.dumps(body).encode())
 
 
