@@ -1028,3 +1028,45 @@ def test_pending_requests_fail_with_502_when_the_channel_dies(fake: FakeProvider
         assert headers["x-should-retry"] == "false"
     finally:
         agent.close()
+
+
+# ---------------------------------------------------------------------------------------
+# the free routes: count_tokens and the models list / retrieve
+
+
+def test_free_routes_reach_the_host_as_frames_and_hostile_ones_do_not(
+    host: Host, token: str
+) -> None:
+    port = host.ready["llm_proxy"]["port"]
+    bearer = {"authorization": f"Bearer {token}"}
+    anthropic = {"x-api-key": token, "anthropic-version": "2023-06-01"}
+    before = len(host.requests)
+    status, _, raw = post(port, "/v1/models/gpt-4o-mini", b"", bearer, method="GET")
+    assert (status, json.loads(raw)["id"]) == (200, "gpt-4o-mini")
+    status, _, raw = post(port, "/v1/models?limit=3&x=y", b"", anthropic, method="GET")
+    assert status == 200 and json.loads(raw)["data"][0]["type"] == "model"
+    body = json.dumps({"model": "claude-3-haiku", "messages": []}).encode()
+    status, _, raw = post(port, "/v1/messages/count_tokens", body, anthropic)
+    assert status == 200 and json.loads(raw)["input_tokens"] > 0
+    frames = host.requests[before:]
+    assert [(f["method"], f["provider"], f["endpoint"], f["path"], f["body"]) for f in frames] == [
+        ("GET", "openai", "models", "/v1/models/gpt-4o-mini", {}),
+        ("GET", "anthropic", "models", "/v1/models?limit=3", {}),
+        ("POST", "anthropic", "count_tokens", "/v1/messages/count_tokens", json.loads(body)),
+    ]
+    for path, headers, expected in [
+        ("/v1/models/%2e%2e", bearer, 400),
+        ("/v1/models/../chat/completions", bearer, 400),
+        ("/v1/models/" + "m" * 200, bearer, 400),
+        ("/v1/models?limit=0", anthropic, 400),
+        ("/v1/models", {"authorization": "Bearer wrong"}, 401),
+        ("/v1/files", bearer, 404),
+    ]:
+        status, reply_headers, raw = post(port, path, b"", headers, method="GET")
+        assert status == expected, path
+        assert reply_headers["x-should-retry"] == "false"
+        if headers is anthropic:
+            assert json.loads(raw)["type"] == "error"
+        else:
+            assert isinstance(json.loads(raw)["error"]["message"], str)
+    assert len(host.requests) == before + 3
