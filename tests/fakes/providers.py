@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tests.fakes import answers
+from tests.fakes import answers, free_endpoints
 from tests.fakes.answers import answer_text
 
 __all__ = ["FakeProvider", "answer_text"]
@@ -65,6 +65,7 @@ def _output_tokens(body: dict[str, Any], text: str) -> int:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    do_GET = free_endpoints.serve_get  # tests/fakes/free_endpoints.py
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -148,6 +149,8 @@ class _Handler(BaseHTTPRequestHandler):
                     },
                     headers,
                 )
+            return
+        if free_endpoints.serve_post(self, body):  # /v1/messages/count_tokens
             return
         if self.path.startswith("/v1/chat/completions"):
             self._chat(body)

@@ -166,9 +166,12 @@ class Host:
 
     def relay(self, frame: Frame) -> None:
         """Answer from the fake provider, passing a stream through chunk by chunk."""
-        rid, body = frame["id"], frame["body"]
+        rid, body, method = frame["id"], frame["body"], frame.get("method", "POST")
         with self._http.stream(
-            "POST", self.fake.url + frame["path"], json=body, headers=frame["headers"]
+            method,
+            self.fake.url + frame["path"],
+            json=body if method == "POST" else None,
+            headers=frame["headers"],
         ) as reply:
             headers = {k: v for k, v in reply.headers.items() if k.lower() in RELAYED_HEADERS}
             if body.get("stream") and reply.status_code == 200:
@@ -360,7 +363,18 @@ def test_openai_chat_reaches_the_cell_and_the_frame_carries_the_call(
     assert frame["body"]["messages"] == [{"role": "user", "content": "hello proxy"}]
     assert frame["body"]["max_tokens"] == 20
     assert frame["headers"] == {"content-type": "application/json"}
-    assert set(frame) == {"type", "id", "cell", "provider", "endpoint", "path", "headers", "body"}
+    assert set(frame) == {
+        "type",
+        "id",
+        "cell",
+        "provider",
+        "endpoint",
+        "method",
+        "path",
+        "headers",
+        "body",
+    }
+    assert frame["method"] == "POST"
     assert token not in json.dumps(frame)  # the session token never leaves the sandbox
 
 
@@ -1014,3 +1028,45 @@ def test_pending_requests_fail_with_502_when_the_channel_dies(fake: FakeProvider
         assert headers["x-should-retry"] == "false"
     finally:
         agent.close()
+
+
+# ---------------------------------------------------------------------------------------
+# the free routes: count_tokens and the models list / retrieve
+
+
+def test_free_routes_reach_the_host_as_frames_and_hostile_ones_do_not(
+    host: Host, token: str
+) -> None:
+    port = host.ready["llm_proxy"]["port"]
+    bearer = {"authorization": f"Bearer {token}"}
+    anthropic = {"x-api-key": token, "anthropic-version": "2023-06-01"}
+    before = len(host.requests)
+    status, _, raw = post(port, "/v1/models/gpt-4o-mini", b"", bearer, method="GET")
+    assert (status, json.loads(raw)["id"]) == (200, "gpt-4o-mini")
+    status, _, raw = post(port, "/v1/models?limit=3&x=y", b"", anthropic, method="GET")
+    assert status == 200 and json.loads(raw)["data"][0]["type"] == "model"
+    body = json.dumps({"model": "claude-3-haiku", "messages": []}).encode()
+    status, _, raw = post(port, "/v1/messages/count_tokens", body, anthropic)
+    assert status == 200 and json.loads(raw)["input_tokens"] > 0
+    frames = host.requests[before:]
+    assert [(f["method"], f["provider"], f["endpoint"], f["path"], f["body"]) for f in frames] == [
+        ("GET", "openai", "models", "/v1/models/gpt-4o-mini", {}),
+        ("GET", "anthropic", "models", "/v1/models?limit=3", {}),
+        ("POST", "anthropic", "count_tokens", "/v1/messages/count_tokens", json.loads(body)),
+    ]
+    for path, headers, expected in [
+        ("/v1/models/%2e%2e", bearer, 400),
+        ("/v1/models/../chat/completions", bearer, 400),
+        ("/v1/models/" + "m" * 200, bearer, 400),
+        ("/v1/models?limit=0", anthropic, 400),
+        ("/v1/models", {"authorization": "Bearer wrong"}, 401),
+        ("/v1/files", bearer, 404),
+    ]:
+        status, reply_headers, raw = post(port, path, b"", headers, method="GET")
+        assert status == expected, path
+        assert reply_headers["x-should-retry"] == "false"
+        if headers is anthropic:
+            assert json.loads(raw)["type"] == "error"
+        else:
+            assert isinstance(json.loads(raw)["error"]["message"], str)
+    assert len(host.requests) == before + 3

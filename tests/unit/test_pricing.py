@@ -352,22 +352,32 @@ def _chat(text: str, **extra: Any) -> dict[str, Any]:
 
 
 def test_worst_case_without_max_tokens_uses_and_returns_the_cap(tmp_path: Path) -> None:
-    book = PriceBook(env={}, max_tokens_cap=1000, counter=TokenCounter(tmp_path))
+    book = PriceBook(
+        {"house-model": {"input": 0.15, "output": 0.60}},
+        env={},
+        max_tokens_cap=1000,
+        counter=TokenCounter(tmp_path),
+    )
     body = _chat("hi")
     worst = book.worst_case("openai", "gpt-4o-mini", body)
     assert worst.capped
-    assert worst.max_tokens == 1000
+    assert worst.max_tokens == 16384  # gpt-4o-mini's own output limit, not the cap
     assert worst.max_tokens_field == "max_completion_tokens"
     serialised = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
     assert worst.tokenizer == "o200k_base"  # offline, from bpe-openai's published ranks
     assert 1 <= worst.input_tokens < len(serialised)  # exact, tighter than the byte bound
-    # input tokens x $0.15 + 1000 x $0.60, rounded up
-    assert worst.micros == math.ceil(worst.input_tokens * 0.15 + 600)
-    assert worst.apply_to(body)["max_completion_tokens"] == 1000
+    # input tokens x $0.15 + 16384 x $0.60, rounded up
+    assert worst.micros == math.ceil(worst.input_tokens * 0.15 + 16384 * 0.6)
+    assert worst.apply_to(body)["max_completion_tokens"] == 16384
     assert "max_completion_tokens" not in body
-    compatible = book.worst_case("ollama", "gpt-4o-mini", body)
+    # a model whose output limit is unknown: the configured cap
+    house = {"model": "house-model", "messages": [{"role": "user", "content": "hi"}]}
+    unknown = book.worst_case("openai", "house-model", house)
+    assert (unknown.capped, unknown.max_tokens) == (True, 1000)
+    assert unknown.apply_to(house)["max_completion_tokens"] == 1000
+    compatible = book.worst_case("ollama", "house-model", house)
     assert compatible.max_tokens_field == "max_tokens"
-    responses = book.worst_case("openai", "gpt-4o-mini", {"model": "gpt-4o-mini", "input": "x"})
+    responses = book.worst_case("openai", "house-model", {"model": "house-model", "input": "x"})
     assert responses.max_tokens_field == "max_output_tokens"
 
 

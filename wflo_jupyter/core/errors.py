@@ -42,3 +42,17 @@ class StepFailed(WfloError):
 
 class UnsafeOutput(WfloError):
     """A ``--out`` value is not in a safe format; it was not brought back."""
+
+
+class OutputLimitExceeded(WfloError):
+    """A request asks for more output tokens than its model can write: refused before
+    anything is reserved or sent, as the provider itself would refuse it."""
+
+    def __init__(
+        self, field: str, requested: int, model: str, limit: int, *, exact: bool = True
+    ) -> None:
+        self.field, self.requested, self.model, self.limit = field, requested, model, limit
+        what = "output limit" if exact else "context window"
+        super().__init__(
+            one_line(f"{field}={requested} is above {model}'s {what} of {limit:,} tokens")
+        )

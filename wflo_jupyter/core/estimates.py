@@ -2,7 +2,9 @@
 
 - ``EstimateTally``: what a ``%%wflo --estimate`` dry run counted, call by call (the
   sandbox's LLM calls arrive on the gateway's worker threads, so it is thread-safe), and
-  its report: ``this cell would make 3 calls, worst case $0.0123`` and a line per model.
+  its report: ``this cell would make 3 calls, worst case $0.0123`` and a line per model;
+  a call the real run would refuse before pricing it (``OutputLimitExceeded``) is not
+  priced but reported with its reason (``refuse``).
 - ``CallNotConfirmed``: a call whose worst case is above ``%config
   WfloMagics.confirm_above`` waits for the analyst's yes in the running cell; a no, or a
   run that cannot ask (no stdin: nbclient, ``wflo demo``), refuses it with one line that
@@ -51,6 +53,7 @@ class EstimateTally:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._models: dict[str, ModelEstimate] = {}
+        self._refused: list[str] = []
 
     def add(self, model: str, worst_micros: int | None, *, cached: bool = False) -> None:
         """One call: its worst case (None: no price known), and whether the cache holds
@@ -63,6 +66,16 @@ class EstimateTally:
             else:
                 entry.worst_micros += worst_micros
             entry.cached += int(cached)
+
+    def refuse(self, reason: str) -> None:
+        """One call the real run would refuse before anything is reserved (not priced)."""
+        with self._lock:
+            self._refused.append(reason)
+
+    @property
+    def refused(self) -> list[str]:
+        with self._lock:
+            return list(self._refused)
 
     def models(self) -> list[ModelEstimate]:
         with self._lock:
@@ -86,6 +99,13 @@ class EstimateTally:
         tail = ["the cell failed: calls it would make after the failure are not counted"]
         if not failed:
             tail = []
+        refused = self.refused
+        if refused:
+            tail = [
+                f"{_calls(len(refused))} would be refused before anything is reserved:",
+                *(f"  {reason}" for reason in dict.fromkeys(refused)),
+                *tail,
+            ]
         if not calls:
             return [head, "this cell would make no LLM calls", *tail]
         unpriced = ", ".join(m.model for m in models if m.unpriced)

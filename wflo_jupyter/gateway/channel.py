@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from wflo_jupyter.gateway.service import CallContext, GatewayRequest, Responder
+from wflo_jupyter.sandbox.agent.llm_routes import RouteRefused, resolve
 from wflo_jupyter.sandbox.agent.protocol import (
     LLM_FORWARDED_HEADERS,
     Frame,
@@ -17,7 +18,6 @@ from wflo_jupyter.sandbox.agent.protocol import (
     llm_response_chunk,
     llm_response_end,
     llm_response_start,
-    llm_route,
 )
 
 Send = Callable[[Frame], None]
@@ -42,11 +42,13 @@ class BadLlmRequest(ValueError):
 
 def request_from_frame(frame: Mapping[str, Any]) -> GatewayRequest:
     """Validate an ``llm_request`` frame; ``BadLlmRequest`` with a one-line reason."""
-    path = frame.get("path")
-    route = llm_route(path) if isinstance(path, str) else None
-    if route is None:
-        raise BadLlmRequest(f"no such endpoint: {path!r}")
-    provider, endpoint, canonical = route
+    path, method, provider = frame.get("path"), frame.get("method", "POST"), frame.get("provider")
+    if not isinstance(path, str) or method not in ("GET", "POST"):
+        raise BadLlmRequest(f"no such endpoint: {method!r} {path!r}")
+    try:
+        route = resolve(method, path, provider if isinstance(provider, str) else "openai")
+    except RouteRefused as refused:
+        raise BadLlmRequest(f"no such endpoint: {method} {path[:200]!r}: {refused}") from None
     body = frame.get("body")
     if not isinstance(body, dict):
         raise BadLlmRequest("the request body must be a JSON object")
@@ -58,7 +60,9 @@ def request_from_frame(frame: Mapping[str, Any]) -> GatewayRequest:
         for k, v in raw_headers.items()
         if str(k).lower() in LLM_FORWARDED_HEADERS
     }
-    return GatewayRequest(provider, endpoint, canonical, body, headers)
+    return GatewayRequest(
+        route.provider, route.endpoint, route.path, body, headers, method=route.method
+    )
 
 
 class ChannelResponder:

@@ -6,13 +6,20 @@ placeholder in the provider's own shape (``MockUpstream``'s bodies, streams synt
 as for a cache hit) whose text says it is an estimate placeholder, and the header
 ``x-wflo-estimate: true``. Nothing is reserved, no provider is contacted, nothing is
 stored in the cache or written to the ledger. A model without a price is counted as such
-(the report names it) and still answered, so the dry run sees every call.
+(the report names it) and still answered, so the dry run sees every call. A call the real
+run would refuse before reserving (``OutputLimitExceeded``: ``max_tokens`` above the
+model's output limit) gets the same 400 and is reported as refused, not priced. The free
+endpoints (``count_tokens``, ``models``) get the offline mock's answers and are not counted.
 """
 
 from __future__ import annotations
 
+import json
+
+from wflo_jupyter.core.errors import OutputLimitExceeded
 from wflo_jupyter.core.estimates import EstimateTally, placeholder_text
 from wflo_jupyter.core.pricing import UnknownModelPrice
+from wflo_jupyter.gateway import free_mock
 from wflo_jupyter.gateway.mock import MockUpstream
 from wflo_jupyter.gateway.service import (
     CallContext,
@@ -47,6 +54,11 @@ class EstimateGateway:
 
     def handle(self, request: GatewayRequest, ctx: CallContext, responder: Responder) -> None:
         provider, model = request.provider, request.model
+        if request.free:
+            status, free = free_mock.answer(request, self.prices.counter)
+            headers = {"content-type": "application/json", ESTIMATE_HEADER: "true"}
+            responder.full(status, headers, json.dumps(free).encode())
+            return
         if not model:
             send_error(responder, provider, 400, "you must provide a model parameter")
             return
@@ -56,6 +68,11 @@ class EstimateGateway:
             ).micros
         except UnknownModelPrice:
             worst = None
+        except OutputLimitExceeded as refused:
+            line = f"OutputLimitExceeded: {refused}"
+            self.tally.refuse(line)
+            send_error(responder, provider, 400, line, param=refused.field, code="invalid_value")
+            return
         except ValueError as exc:  # the real call would be refused the same way
             send_error(responder, provider, 400, f"{type(exc).__name__}: {exc}")
             return

@@ -138,6 +138,7 @@ class MockUpstream:
         headers: Mapping[str, str],
         *,
         stream: bool = False,
+        method: str = "POST",  # always POST: the gateway answers free GETs (gateway.free)
     ) -> Iterator[UpstreamResponse]:
         _, endpoint = ENDPOINT_BY_PATH.get(path, (provider, "chat"))
         request = json.loads(body or b"{}")

@@ -6,7 +6,9 @@ saved dollars → miss: worst-case estimate → reserve against every enclosing 
 (ledger row, outbox events and NOTIFY in one transaction) → cache store → answer.
 
 A refused reservation never reaches the provider: the cell's SDK gets an error in the
-provider's own shape carrying the ``BudgetExceeded`` line, and the cell shows it too.
+provider's own shape carrying the ``BudgetExceeded`` line, and the cell shows it too; so
+does a ``max_tokens`` above the model's limit (``OutputLimitExceeded``, a 400). The free
+endpoints (``count_tokens``, ``models``) skip all of it: ``gateway.free``.
 """
 
 from __future__ import annotations
@@ -23,16 +25,18 @@ from wflo_jupyter.cache.keys import DEFAULT_NAMESPACE, CacheKey, cache_key
 from wflo_jupyter.cache.llm_cache import CachedResponse, LlmCache
 from wflo_jupyter.cache.locks import LockTimeout, RedisLock, single_flight
 from wflo_jupyter.core.budget import BudgetExceeded, BudgetScope, threshold_notice
-from wflo_jupyter.core.errors import WfloError
+from wflo_jupyter.core.errors import OutputLimitExceeded, WfloError
 from wflo_jupyter.core.estimates import CallNotConfirmed, confirm_question
 from wflo_jupyter.core.money import format_usd
 from wflo_jupyter.core.pricing import Usage, normalise_usage
+from wflo_jupyter.gateway.free import FreeCalls
 from wflo_jupyter.gateway.recorder import HitRecorder
 from wflo_jupyter.gateway.streams import SseEvent, SseParser, assemble, synthesise
 from wflo_jupyter.gateway.upstream import ProviderRoutes, UpstreamResponse, error_body, scrub
 from wflo_jupyter.ledger.budgets import BudgetLedger
 from wflo_jupyter.ledger.calls import LlmCall
 from wflo_jupyter.ledger.pricing import PriceBook, WorstCase
+from wflo_jupyter.sandbox.agent.llm_routes import FREE_ENDPOINTS
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,7 @@ class UpstreamLike(Protocol):
         headers: Mapping[str, str],
         *,
         stream: bool = False,
+        method: str = "POST",
     ) -> AbstractContextManager[UpstreamResponse]: ...
 
 
@@ -66,10 +71,16 @@ class GatewayRequest:
     """One request the sandbox's SDK made."""
 
     provider: str  # "openai" | "anthropic"
-    endpoint: str  # "chat" | "responses" | "embeddings" | "messages"
+    endpoint: str  # "chat" | "responses" | "embeddings" | "messages" | FREE_ENDPOINTS
     path: str
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+    method: str = "POST"
+
+    @property
+    def free(self) -> bool:
+        """Nothing is billed for it (``count_tokens``, ``models``): see ``gateway.free``."""
+        return self.endpoint in FREE_ENDPOINTS
 
     @property
     def stream(self) -> bool:
@@ -142,6 +153,7 @@ class LlmGateway:
         self.lease_s = lease_s
         self.flight_wait_s = flight_wait_s
         self.hits = HitRecorder(budgets, cache)
+        self.free = FreeCalls(routes, upstream, budgets, prices.counter, simulated=simulated)
 
     def close(self) -> None:
         """Write the cache hits still queued and stop their writer thread."""
@@ -152,6 +164,9 @@ class LlmGateway:
         """Answer ``request`` through ``responder``; never raises for the call's own
         failures (they become provider-shaped errors)."""
         provider = request.provider
+        if request.free:
+            self.free.handle(request, ctx, responder)
+            return
         try:
             if not request.model:
                 self._error(responder, provider, 400, "you must provide a model parameter")
@@ -182,6 +197,10 @@ class LlmGateway:
             line = f"CallNotConfirmed: {refused}"
             ctx.notice(line)
             self._error(responder, provider, NOT_CONFIRMED_STATUS, line)
+        except OutputLimitExceeded as refused:
+            line = f"OutputLimitExceeded: {refused}"
+            ctx.notice(line)
+            send_error(responder, provider, 400, line, param=refused.field, code="invalid_value")
         except (WfloError, ValueError, LockTimeout) as exc:
             self._error(responder, provider, 400, f"{type(exc).__name__}: {exc}")
         except ConnectionError as exc:
@@ -230,7 +249,7 @@ class LlmGateway:
         lock, no wait: the channel's reading thread calls this before it hands the request
         to a worker). False, having sent nothing, for anything else: a miss, a call that
         skips the cache, an invalid request, Redis down."""
-        if self.cache is None or ctx.no_cache or not request.model:
+        if self.cache is None or ctx.no_cache or not request.model or request.free:
             return False
         try:
             _cache_ttl(request.headers)  # an invalid TTL header is the full path's error
@@ -249,7 +268,7 @@ class LlmGateway:
     def cached(self, request: GatewayRequest, ctx: CallContext) -> bool:
         """Whether the cache holds an answer for ``request`` now: one lookup that stores,
         locks and counts nothing (a dry run's "answered from the cache at $0")."""
-        if self.cache is None or ctx.no_cache or not request.model:
+        if self.cache is None or ctx.no_cache or not request.model or request.free:
             return False
         try:
             return self.cache.get(self._key(request, ctx)) is not None
@@ -425,13 +444,12 @@ def send_answer(
     responder.full(200, {"content-type": "application/json", **extra}, json.dumps(body).encode())
 
 
-def send_error(responder: Responder, provider: str, status: int, message: str) -> None:
-    """Answer with an error in the provider's own shape."""
-    responder.full(
-        status,
-        {"content-type": "application/json"},
-        json.dumps(error_body(provider, status, message)).encode(),
-    )
+def send_error(
+    responder: Responder, provider: str, status: int, message: str, **openai: str | None
+) -> None:
+    """Answer with an error in the provider's own shape (``openai``: ``param``, ``code``)."""
+    body = error_body(provider, status, message, **openai)
+    responder.full(status, {"content-type": "application/json"}, json.dumps(body).encode())
 
 
 def _cache_ttl(headers: Mapping[str, str]) -> float | None:

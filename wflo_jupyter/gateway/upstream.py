@@ -142,15 +142,21 @@ class Upstream:
         self.client.close()
 
     def _request(
-        self, provider: str, path: str, body: bytes, headers: Mapping[str, str]
+        self, provider: str, path: str, body: bytes, headers: Mapping[str, str], method: str
     ) -> httpx.Request:
         route = self.routes.route(provider)
         outgoing = {k: v for k, v in headers.items() if k.lower() in FORWARDED_HEADERS}
-        outgoing.setdefault("content-type", "application/json")
+        if method == "GET":
+            outgoing = {k: v for k, v in outgoing.items() if k.lower() != "content-type"}
+            body = b""
+        else:
+            outgoing.setdefault("content-type", "application/json")
         if provider == "anthropic":
             outgoing.setdefault("anthropic-version", "2023-06-01")
         outgoing.update(route.auth_headers())
-        return self.client.build_request("POST", route.url(path), content=body, headers=outgoing)
+        return self.client.build_request(
+            method, route.url(path), content=body or None, headers=outgoing
+        )
 
     def _wait(self, attempt: int, headers: Mapping[str, str] | None) -> float:
         asked = retry_after_seconds(headers or {}, self.max_wait_s)
@@ -168,13 +174,15 @@ class Upstream:
         headers: Mapping[str, str],
         *,
         stream: bool = False,
+        method: str = "POST",
     ) -> Iterator[UpstreamResponse]:
-        """POST to the provider. With ``stream`` the response's ``chunks`` yield the body
-        as it arrives (retries happen only before the first byte)."""
+        """POST (or ``method``: GET for the free ``/v1/models`` routes, no body) to the
+        provider. With ``stream`` the response's ``chunks`` yield the body as it arrives
+        (retries happen only before the first byte)."""
         waits: list[float] = []
         attempt = 0
         while True:
-            request = self._request(provider, path, body, headers)
+            request = self._request(provider, path, body, headers, method)
             try:
                 response = self.client.send(request, stream=True)
             except httpx.TransportError as exc:
@@ -216,8 +224,11 @@ def scrub(text: str, secrets: list[str]) -> str:
     return text
 
 
-def error_body(provider: str, status: int, message: str) -> dict[str, Any]:
-    """An error in the provider's own shape, so SDK code in the cell handles it normally."""
+def error_body(
+    provider: str, status: int, message: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """An error in the provider's own shape, so SDK code in the cell handles it normally
+    (``param`` / ``code``: OpenAI's fields, e.g. ``max_tokens`` / ``invalid_value``)."""
     if provider == "anthropic":
         kind = {
             400: "invalid_request_error",
@@ -233,4 +244,4 @@ def error_body(provider: str, status: int, message: str) -> dict[str, Any]:
         429: "rate_limit_exceeded",
         502: "api_error",
     }.get(status, "api_error")
-    return {"error": {"message": message, "type": kind, "param": None, "code": kind}}
+    return {"error": {"message": message, "type": kind, "param": param, "code": code or kind}}

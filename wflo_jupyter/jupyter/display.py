@@ -30,9 +30,10 @@ if TYPE_CHECKING:
 MATH_IGNORE = "tex2jax_ignore mathjax_ignore"
 """Classes that keep MathJax 2 (``tex2jax_ignore``) and 3 (``mathjax_ignore``) out."""
 
-ERROR_NOTICES = ("BudgetExceeded:", "CallNotConfirmed:")
-"""Notices that report a refused call (over a budget, or not confirmed): the cell's error,
-so they stay on stderr (visible even when the cell's code catches the SDK's exception)."""
+ERROR_NOTICES = ("BudgetExceeded:", "CallNotConfirmed:", "OutputLimitExceeded:")
+"""Notices that report a refused call (over a budget, not confirmed, ``max_tokens`` above
+the model's output limit): the cell's error, so they stay on stderr (visible even when
+the cell's code catches the SDK's exception)."""
 
 
 def escape_html(text: object) -> str:

@@ -35,7 +35,8 @@ class WfloMagics(Magics):
     retries = Int(0, help="Default retries of a failing cell.").tag(config=True)
     prices = Dict(
         help="Price overrides in USD per million tokens: "
-        "{'my-model': {'input': 0.15, 'output': 0.60, 'cache_read': 0.075}}."
+        "{'my-model': {'input': 0.15, 'output': 0.60, 'cache_read': 0.075}}; "
+        "'max_output_tokens' sets a model's output limit (alone: the limit only)."
     ).tag(config=True)
     compute_price = Float(
         0.0, help="USD per second of sandbox time, charged to the step's budgets."

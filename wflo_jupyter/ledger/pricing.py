@@ -7,7 +7,12 @@ Owns:
   bundled data (tiered long-context prices resolved by the call's prompt size), the cost
   of a call's normalised usage, and the **worst case** of a request: the amount the
   gateway reserves before calling the provider. An unknown model raises
-  ``UnknownModelPrice`` (never a silent $0).
+  ``UnknownModelPrice`` (never a silent $0). A request whose ``max_tokens`` is above the
+  model's output limit (``ledger.model_limits``) raises ``OutputLimitExceeded``; one
+  without a ``max_tokens`` is reserved (and sent) at that limit, or at
+  ``DEFAULT_MAX_TOKENS_CAP`` for a model whose limit is unknown.
+
+Overrides may carry ``max_output_tokens`` per model (alone, to change only the limit).
 
 The prompt's upper bound comes from ``ledger.tokens.TokenCounter``.
 """
@@ -23,7 +28,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from wflo_jupyter.core.errors import ConfigError
+from wflo_jupyter.core.errors import ConfigError, OutputLimitExceeded
 from wflo_jupyter.core.pricing import (
     Price,
     UnknownModelPrice,
@@ -31,6 +36,7 @@ from wflo_jupyter.core.pricing import (
     cost_micros,
     worst_case_cost_micros,
 )
+from wflo_jupyter.ledger.model_limits import LIMIT_KEY, OutputLimits, parse_limit_overrides
 from wflo_jupyter.ledger.tokens import TokenCounter
 
 __all__ = [
@@ -59,9 +65,7 @@ _MAX_TOKEN_FIELDS = ("max_completion_tokens", "max_output_tokens", "max_tokens")
 
 
 # -- overrides ----------------------------------------------------------------------------------
-def parse_price_overrides(value: str | Mapping[str, Any] | None, source: str) -> dict[str, Price]:
-    """``{"model": {"input": 0.15, "output": 0.60, ...}}`` (USD per million tokens) as
-    JSON text or a mapping -> ``{model: Price}``; ``ConfigError`` naming ``source``."""
+def _raw_overrides(value: str | Mapping[str, Any] | None, source: str) -> Mapping[str, Any]:
     if value is None or (isinstance(value, str) and not value.strip()):
         return {}
     if isinstance(value, str):
@@ -73,6 +77,15 @@ def parse_price_overrides(value: str | Mapping[str, Any] | None, source: str) ->
         raw = value
     if not isinstance(raw, Mapping):
         raise ConfigError(f'{source}: expected {{"model": {{"input": ..., "output": ...}}}}')
+    return raw
+
+
+def parse_price_overrides(value: str | Mapping[str, Any] | None, source: str) -> dict[str, Price]:
+    """``{"model": {"input": 0.15, "output": 0.60, ...}}`` (USD per million tokens) as
+    JSON text or a mapping -> ``{model: Price}``; ``ConfigError`` naming ``source``. A
+    ``max_output_tokens`` key is the model's output limit (``parse_limit_overrides``), not
+    a price: a spec with only that key sets no price."""
+    raw = _raw_overrides(value, source)
     prices: dict[str, Price] = {}
     for model, spec in raw.items():
         if isinstance(spec, Price):
@@ -80,11 +93,18 @@ def parse_price_overrides(value: str | Mapping[str, Any] | None, source: str) ->
             continue
         if not isinstance(spec, Mapping):
             raise ConfigError(f"{source}: price for {model!r} must be an object")
+        price_spec = {k: v for k, v in spec.items() if k != LIMIT_KEY}
+        if not price_spec and LIMIT_KEY in spec:
+            continue
         try:
-            prices[str(model).lower()] = Price.from_mapping(str(model), spec)
+            prices[str(model).lower()] = Price.from_mapping(str(model), price_spec)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: {exc}") from None
     return prices
+
+
+def _limit_overrides(value: str | Mapping[str, Any] | None, source: str) -> dict[str, int]:
+    return parse_limit_overrides(_raw_overrides(value, source), source)
 
 
 # -- worst case ---------------------------------------------------------------------------------
@@ -154,11 +174,15 @@ class PriceBook:
         self.counter = counter if counter is not None else TokenCounter()
         self._use_genai = use_genai_prices
         self._env_prices = parse_price_overrides(env.get(PRICE_OVERRIDES_ENV), PRICE_OVERRIDES_ENV)
-        self._user_prices = parse_price_overrides(overrides, "%config WfloMagics.prices")
+        self.limits = OutputLimits()
+        self.limits.set_overrides({}, _limit_overrides(env.get(PRICE_OVERRIDES_ENV), "env"))
+        self.set_overrides(overrides)
 
     def set_overrides(self, overrides: Mapping[str, Price | Mapping[str, Any]] | None) -> None:
-        """Replace the ``%config WfloMagics.prices`` overrides."""
-        self._user_prices = parse_price_overrides(overrides, "%config WfloMagics.prices")
+        """Replace the ``%config WfloMagics.prices`` overrides (prices and output limits)."""
+        source = "%config WfloMagics.prices"
+        self._user_prices = parse_price_overrides(overrides, source)
+        self.limits.set_overrides(_limit_overrides(overrides, source))
 
     # prices ----------------------------------------------------------------------------------
     def _override(self, provider: str | None, model: str) -> Price | None:
@@ -244,19 +268,28 @@ class PriceBook:
         endpoint: str | None = None,
     ) -> WorstCase:
         """Upper bound of the call's cost: prompt estimate x the dearest input price plus
-        ``max_tokens`` x ``n`` x the output price (reasoning is output). Without a
-        ``max_tokens`` the configured cap is used and must be sent (``WorstCase.capped``)."""
+        ``max_tokens`` x ``n`` x the output price (reasoning is output). A ``max_tokens``
+        above the model's output limit raises ``OutputLimitExceeded``; without one the
+        model's limit (or the configured cap when it is unknown) is used and must be sent
+        (``WorstCase.capped``)."""
         provider = provider.lower()
-        input_tokens, tokenizer = self.counter.count(provider, model, request_body, endpoint)
         given, field = _max_tokens_of(request_body)
+        limit = None if _is_embeddings(endpoint) else self.limits.limit(provider, model)
+        if given is not None and limit is not None and given > limit.tokens:
+            raise OutputLimitExceeded(
+                field or "max_tokens", given, model, limit.tokens, exact=limit.exact
+            )
+        input_tokens, tokenizer = self.counter.count(provider, model, request_body, endpoint)
         if _is_embeddings(endpoint):
             max_tokens, field, capped = 0, field or "max_tokens", False
         elif given is None:
-            max_tokens, field, capped = (
-                self.max_tokens_cap,
-                _cap_field(provider, request_body, endpoint),
-                True,
-            )
+            if limit is None:
+                default = self.max_tokens_cap
+            elif limit.exact:
+                default = limit.tokens
+            else:
+                default = min(self.max_tokens_cap, limit.tokens)
+            max_tokens, field, capped = default, _cap_field(provider, request_body, endpoint), True
         else:
             max_tokens, capped = given, False
         choices = request_body.get("n") or 1

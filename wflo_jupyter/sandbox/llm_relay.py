@@ -48,10 +48,11 @@ class LlmRelay:
                 log.warning("LLM fast path failed: %s: %s", type(exc).__name__, exc)
         if handler is None:
             route = llm_route(str(frame.get("path", "")))
+            guess = "anthropic" if frame.get("provider") == "anthropic" else "openai"
             send(
                 llm_error_response(
                     str(frame.get("id", "")),
-                    route[0] if route else "openai",
+                    route[0] if route else guess,
                     503,
                     "no LLM gateway is attached to this sandbox",
                 )

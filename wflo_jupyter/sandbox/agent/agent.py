@@ -10,8 +10,9 @@ reads the channel and dispatches the frames; its parts live next to it, one file
 - ``capture.py``: live output of fds 1/2 and the per-cell output cap;
 - ``display.py``: ``display()``, mime bundles and inline matplotlib figures;
 - ``out_values.py``: ``--out`` values, in safe formats only;
-- ``llm_proxy.py``, ``llm_answer.py``, ``llm_router.py``, ``http_exchange.py``: LLM calls
-  through a loopback HTTP proxy, one ``llm_request`` frame per call;
+- ``llm_proxy.py``, ``llm_answer.py``, ``llm_router.py``, ``llm_routes.py``,
+  ``http_exchange.py``: LLM calls through a loopback HTTP proxy, one ``llm_request``
+  frame per call;
 - ``runtime.py`` (private fds, threads, diagnostics), ``formats.py`` (wording of
   messages), ``protocol.py`` (the frames, shared with the host) and ``loader.py``.
 

@@ -21,12 +21,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING or __package__:
-    from . import formats, http_exchange, llm_answer, protocol, runtime
+    from . import formats, http_exchange, llm_answer, llm_routes, protocol, runtime
 else:  # inside the sandbox: the parts are loaded by path (loader.py)
     from _wflo_agent_loader import load
 
     formats, http_exchange, llm_answer = load("formats"), load("http_exchange"), load("llm_answer")
-    protocol, runtime = load("protocol"), load("runtime")
+    llm_routes, protocol, runtime = load("llm_routes"), load("protocol"), load("runtime")
 
 if TYPE_CHECKING:
     from .channel import Sender
@@ -138,15 +138,7 @@ class LlmProxy:
                             client, _provider_guess(client.path), bad.status, bad.message
                         )
                     else:
-                        if client.command == "POST":
-                            self.handle(client)
-                        else:
-                            llm_answer.refuse(
-                                client,
-                                _provider_guess(client.path),
-                                405,
-                                f"{client.command} is not supported; LLM calls are POST",
-                            )
+                        self.handle(client)
                     client.flush()
                     if client.close_connection:
                         http_exchange.linger(connection)
@@ -159,18 +151,15 @@ class LlmProxy:
     # one HTTP request ----------------------------------------------------------------
 
     def handle(self, client: http_exchange.Exchange) -> None:
-        """``POST`` from an SDK -> ``llm_request`` -> the host's answer, written back."""
-        route = protocol.llm_route(client.path)
-        if route is None:
-            served = ", ".join(protocol.LLM_ROUTES)
-            llm_answer.refuse(
-                client,
-                _provider_guess(client.path),
-                404,
-                f"{client.path} is not served by the wflo sandbox (only {served})",
-            )
+        """A request from an SDK -> ``llm_request`` -> the host's answer, written back."""
+        provider = llm_routes.provider_from_headers(client.headers.get)
+        try:
+            route = llm_routes.resolve(client.command, client.path, provider)
+        except llm_routes.RouteRefused as refused:
+            shape = provider if "/models" in client.path else _provider_guess(client.path)
+            llm_answer.refuse(client, shape, refused.status, refused.message)
             return
-        provider, endpoint, path = route
+        provider = route.provider
         if not self._authorised(client):
             llm_answer.refuse(
                 client,
@@ -180,8 +169,14 @@ class LlmProxy:
                 "already set in OPENAI_API_KEY / ANTHROPIC_API_KEY",
             )
             return
-        body = self._read_json(client, provider)
+        body = self._read_json(client, provider) if route.method == "POST" else {}
         if body is None:
+            return
+        if route.method == "GET" and (
+            str(client.headers.get("content-length") or "0") != "0"
+            or client.headers.get("transfer-encoding") is not None
+        ):
+            llm_answer.refuse(client, provider, 400, "a GET request carries no body")
             return
         request_id = os.urandom(12).hex()
         claim = threading.Lock()  # who writes the answer: the reading thread or this one
@@ -212,8 +207,9 @@ class LlmProxy:
                         "id": request_id,
                         "cell": self.current_cell(),
                         "provider": provider,
-                        "endpoint": endpoint,
-                        "path": path,
+                        "endpoint": route.endpoint,
+                        "method": route.method,
+                        "path": route.path,
                         "headers": headers,
                         "body": body,
                     }

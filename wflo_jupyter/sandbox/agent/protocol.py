@@ -48,18 +48,27 @@ environment is untouched): ``OPENAI_BASE_URL=http://127.0.0.1:<port>/v1``,
 ``ANTHROPIC_BASE_URL=http://127.0.0.1:<port>``, and ``OPENAI_API_KEY`` =
 ``ANTHROPIC_API_KEY`` = a random per-session token ``wflo-sandbox-<hex>`` (never a provider
 key). It serves ``POST`` on ``LLM_ROUTES`` (with or without the ``/v1`` prefix; a query string
-is ignored), checks the token (``Authorization: Bearer`` or ``x-api-key``; else 401) and that
-the body is a JSON object (else 400), all in the provider's error shape, without the host.
+is ignored) and ``GET /v1/models`` / ``GET /v1/models/{id}`` of either API (``llm_routes``
+owns the routes and their validation), checks the token (``Authorization: Bearer`` or
+``x-api-key``; else 401) and that a POST body is a JSON object (else 400), all in the
+provider's error shape, without the host.
 Every accepted HTTP request becomes exactly one ``llm_request``; the token never leaves the
 sandbox in a frame.
 
 agent -> host
 ``llm_request``  ``{id, cell, provider: "openai" | "anthropic", endpoint: "chat" | "responses"
-                 | "embeddings" | "messages", path: "/v1/...", headers: {name: value}, body}``
+                 | "embeddings" | "messages" | "count_tokens" | "models", method: "POST" |
+                 "GET", path: "/v1/...", headers: {name: value}, body}``
                  ``id`` is unique per request (not a cell id); ``cell`` is the id of the cell
                  running when the request was made (null between cells, e.g. a leftover
                  thread); ``headers`` holds only ``LLM_FORWARDED_HEADERS`` (lower-case names);
-                 ``body`` is the request's JSON object (``stream: true`` asks for SSE).
+                 ``body`` is the request's JSON object (``stream: true`` asks for SSE; ``{}``
+                 for a GET). ``method`` absent means ``POST`` (frames of older agents).
+                 ``count_tokens`` (``POST /v1/messages/count_tokens``) and ``models``
+                 (``GET``: ``path`` is ``/v1/models`` with Anthropic's validated list query,
+                 or ``/v1/models/{id}``; ``provider`` is the one the SDK's headers named)
+                 are free: the host neither budgets nor caches them and records them at $0.
+                 The host checks the frame again with ``llm_routes.resolve``.
 ``llm_cancel``   ``{id, reason}`` the HTTP client went away (interrupted cell, a stream left
                  early) or the agent stopped waiting (timeout): the answer is no longer
                  wanted. Optional for the host to act on; later frames for ``id`` are dropped.
@@ -117,8 +126,10 @@ LLM_ROUTES: dict[str, tuple[str, str]] = {
     "/v1/responses": ("openai", "responses"),
     "/v1/embeddings": ("openai", "embeddings"),
     "/v1/messages": ("anthropic", "messages"),
+    "/v1/messages/count_tokens": ("anthropic", "count_tokens"),
 }
-"""Canonical path -> (provider, endpoint) of every call the loopback proxy forwards."""
+"""Canonical path -> (provider, endpoint) of every ``POST`` the loopback proxy forwards
+(``llm_routes`` adds ``GET /v1/models[/{id}]``)."""
 LLM_FORWARDED_HEADERS = (
     "anthropic-version",
     "anthropic-beta",
