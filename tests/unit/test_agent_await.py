@@ -47,7 +47,9 @@ def assert_no_agent_frames(traceback: str) -> None:
 def interrupt_while(host: Host, code: str, started: str) -> Cell:
     """Start ``code``, interrupt it once it printed ``started``; its result."""
     cell_id = host.start(code)
-    assert host.wait_for(lambda: started in host.output(cell_id)), host.output(cell_id, "stderr")
+    assert host.wait_for(lambda: started in host.output(cell_id), 30), host.output(
+        cell_id, "stderr"
+    )
     host.send({"type": "interrupt", "id": cell_id})
     return host.result(cell_id, timeout_s=20)  # the cell alone would take 60 s
 
@@ -202,11 +204,12 @@ def test_an_interrupt_stops_an_await_promptly_and_the_loop_goes_on(host: Host) -
     cell = interrupt_while(
         host,
         """
-        import asyncio
+        import asyncio, functools
         before = "kept"
         child = asyncio.ensure_future(asyncio.sleep(60))
+        # printed by the loop once the cell waits (C code only: no frame to interrupt)
+        asyncio.get_running_loop().call_soon(functools.partial(print, "waiting", flush=True))
         try:
-            print("waiting", flush=True)
             await asyncio.gather(child)
         finally:
             cleaned_up = True
