@@ -70,7 +70,11 @@ def _trampoline_codes() -> tuple[types.CodeType, types.CodeType]:
             node.lineno = node.end_lineno = 1
     scope: dict[str, Any] = {}
     exec(compile(tree, TRAMPOLINE, "exec"), scope)
-    return scope["run"].__code__, scope["wait"].__code__
+    run, wait = scope["run"].__code__, scope["wait"].__code__
+    return (
+        run.replace(co_firstlineno=0, co_name=TRAMPOLINE),
+        wait.replace(co_firstlineno=0, co_name=TRAMPOLINE),
+    )
 
 
 _RUN_CODE, _WAIT_CODE = _trampoline_codes()
@@ -189,7 +193,7 @@ class CellRunner:
 
 
 def _trampoline(code: types.CodeType, filename: str) -> types.CodeType:
-    return code.replace(co_filename=filename, co_firstlineno=0, co_name=TRAMPOLINE)
+    return code.replace(co_filename=filename)
 
 
 def _wake() -> None:
