@@ -61,6 +61,7 @@ class Cell:
     error: dict[str, Any] | None
     stdout: str
     stderr: str
+    displays: list[Frame] = field(default_factory=list)
 
 
 @dataclass
@@ -81,6 +82,7 @@ class Host:
         self._send_lock = threading.Lock()
         self._cond = threading.Condition()
         self._output: dict[str, list[str]] = {}
+        self._displays: dict[str, list[Frame]] = {}
         self._results: dict[str, Frame] = {}
         self._pool = ThreadPoolExecutor(max_workers=16)
         self._http = httpx.Client(trust_env=False, timeout=30)
@@ -111,6 +113,8 @@ class Host:
                     self._output.setdefault(str(frame["id"]), []).append(
                         f"{frame['name']}\0{frame['text']}"
                     )
+                elif kind == "display":
+                    self._displays.setdefault(str(frame["id"]), []).append(frame)
                 elif kind == "result":
                     self._results[str(frame["id"])] = frame
                 self._cond.notify_all()
@@ -125,6 +129,10 @@ class Host:
             return "".join(p.split("\0", 1)[1] for p in parts if p.split("\0", 1)[0] == name)
 
     def run(self, code: str, timeout_s: float = 60.0) -> Cell:
+        return self.result(self.start(code), timeout_s)
+
+    def start(self, code: str) -> str:
+        """Send an ``exec`` frame; its cell id (``result`` waits for the cell's end)."""
         cell_id = uuid.uuid4().hex
         self.send(
             {
@@ -136,6 +144,9 @@ class Host:
                 "output_cap": 10 * 1024 * 1024,
             }
         )
+        return cell_id
+
+    def result(self, cell_id: str, timeout_s: float = 60.0) -> Cell:
         assert self.wait_for(lambda: cell_id in self._results, timeout_s), (
             f"no result within {timeout_s} s; stderr so far: {self.output(cell_id, 'stderr')}"
         )
@@ -146,6 +157,7 @@ class Host:
             result["error"],
             self.output(cell_id),
             self.output(cell_id, "stderr"),
+            list(self._displays.get(cell_id, [])),
         )
 
     def requests_for(self, cell_id: str) -> list[Frame]:

@@ -7,6 +7,7 @@ reads the channel and dispatches the frames; its parts live next to it, one file
 
 - ``channel.py``: the ``Sender`` (one writer thread, no half frames on the wire);
 - ``kernel.py``: the persistent namespace, cells, interrupts;
+- ``async_cells.py``: top-level ``await`` on the session's event loop, cell frames;
 - ``capture.py``: live output of fds 1/2 and the per-cell output cap;
 - ``display.py``: ``display()``, mime bundles and inline matplotlib figures;
 - ``out_values.py``: ``--out`` values, in safe formats only;

@@ -5,9 +5,15 @@
   displayed as the cell's result;
 - each cell: ``--in`` values loaded (pickled by the trusted host), the code run, open
   figures sent, output synced, ``--out`` values encoded, then one ``result`` frame;
+- top-level ``await``/``async for``/``async with`` (IPython's semantics) run on the
+  session's persistent event loop, and the cell's code is called so that warnings and
+  tracebacks name ``<wflo-cell-N>``, never the agent: ``async_cells.py``;
 - interrupts: user code runs in the main thread with Python's default SIGINT handler,
   agent threads block SIGINT, so an ``interrupt`` frame (or SIGINT sent to the
-  container) raises ``KeyboardInterrupt`` in the cell and the namespace is kept.
+  container) raises ``KeyboardInterrupt`` in the cell and the namespace is kept (an
+  awaiting cell's handler: ``async_cells.py``);
+- warnings: DeprecationWarnings of the cells' own code show (as in IPython), and each
+  cell's warnings show once per line of that cell, even if an earlier cell had the same.
 """
 
 from __future__ import annotations
@@ -25,15 +31,17 @@ import threading
 import time
 import traceback
 import types
+import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING or __package__:
-    from . import capture, channel, display, formats, out_values, protocol, runtime
+    from . import async_cells, capture, channel, display, formats, out_values, protocol, runtime
 else:  # inside the sandbox: the parts are loaded by path (loader.py)
     from _wflo_agent_loader import load
 
-    capture, channel, display = load("capture"), load("channel"), load("display")
+    async_cells, capture = load("async_cells"), load("capture")
+    channel, display = load("channel"), load("display")
     formats, out_values = load("formats"), load("out_values")
     protocol, runtime = load("protocol"), load("runtime")
 
@@ -55,6 +63,7 @@ class Kernel:
         self.module = types.ModuleType("__main__")
         self.namespace: dict[str, Any] = self.module.__dict__
         self.namespace["__builtins__"] = builtins
+        self.cells = async_cells.CellRunner(self.namespace)
         self.capture: capture.OutputCapture | None = None
         self.channel_check: Callable[[], bool] | None = None
         self.stdout: io.TextIOWrapper | None = None
@@ -81,6 +90,8 @@ class Kernel:
         builtins.input = _no_input
         os.environ.setdefault("MPLBACKEND", "Agg")
         sys.meta_path.insert(0, display.PyplotHook(self.display.patch_pyplot))
+        # like IPython: deprecations raised by the cells' own code (module __main__) show
+        warnings.filterwarnings("default", category=DeprecationWarning, module=r"__main__\Z")
         sys.path.insert(0, "")  # like a REPL: modules in the working directory import
         signal.signal(signal.SIGINT, sigint_outside_cell)
         runtime.agent_thread("wflo-agent-flush", self._flush_loop)
@@ -223,14 +234,17 @@ class Kernel:
                 last = tree.body.pop()
                 assert isinstance(last, ast.Expr)
                 expression = ast.Expression(last.value)
-            body = compile(tree, filename, "exec")
-            tail = compile(expression, filename, "eval") if expression is not None else None
-        except (SyntaxError, ValueError, OverflowError) as exc:
-            return _error_dict(exc, skip_agent_frames=True)
+            flags = async_cells.TOP_LEVEL_AWAIT
+            body = compile(tree, filename, "exec", flags=flags)
+            tail = (
+                None if expression is None else compile(expression, filename, "eval", flags=flags)
+            )
+        except (SyntaxError, ValueError, OverflowError) as exc:  # the parser's frames: noise
+            return _error_dict(exc.with_traceback(None))
+        self.namespace.pop("__warningregistry__", None)  # each cell: its warnings show anew
         try:
             with self._user_signals(cell_id):
-                exec(body, self.namespace)
-                value = eval(tail, self.namespace) if tail is not None else None
+                value = self.cells.run(body, tail)
         except SystemExit as exc:
             if exc.code in (None, 0):
                 return None
@@ -258,9 +272,7 @@ def _ends_with_semicolon(code: str) -> bool:
 def _error_dict(exc: BaseException, skip_agent_frames: bool = False) -> dict[str, Any]:
     tb = exc.__traceback__
     if skip_agent_frames:
-        here = os.path.abspath(__file__)
-        while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) == here:
-            tb = tb.tb_next
+        tb = async_cells.cell_traceback(tb, (os.path.abspath(__file__), async_cells.__file__))
     try:
         text = "".join(traceback.format_exception(type(exc), exc, tb))
     except Exception:
