@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test install lock upgrade-check docker runtime-image services lint unit bench clean
+.PHONY: demo test install lock upgrade-check docker runtime-image services lint unit bench clean \
+	litellm-venv
 
 ## install + start the local stack + run the quickstart notebook + print its cost report
 demo: install docker runtime-image
@@ -14,8 +15,8 @@ demo: install docker runtime-image
 	@echo "[wflo] the local stack keeps running (Temporal UI: see 'wflo status'); stop it with: $(BIN)/wflo down"
 
 ## install + start every engine + lint + the whole suite
-test: install docker runtime-image lint
-	$(PY) -m pytest tests
+test: install litellm-venv docker runtime-image lint
+	WFLO_LITELLM_VENV=$(LITELLM_VENV) $(PY) -m pytest tests
 
 ## the environment of requirements.lock, exactly (hashes checked), then the project
 install:
@@ -32,8 +33,11 @@ lock:
 	$(LOCK_COMPILE) --group tooling $(LOCK_UPGRADE) -o requirements.lock
 	$(LOCK_COMPILE) --group tooling --group bench -c requirements.lock $(LOCK_UPGRADE) \
 		-o requirements-bench.lock
+	$(BIN)/uv pip compile --group litellm-proxy --universal --python-version 3.11 --generate-hashes \
+		--custom-compile-command "make lock" --quiet $(LOCK_UPGRADE) -o requirements-litellm.lock
 	$(PY) scripts/check_lock.py
 	$(PY) scripts/check_lock.py --lock requirements-bench.lock --groups tooling,bench
+	$(PY) scripts/check_lock.py --lock requirements-litellm.lock --only-groups litellm-proxy
 
 ## what a refresh of the lock would break: lint + unit tests in a throwaway
 ## environment with the newest versions the floors allow (not part of `make test`)
@@ -66,8 +70,14 @@ bench: install docker runtime-image
 	$(BENCH_VENV)/bin/python bench/widget.py
 	$(BENCH_VENV)/bin/python bench/startup.py
 
+## LiteLLM's proxy in its own environment (requirements-litellm.lock): the third-party
+## OpenAI-compatible server of tests/integration/test_third_party_server.py
+LITELLM_VENV ?= .venv-litellm
+litellm-venv: install
+	scripts/install-litellm.sh $(LITELLM_VENV) requirements-litellm.lock
+
 unit: install
 	$(PY) -m pytest tests/unit
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LITELLM_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -12,6 +12,7 @@
     python scripts/check_lock.py             # pyproject.toml against the lock
     python scripts/check_lock.py --env       # also this interpreter's packages
     python scripts/check_lock.py --lock requirements-bench.lock --groups tooling,bench
+    python scripts/check_lock.py --lock requirements-litellm.lock --only-groups litellm-proxy
 
 Exit 1 with one line per problem. Needs ``packaging`` (locked: hatchling and pip
 depend on it) and Python 3.11+ (``tomllib``).
@@ -75,14 +76,17 @@ def read_lock(path: Path = LOCK) -> dict[str, Pin]:
 
 
 def project_requirements(
-    path: Path = PYPROJECT, groups: tuple[str, ...] = LOCK_GROUPS
+    path: Path = PYPROJECT, groups: tuple[str, ...] = LOCK_GROUPS, *, only_groups: bool = False
 ) -> list[Requirement]:
-    """Every requirement the lock must satisfy: core, all extras, the named groups."""
+    """Every requirement the lock must satisfy: core, all extras, the named groups (only
+    the groups with ``only_groups``: a lock of a tool's own environment)."""
     data = tomllib.loads(path.read_text(encoding="utf-8"))
     project = data["project"]
-    texts = list(project.get("dependencies", []))
-    for extra in project.get("optional-dependencies", {}).values():
-        texts += extra
+    texts: list[str] = []
+    if not only_groups:
+        texts += project.get("dependencies", [])
+        for extra in project.get("optional-dependencies", {}).values():
+            texts += extra
     for group in groups:
         texts += data.get("dependency-groups", {})[group]
     return [Requirement(text) for text in texts]
@@ -170,10 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env", action="store_true", help="also check installed packages")
     parser.add_argument("--lock", type=Path, default=LOCK, help="the lock file")
     parser.add_argument("--groups", default=",".join(LOCK_GROUPS), help="dependency groups")
+    parser.add_argument(
+        "--only-groups", default=None, help="these dependency groups alone, not the project"
+    )
     args = parser.parse_args(argv)
     pins = read_lock(args.lock)
-    groups = tuple(g for g in args.groups.split(",") if g)
-    problems = check_pyproject(project_requirements(groups=groups), pins)
+    only = args.only_groups is not None
+    groups = tuple(g for g in (args.only_groups if only else args.groups).split(",") if g)
+    problems = check_pyproject(project_requirements(groups=groups, only_groups=only), pins)
     if args.env:
         problems += check_environment(pins, installed_versions())
     for problem in problems:

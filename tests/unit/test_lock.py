@@ -60,6 +60,17 @@ def test_the_lock_covers_core_extras_and_tooling() -> None:
     assert all(pin.hashes >= 1 for pin in pins.values())
 
 
+def test_the_litellm_lock_is_its_group_alone_with_hashes() -> None:
+    """requirements-litellm.lock (LiteLLM's proxy, .venv-litellm) pins its group exactly and
+    holds nothing of the project's own dependencies it does not need."""
+    wanted = check_lock.project_requirements(groups=("litellm-proxy",), only_groups=True)
+    assert [str(r) for r in wanted] == ["litellm[proxy]==1.83.0"]
+    pins = check_lock.read_lock(ROOT / "requirements-litellm.lock")
+    assert check_lock.check_pyproject(wanted, pins) == []
+    assert {"litellm", "litellm-proxy-extras", "uvicorn", "fastapi"} <= set(pins)
+    assert not {"wflo-jupyter", "temporalio", "ipykernel"} & set(pins)
+
+
 def test_read_lock_parses_pins_markers_and_hashes(small_lock: dict[str, Any]) -> None:
     alembic = small_lock["alembic"]
     assert alembic.version == Version("1.20.1")

@@ -1,0 +1,2 @@
+"""Third-party servers the suite runs the product against (LiteLLM's proxy), each from an
+environment of its own."""
