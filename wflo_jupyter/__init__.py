@@ -1,8 +1,9 @@
 """wflo-jupyter: run notebook cells as budgeted, durable workflow steps in a sandbox.
 
 ``%load_ext wflo_jupyter`` registers the ``%%wflo`` cell magic and the ``%wflo`` line
-magics. This module only owns the IPython extension entry points; everything else
-lives in the sub-packages described in ``docs/architecture.md``.
+magics; jupyter_server finds the server extension (``wflo_jupyter.server``) through
+``_jupyter_server_extension_points``. This module only owns those entry points;
+everything else lives in the sub-packages described in ``docs/architecture.md``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """The Jupyter server extension of this package (its handlers under ``/wflo/api/``)."""
+    return [{"module": "wflo_jupyter.server"}]
 
 
 def load_ipython_extension(ipython: InteractiveShell) -> None:

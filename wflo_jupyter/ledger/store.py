@@ -1,6 +1,7 @@
 """``Ledger``: the one class that writes and reads the ledger database.
 
-Every ledger change that has an event writes its outbox row in the same transaction.
+Every ledger change that has an event writes its outbox row in the same transaction; a
+step that starts or finishes also notifies ``wflo_step`` (``ledger.feed``), sent at commit.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from wflo_jupyter.core.errors import EngineUnavailable
 from wflo_jupyter.core.events import STEP_COMPLETED, STEP_FAILED, STEP_STARTED, Event
 from wflo_jupyter.core.steps import StepResult
+from wflo_jupyter.ledger.feed import STEP_CHANNEL
 from wflo_jupyter.ledger.models import OutboxRow, SessionRow, StepRow
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -228,6 +230,7 @@ class Ledger:
                     },
                 ),
             )
+            self._notify_step(db, step_id, session_id, "running")
             return seq
 
     def finish_step(self, result: StepResult) -> None:
@@ -268,6 +271,7 @@ class Ledger:
                     },
                 ),
             )
+            self._notify_step(db, row.id, row.session_id, row.status)
 
     def step(self, step_id: str) -> StepRow | None:
         with self._sessions() as db:
@@ -292,6 +296,19 @@ class Ledger:
                     .order_by(SessionRow.started_at)
                 ).all()
             )
+
+    @staticmethod
+    def _notify_step(db: Session, step_id: str, session_id: str, status: str) -> None:
+        """``pg_notify('wflo_step', {step_id, session_id, notebook_path, status})``."""
+        db.execute(
+            text(
+                "SELECT pg_notify(:channel, json_build_object("
+                "'step_id', CAST(:step AS text), 'session_id', s.id, "
+                "'notebook_path', s.notebook_path, 'status', CAST(:status AS text))::text) "
+                "FROM sessions AS s WHERE s.id = :session"
+            ),
+            {"channel": STEP_CHANNEL, "step": step_id, "session": session_id, "status": status},
+        )
 
     # -- outbox -----------------------------------------------------------------------------
     @staticmethod

@@ -1,6 +1,8 @@
 """``WFLO_*`` environment settings: parsed and validated, each error naming its variable.
 
-Unset engine URLs mean "use the local stack" (``wflo up``); see ``resolve_endpoints``.
+Unset engine URLs mean "use the local stack" (``wflo up``); see ``resolve_endpoints``
+(which starts it on demand) and ``ledger_url`` / ``temporal_ui_url`` (which only read
+what runs: the Jupyter server extension never starts engines).
 """
 
 from __future__ import annotations
@@ -64,6 +66,13 @@ def _check_kafka(value: str) -> str:
     return ",".join(servers)
 
 
+def _check_http(variable: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme in ("http", "https") and parts.hostname:
+        return value.rstrip("/")
+    raise ConfigError(f"{variable}: {value!r} is not an http(s):// URL")
+
+
 def _check_isolation(value: str | None) -> str:
     mode = (value or "auto").lower()
     if mode not in ("auto", "docker", "bubblewrap", "unisolated"):
@@ -89,6 +98,7 @@ class Settings:
     kafka_bootstrap: str | None = None
     temporal_address: str | None = None
     temporal_namespace: str = "default"
+    temporal_ui: str | None = None  # WFLO_TEMPORAL_UI: the web UI beside temporal_address
     docker_host: str | None = None
     runtime_image: str = "wflo-runtime:python3.11"
     provider: str = "real"  # "real" | "mock" (WFLO_PROVIDER=mock: simulated answers)
@@ -123,6 +133,11 @@ class Settings:
                 _check_host_port("WFLO_TEMPORAL_ADDRESS", temporal) if temporal else None
             ),
             temporal_namespace=get("WFLO_TEMPORAL_NAMESPACE") or "default",
+            temporal_ui=(
+                _check_http("WFLO_TEMPORAL_UI", get("WFLO_TEMPORAL_UI") or "")
+                if get("WFLO_TEMPORAL_UI")
+                else None
+            ),
             docker_host=_check_docker(docker_host) if docker_host else None,
             runtime_image=get("WFLO_RUNTIME_IMAGE") or "wflo-runtime:python3.11",
             provider=provider,
@@ -174,9 +189,7 @@ def resolve_endpoints(
             running = stack.up(with_kafka="kafka" in to_start, only=to_start)
         local = {name: info.url for name, info in running.items()}
         if "postgres" in local:
-            # The local server's ledger lives in its own database, created on first use.
-            parts = urlsplit(local["postgres"])
-            local["postgres"] = urlunsplit(parts._replace(path="/wflo"))
+            local["postgres"] = _local_ledger(local["postgres"])
 
     def pick(engine: str) -> str | None:
         return settings.configured(engine) or local.get(engine)
@@ -194,3 +207,30 @@ def resolve_endpoints(
         docker_host=settings.docker_host,
         runtime_image=settings.runtime_image,
     )
+
+
+def _local_ledger(server_url: str) -> str:
+    """The local server's ledger lives in its own database, created on first use."""
+    return urlunsplit(urlsplit(server_url)._replace(path="/wflo"))
+
+
+def ledger_url(settings: Settings) -> str | None:
+    """The ledger's database URL without starting anything: ``WFLO_DATABASE_URL``, else
+    the ledger of the local stack when its PostgreSQL runs, else ``None``."""
+    if settings.database_url:
+        return settings.database_url
+    from wflo_jupyter.stack.local import LocalStack
+
+    info = LocalStack(settings.home).engines().get("postgres")
+    return normalize_database_url(_local_ledger(info.url)) if info is not None else None
+
+
+def temporal_ui_url(settings: Settings) -> str | None:
+    """The Temporal web UI: ``WFLO_TEMPORAL_UI``, else the local stack's dev server's
+    when Temporal is the local one and runs, else ``None``."""
+    if settings.temporal_ui or settings.temporal_address:
+        return settings.temporal_ui
+    from wflo_jupyter.stack.local import LocalStack
+
+    info = LocalStack(settings.home).engines().get("temporal")
+    return info.extra.get("ui") if info is not None else None
