@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tests.fakes import answers, free_endpoints
+from tests.fakes import answers, free_endpoints, prompt_cache
 from tests.fakes.answers import answer_text
 
 __all__ = ["FakeProvider", "answer_text"]
@@ -46,6 +46,7 @@ class FakeProviderState:
     replays: list[bytes] = field(default_factory=list)
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    prompt_prefixes: set[str] = field(default_factory=set)  # Anthropic prompt caching
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -282,12 +283,10 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         content = answers.message_content(body)
         written = "".join(str(b.get("text") or json.dumps(b.get("input"))) for b in content)
-        usage = {
-            "input_tokens": _words(body.get("messages")),
-            "output_tokens": _output_tokens(body, written),
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": state.cached_tokens,
-        }
+        with state.lock:
+            usage = prompt_cache.cache_usage(body, state.prompt_prefixes)
+        usage["output_tokens"] = _output_tokens(body, written)
+        usage["cache_read_input_tokens"] += state.cached_tokens
         message = {
             "id": f"msg_{uuid.uuid4().hex[:12]}",
             "type": "message",
