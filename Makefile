@@ -16,7 +16,7 @@ demo: install docker runtime-image
 
 ## install + start every engine + lint + the whole suite
 test: install litellm-venv docker runtime-image lint
-	WFLO_LITELLM_VENV=$(LITELLM_VENV) $(PY) -m pytest tests
+	WFLO_LITELLM_VENV=$(abspath $(LITELLM_VENV)) $(PY) -m pytest tests
 
 ## the environment of requirements.lock, exactly (hashes checked), then the project
 install:

@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-VENV = Path(os.environ.get("WFLO_LITELLM_VENV", REPO / ".venv-litellm"))
+# A relative WFLO_LITELLM_VENV is relative to the repository, not to the proxy's cwd.
+VENV = REPO / os.environ.get("WFLO_LITELLM_VENV", ".venv-litellm")
 MASTER_KEY = "sk-litellm-master-key"
 CHAT_REPLY = "Hello from LiteLLM."
 EMBEDDING = [0.25, -0.5, 1.0]
