@@ -18,9 +18,11 @@ demo: install docker runtime-image
 test: install litellm-venv docker runtime-image lint
 	WFLO_LITELLM_VENV=$(abspath $(LITELLM_VENV)) $(PY) -m pytest tests
 
-## the environment of requirements.lock, exactly (hashes checked), then the project
+## the environment of requirements.lock, exactly (hashes checked), then the project and
+## its lab extension (built with npm when its sources changed)
 install:
 	scripts/install.sh $(VENV)
+	scripts/build-labextension.sh $(VENV)
 
 ## refresh requirements.lock on purpose: newest versions the floors allow
 ## (`make lock PACKAGE=redis` moves only that one; LOCK_UPGRADE= keeps every pin)
@@ -58,6 +60,7 @@ lint: install
 	$(BIN)/ruff format --check wflo_jupyter tests scripts bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	cd labextension && npm run --silent lint
 
 ## benchmarks (ratios against baselines measured in the same run) -> BENCHMARKS.md
 ## its own environment: requirements-bench.lock = the main lock + LiteLLM (the baseline)

@@ -78,8 +78,12 @@ fi
 say "installing $LOCK into $VENV ($(grep -c '^[a-z0-9].*==' "$LOCK") pins; a minute on a fresh machine)..."
 "$VENV/bin/uv" pip sync -q --python "$VENV/bin/python" --require-hashes "$LOCK" \
     || die "uv pip sync $LOCK failed (see above)"
-"$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --no-deps --no-build-isolation -e . \
-    || die "installing wflo-jupyter itself failed (see above)"
+# The editable install runs no build hook (no npm here): scripts/build-labextension.sh
+# builds the lab extension next and links it into the venv, replacing what this copies.
+labextension_link="$VENV/share/jupyter/labextensions/wflo-jupyter"
+[[ -L "$labextension_link" ]] && rm "$labextension_link"
+HATCH_BUILD_NO_HOOKS=true "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --no-deps \
+    --no-build-isolation -e . || die "installing wflo-jupyter itself failed (see above)"
 "$VENV/bin/python" scripts/check_lock.py --env --lock "$LOCK" --groups "$GROUPS_IN_LOCK" \
     || die "the environment does not match $LOCK, or $LOCK does not fit pyproject.toml ('make lock')"
 "$VENV/bin/python" -c 'import wflo_jupyter, temporalio, confluent_kafka, docker, sqlalchemy' \

@@ -8,37 +8,17 @@ One lab server and one notebook run for the module; each test reads the rendered
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import socket
-import subprocess
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
 
-from tests.conftest import REPO_ROOT
 from tests.marks import LLM_KERNEL
+from tests.ui.lab import ARTIFACTS, Lab, chromium, run_all_cells, running_lab, write_notebook
 
 pytestmark = [pytest.mark.ui, *LLM_KERNEL]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-TOKEN = uuid.uuid4().hex
 MARKER = uuid.uuid4().hex[:8]
 LLM_CELL = (
     "%%wflo --name twice\n"
@@ -65,141 +45,31 @@ STDERR_BOX = '.jp-RenderedText[data-mime-type="application/vnd.jupyter.stderr"]'
 MATH = ".MathJax, mjx-container"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _api(base: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    request = urllib.request.Request(
-        f"{base}{path}?token={TOKEN}",
-        data=json.dumps(body).encode() if body is not None else None,
-        method="POST" if body is not None else "GET",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        return json.loads(answer.read() or b"null")
-
-
 @pytest.fixture(scope="module")
 def lab(
     stack_env: dict[str, str], runtime_image: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """A JupyterLab server (its kernels get the suite's engines and the mock provider)
-    with the notebook written; yields its base URL."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium")
-    work = tmp_path_factory.mktemp("lab")
-    notebook = nbformat.v4.new_notebook()
-    notebook.cells = [nbformat.v4.new_code_cell(code) for code in CELLS]
-    notebook.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3 (ipykernel)",
-        "language": "python",
-    }
-    nbformat.write(notebook, work / "outputs.ipynb")
-    settings = work / "settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False})
-    )
-    env = {
-        **os.environ,
-        **stack_env,
-        "WFLO_PROVIDER": "mock",
-        "JUPYTER_CONFIG_DIR": str(work / "config"),
-        "JUPYTER_DATA_DIR": str(work / "data"),
-        "JUPYTER_RUNTIME_DIR": str(work / "runtime"),
-        "JUPYTERLAB_SETTINGS_DIR": str(work / "settings"),
-        "JUPYTERLAB_WORKSPACES_DIR": str(work / "workspaces"),
-    }
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    bin_dir = REPO_ROOT / ".venv" / "bin"
-    jupyter = bin_dir / "jupyter" if (bin_dir / "jupyter").exists() else Path("jupyter")
-    log = (work / "lab.log").open("w")
-    server = subprocess.Popen(
-        [
-            str(jupyter),
-            "lab",
-            "--no-browser",
-            "--allow-root",
-            f"--port={port}",
-            "--ServerApp.ip=127.0.0.1",
-            f"--IdentityProvider.token={TOKEN}",
-            f"--ServerApp.root_dir={work}",
-            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-            "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: run cells by command
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                _api(base, "/api")
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("JupyterLab did not start:\n" + (work / "lab.log").read_text())
-                time.sleep(0.2)
-        # a session made here: the page opens on a running kernel, no kernel picker
-        _api(
-            base,
-            "/api/sessions",
-            {"path": "outputs.ipynb", "type": "notebook", "kernel": {"name": "python3"}},
-        )
-        yield base
-    finally:
-        server.terminate()  # the server shuts its kernels down; they close their sandboxes
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
-        log.close()
-
-
-KERNEL_READY = """() => {
-    const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;
-    const kernel = panel && panel.sessionContext && panel.sessionContext.session
-        && panel.sessionContext.session.kernel;
-    return !!kernel && kernel.connectionStatus === 'connected' && kernel.status === 'idle';
-}"""
+) -> Iterator[Lab]:
+    """A JupyterLab server with the notebook written and its kernel session started."""
+    root = tmp_path_factory.mktemp("lab")
+    write_notebook(root / "outputs.ipynb", CELLS)
+    with running_lab(root, stack_env) as lab:
+        lab.start_session("outputs.ipynb")
+        yield lab
 
 
 @pytest.fixture(scope="module")
-def page(lab: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def page(lab: Lab) -> Iterator[Any]:
     """The notebook run in chromium (Run All, once its kernel is connected and idle); a
-    screenshot is saved beside the test's temporary files."""
-    from playwright.sync_api import sync_playwright
-
-    shot = tmp_path_factory.mktemp("shots") / "outputs.png"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            tab = browser.new_page(viewport={"width": 1300, "height": 1900})
-            tab.goto(f"{lab}/lab/tree/outputs.ipynb?token={TOKEN}&reset")
-            tab.wait_for_function(KERNEL_READY, timeout=90_000)
-            tab.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            prompts = tab.locator(".jp-CodeCell .jp-InputArea-prompt")
-            deadline = time.monotonic() + 180
-            while True:
-                shown = [text.strip() for text in prompts.all_inner_texts()]
-                if len(shown) == len(CELLS) and all(re.fullmatch(r"\[\d+\]:", t) for t in shown):
-                    break
-                if time.monotonic() > deadline:
-                    tab.screenshot(path=str(shot), full_page=True)
-                    pytest.fail(f"the notebook did not finish: prompts {shown}; see {shot}")
-                time.sleep(0.2)
-            tab.wait_for_timeout(1000)  # a last typesetting pass, if any
-            tab.screenshot(path=str(shot), full_page=True)
-            yield tab
-        finally:
-            browser.close()
+    screenshot is saved in tests/ui/artifacts/."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "outputs.png"
+    with chromium() as browser:
+        tab = browser.new_page(viewport={"width": 1300, "height": 1900})
+        tab.goto(lab.url("outputs.ipynb"))
+        run_all_cells(tab, len(CELLS), shot)
+        tab.wait_for_timeout(1000)  # a last typesetting pass, if any
+        tab.screenshot(path=str(shot), full_page=True)
+        yield tab
 
 
 def _output(page: Any, cell: int) -> Any:

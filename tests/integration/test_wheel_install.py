@@ -1,0 +1,82 @@
+"""The wheel as a user installs it: built from this checkout, installed into a clean
+virtualenv (its dependencies from requirements.lock, then the wheel itself), with no npm
+at install time. JupyterLab there lists the lab extension enabled and OK, and
+jupyter_server lists the server extension enabled and OK."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+UV = REPO_ROOT / ".venv" / "bin" / "uv"
+SHARE = "share/jupyter/labextensions/wflo-jupyter"
+
+
+def _run(*argv: str | Path, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(
+        [str(a) for a in argv], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, f"{argv}: {done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    _run(UV, "build", "--wheel", "--no-build-isolation", "-q", "-o", out, REPO_ROOT)
+    [built] = out.glob("wflo_jupyter-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def clean_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    venv = tmp_path_factory.mktemp("clean") / "venv"
+    _run("python3", "-m", "venv", venv)
+    python = venv / "bin" / "python"
+    _run(
+        UV,
+        "pip",
+        "sync",
+        "-q",
+        "--python",
+        python,
+        "--require-hashes",
+        REPO_ROOT / "requirements.lock",
+    )
+    # no npm on the PATH: installing the wheel must not need it
+    env = {**os.environ, "PATH": f"{venv / 'bin'}:/nonexistent"}
+    _run(UV, "pip", "install", "-q", "--python", python, "--no-deps", wheel, env=env)
+    return venv
+
+
+def test_the_wheel_carries_the_built_lab_extension(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    data = f"wflo_jupyter-0.1.0.data/data/{SHARE}"
+    assert f"{data}/package.json" in names
+    assert f"{data}/install.json" in names
+    assert f"{data}/static/style.js" in names
+    assert any(n.startswith(f"{data}/static/remoteEntry.") for n in names)
+    assert (
+        "wflo_jupyter-0.1.0.data/data/etc/jupyter/jupyter_server_config.d/wflo_jupyter.json"
+        in names
+    )
+    assert not any(n.startswith("wflo_jupyter/labextension/") for n in names)  # not twice
+
+
+def test_jupyterlab_lists_the_extension_enabled_and_ok(clean_venv: Path) -> None:
+    assert (clean_venv / SHARE / "static" / "style.js").is_file()
+    listed = _run(clean_venv / "bin" / "jupyter", "labextension", "list")
+    [line] = [li for li in listed.splitlines() if "wflo-jupyter" in li]
+    assert "enabled" in line and "OK" in line and "(python, wflo-jupyter)" in line, line
+
+
+def test_jupyter_server_lists_the_server_extension_enabled_and_ok(clean_venv: Path) -> None:
+    listed = _run(clean_venv / "bin" / "jupyter", "server", "extension", "list")
+    assert "wflo_jupyter enabled" in listed.replace("\x1b[32m", "").replace("\x1b[0m", ""), listed
+    assert "wflo_jupyter 0.1.0 OK" in listed.replace("\x1b[32m", "").replace("\x1b[0m", ""), listed
