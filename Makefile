@@ -71,6 +71,7 @@ bench: install docker runtime-image
 	$(BENCH_VENV)/bin/python bench/ledger.py
 	$(BENCH_VENV)/bin/python bench/gateway.py
 	$(BENCH_VENV)/bin/python bench/widget.py
+	$(BENCH_VENV)/bin/python bench/lab_meter.py
 	$(BENCH_VENV)/bin/python bench/startup.py
 
 ## LiteLLM's proxy in its own environment (requirements-litellm.lock): the third-party
