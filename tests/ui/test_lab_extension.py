@@ -209,6 +209,54 @@ def test_the_meter_widget_shows_the_ledgers_values(page: Any, lab: Lab) -> None:
     assert meter.locator(".wflo-meter-fill").count() >= len(budgets)
 
 
+def _luminance(page: Any, selector: str, prop: str) -> float:
+    """Relative luminance (0 dark .. 1 light) of a computed colour of ``selector``."""
+    rgb = page.evaluate(
+        f"""() => getComputedStyle(document.querySelector('{selector}'))['{prop}']
+            .match(/[\\d.]+/g).slice(0, 3).map(Number)"""
+    )
+    return float(0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]) / 255
+
+
+def test_the_panel_follows_the_light_and_dark_themes(page: Any) -> None:
+    page.evaluate("window.jupyterapp.commands.execute('wflo-jupyter:open-runs')")
+    page.locator(PANEL).wait_for(state="visible", timeout=5000)
+    assert _luminance(page, PANEL, "backgroundColor") > 0.8  # JupyterLab Light
+    assert _luminance(page, PANEL, "color") < 0.4
+    page.evaluate(
+        "window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})"
+    )
+    try:
+        page.wait_for_function(
+            "() => document.body.dataset.jpThemeLight === 'false'", timeout=15_000
+        )
+        page.wait_for_timeout(500)  # the theme's stylesheet applies
+        assert _luminance(page, PANEL, "backgroundColor") < 0.3
+        assert _luminance(page, PANEL, "color") > 0.6
+        assert _luminance(page, STATUS_ITEM, "color") > 0.6
+        page.screenshot(path=str(ARTIFACTS / "lab-extension-dark.png"))
+    finally:
+        page.evaluate(
+            "window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Light'})"
+        )
+        page.wait_for_function(
+            "() => document.body.dataset.jpThemeLight === 'true'", timeout=15_000
+        )
+
+
+def test_the_meter_is_hidden_for_a_notebook_wflo_never_ran(page: Any, lab: Lab) -> None:
+    write_notebook(lab.root / "plain.ipynb", ["print('no wflo here')"])
+    page.evaluate("window.jupyterapp.commands.execute('docmanager:open', {path: 'plain.ipynb'})")
+    page.wait_for_function(
+        "() => window.jupyterapp.shell.currentWidget?.context?.path === 'plain.ipynb'",
+        timeout=15_000,
+    )
+    page.locator(STATUS_ITEM).wait_for(state="hidden", timeout=10_000)
+    assert page.locator(f"{PANEL} .wflo-Step").count() == 0  # the panel follows it too
+    page.evaluate(f"window.jupyterapp.commands.execute('docmanager:open', {{path: '{NOTEBOOK}'}})")
+    page.locator(STATUS_ITEM).wait_for(state="visible", timeout=10_000)
+
+
 def test_no_dollar_amount_is_typeset_as_math(page: Any) -> None:
     for where in (STATUS_ITEM, PANEL, ".jp-OutputArea"):
         assert page.locator(f"{where} :is({MATH})").count() == 0, where
