@@ -1,4 +1,5 @@
-"""The ``wflo`` command line: local stack, doctor, migrations, demo, report, relay."""
+"""The ``wflo`` command line: local stack, doctor, runtime image, migrations, demo, report,
+relay."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from rich.table import Table
 
 from wflo_jupyter.cli.common import console, err, progress, settings_or_exit
 from wflo_jupyter.cli.doctor import doctor
+from wflo_jupyter.cli.image import image_app
 from wflo_jupyter.core.errors import WfloError
 from wflo_jupyter.core.money import format_usd
 from wflo_jupyter.core.reports import StepCostRow
@@ -301,6 +303,8 @@ def relay(
         outbox.stop()
         ledger.close()
 
+
+app.add_typer(image_app, name="image")
 
 sandbox_app = typer.Typer(help="Sandbox containers.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")

@@ -25,8 +25,7 @@ SDKS = ("openai", "anthropic")
 
 def host_findings(home: Path) -> list[Finding]:
     findings = [python_finding(tuple(sys.version_info[:3]), sys.executable)]
-    directory = recipe.recipe_dir()
-    pins = recipe.pinned(directory) if directory is not None else {}
+    pins = recipe.pinned(recipe.recipe_dir())
     for name in SDKS:
         findings.append(sdk_finding(name, pins.get(name), _installed(name)))
     counter = TokenCounter(home)

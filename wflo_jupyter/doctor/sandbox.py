@@ -14,9 +14,6 @@ from wflo_jupyter.core.errors import WfloError
 from wflo_jupyter.runtime import recipe
 from wflo_jupyter.sandbox.bwrap import find_bwrap, probe_bubblewrap
 
-RECIPE_LABEL = "org.wflo.recipe-hash"
-BASE_LABEL = "org.wflo.runtime-base"
-
 
 def docker_address(docker_host: str | None) -> str:
     return docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
@@ -85,7 +82,7 @@ def probe_image(client: docker.DockerClient, image: str) -> ImageSeen:
     except (DockerException, requests.RequestException) as exc:
         return ImageSeen(image, present=False, error=_reason(exc))
     labels = found.labels or {}
-    base, label_hash = labels.get(BASE_LABEL), labels.get(RECIPE_LABEL)
+    base, label_hash = labels.get(recipe.BASE_LABEL), labels.get(recipe.RECIPE_LABEL)
     base_id = None
     if base:
         try:
@@ -93,12 +90,9 @@ def probe_image(client: docker.DockerClient, image: str) -> ImageSeen:
         except ImageNotFound:
             base_id = None
     directory = recipe.recipe_dir()
-    now = (
-        recipe.current_hash(directory, base, base_id)
-        if directory is not None and base and base_id
-        else None
-    )
-    if directory is not None and now is None:
+    present = (directory / "Dockerfile").is_file()
+    now = recipe.current_hash(directory, base, base_id) if present and base and base_id else None
+    if present and now is None:
         now = ""  # the recipe is here, the base is not: stale, not unknown
     return ImageSeen(
         image,

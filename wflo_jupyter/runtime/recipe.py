@@ -1,9 +1,9 @@
-"""The runtime image's recipe on this machine: which directory holds it (``Dockerfile``,
-``requirements.txt``), its hash as the image build labels it, and its pinned packages.
+"""The runtime image's recipe, shipped in the package (``python3.11/``: ``Dockerfile``,
+``requirements.txt``): where it is, its hash as the image build labels it, and its pins.
 
-The hash must equal what the build writes into ``org.wflo.recipe-hash``
-(``core.doctor_rules.recipe_hash`` over every recipe file, the base image's name and id,
-and ``SITE_FORMAT``); a unit test holds the two together.
+The hash is ``core.doctor_rules.recipe_hash`` over every recipe file, the base image's
+name and id, and ``SITE_FORMAT``: the same value images built before the recipe moved
+into the package carry, so those stay current.
 """
 
 from __future__ import annotations
@@ -16,32 +16,28 @@ from wflo_jupyter.core.doctor_rules import recipe_hash
 
 RUNTIME = "python3.11"
 SITE_FORMAT = 1
-"""Bumped when the way the image's site-packages tree is made changes (also in the build)."""
-GENERATED = ".build"
-"""The build's own output inside the recipe directory: never part of the recipe."""
-BUILD_COMMAND = "make runtime-image"
+"""Bump when the way the image's site-packages tree is made changes (pip options,
+trimming): it enters both the site key and the recipe hash, so images are rebuilt."""
+BUILD_COMMAND = "wflo image build"
 """What a user runs to build (or rebuild) the image."""
+DEFAULT_TAG = "wflo-runtime:python3.11"
+RECIPE_LABEL = "org.wflo.recipe-hash"
+BASE_LABEL = "org.wflo.runtime-base"
 _PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^\s;#]+)")
 
 
-def recipe_dir() -> Path | None:
-    """The recipe's directory: the package's own copy when it carries one, else the
-    checkout's ``runtimes/python3.11``; None when neither exists."""
-    package = Path(__file__).resolve().parent
-    for candidate in (package / RUNTIME, package.parents[1] / "runtimes" / RUNTIME):
-        if (candidate / "Dockerfile").is_file():
-            return candidate
-    return None
+def recipe_dir() -> Path:
+    """The recipe's directory inside the installed package."""
+    return Path(__file__).resolve().parent / RUNTIME
 
 
 def recipe_files(directory: Path) -> list[tuple[str, str]]:
-    """(path relative to ``directory``, sha256 hex) of every recipe file."""
+    """(path relative to ``directory``, sha256 hex) of every file of the recipe."""
     files: list[tuple[str, str]] = []
     for path in sorted(directory.rglob("*")):
-        relative = path.relative_to(directory)
-        if relative.parts[0] == GENERATED or not path.is_file():
-            continue
-        files.append((relative.as_posix(), hashlib.sha256(path.read_bytes()).hexdigest()))
+        if path.is_file() and "__pycache__" not in path.parts:
+            relative = path.relative_to(directory).as_posix()
+            files.append((relative, hashlib.sha256(path.read_bytes()).hexdigest()))
     return files
 
 
@@ -63,4 +59,15 @@ def pinned(directory: Path) -> dict[str, str]:
     return pins
 
 
-__all__ = ["BUILD_COMMAND", "RUNTIME", "SITE_FORMAT", "current_hash", "pinned", "recipe_dir"]
+__all__ = [
+    "BASE_LABEL",
+    "BUILD_COMMAND",
+    "DEFAULT_TAG",
+    "RECIPE_LABEL",
+    "RUNTIME",
+    "SITE_FORMAT",
+    "current_hash",
+    "pinned",
+    "recipe_dir",
+    "recipe_files",
+]
