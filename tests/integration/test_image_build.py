@@ -9,18 +9,22 @@ use) and a WFLO_HOME of its own; the image is removed afterwards."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
 
 from wflo_jupyter.runtime import recipe
+from wflo_jupyter.runtime.base import build_local_base
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -111,3 +115,43 @@ def test_a_base_that_cannot_be_had_is_one_line(
     )
     with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get(tag)
+
+
+def test_a_base_from_a_debian_mirror(docker_client: docker.DockerClient) -> None:
+    """The registry-free base (what a machine without a registry gets): debootstrap,
+    trimmed, imported; Debian's Python 3.11 runs in it. Built under a name of its own, so
+    the suite's base and runtime image are untouched."""
+    name = f"wflo-test-base:{uuid.uuid4().hex[:10]}"
+    said: list[str] = []
+    try:
+        build_local_base(docker_client, said.append, name=name)
+        image = docker_client.images.get(name)
+        assert image.labels["org.wflo.base"] == "debootstrap-bookworm-minbase"
+        output = docker_client.containers.run(
+            name,
+            ["python3", "-c", "import sys; print(sys.version_info[:2])"],
+            network_mode="none",
+            remove=True,
+        )
+        assert bytes(output).decode().strip() == "(3, 11)"
+        # what the image holds (Docker puts its own /etc/hostname and resolv.conf in any
+        # container, so those two are not seen this way)
+        created = docker_client.containers.create(name, ["true"], network_mode="none")
+        try:
+            apt_lists = _listing(created, "/var/lib/apt/lists")
+            archives = _listing(created, "/var/cache/apt/archives")
+        finally:
+            created.remove()
+        assert not [n for n in archives if n.endswith(".deb")]
+        assert apt_lists == []  # trimmed
+        assert said[0].startswith(f"building base image {name} from Debian mirror ")
+        assert said[-1] == f"base image {name} ready"
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(name)
+
+
+def _listing(container: Any, path: str) -> list[str]:
+    stream, _ = container.get_archive(path)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        return [m.name for m in tar.getmembers() if "/" in m.name]

@@ -133,12 +133,14 @@ def apt_install(packages: list[str], progress: Progress) -> None:
     )
 
 
-def build_local_base(client: docker.DockerClient, progress: Progress) -> None:
-    """``wflo-base:bookworm`` from a Debian mirror: debootstrap, trim, ``docker import``."""
+def build_local_base(
+    client: docker.DockerClient, progress: Progress, name: str = LOCAL_BASE
+) -> None:
+    """``name`` (``wflo-base:bookworm``) from a Debian mirror: debootstrap, trim, then
+    ``docker import``."""
     if os.geteuid() != 0:
         raise BuildError(
-            f"building {LOCAL_BASE} with debootstrap needs root "
-            "(or pass --base with an image you have)"
+            f"building {name} with debootstrap needs root (or pass --base with an image you have)"
         )
     if shutil.which("debootstrap") is None:
         apt_install(["debootstrap"], progress)
@@ -150,7 +152,7 @@ def build_local_base(client: docker.DockerClient, progress: Progress) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="wflo-rootfs.", dir=parent))
     rootfs = workdir / "rootfs"
     try:
-        progress(f"building base image {LOCAL_BASE} from Debian mirror {mirror} (about 60 s)...")
+        progress(f"building base image {name} from Debian mirror {mirror} (about 60 s)...")
         try:
             run_logged(
                 [
@@ -171,11 +173,11 @@ def build_local_base(client: docker.DockerClient, progress: Progress) -> None:
                 f"WFLO_DEBIAN_MIRROR): {str(exc).splitlines()[-1]}"
             ) from None
         _trim_rootfs(rootfs)
-        progress(f"importing the rootfs as {LOCAL_BASE}...")
-        _import(client, rootfs, mirror)
+        progress(f"importing the rootfs as {name}...")
+        _import(client, rootfs, name)
     finally:
         _remove_rootfs(workdir)
-    progress(f"base image {LOCAL_BASE} ready")
+    progress(f"base image {name} ready")
 
 
 def _trim_rootfs(rootfs: Path) -> None:
@@ -197,13 +199,13 @@ def _trim_rootfs(rootfs: Path) -> None:
     (rootfs / "etc" / "hostname").write_text("wflo\n")
 
 
-def _import(client: docker.DockerClient, rootfs: Path, mirror: str) -> None:
+def _import(client: docker.DockerClient, rootfs: Path, name: str) -> None:
     tar = subprocess.Popen(
         ["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE
     )
     assert tar.stdout is not None
     try:
-        repository, tag = LOCAL_BASE.split(":")
+        repository, _, tag = name.rpartition(":")
         client.api.import_image_from_stream(
             tar.stdout,
             repository=repository,
@@ -220,8 +222,8 @@ def _import(client: docker.DockerClient, rootfs: Path, mirror: str) -> None:
     finally:
         tar.stdout.close()
         tar.wait()
-    if image_id(client, LOCAL_BASE) is None:
-        raise BuildError(f"docker import of the {SUITE} rootfs made no {LOCAL_BASE}")
+    if image_id(client, name) is None:
+        raise BuildError(f"docker import of the {SUITE} rootfs made no {name}")
 
 
 def _remove_rootfs(workdir: Path) -> None:
@@ -236,4 +238,4 @@ def _remove_rootfs(workdir: Path) -> None:
     subprocess.run(["rm", "-rf", "--one-file-system", str(workdir)], check=False)
 
 
-__all__ = ["LOCAL_BASE", "REGISTRY_BASE", "choose_base", "image_id", "pull"]
+__all__ = ["LOCAL_BASE", "REGISTRY_BASE", "build_local_base", "choose_base", "image_id", "pull"]
