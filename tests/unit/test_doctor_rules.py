@@ -30,6 +30,7 @@ from wflo_jupyter.core.doctor_rules import (
 from wflo_jupyter.core.errors import SpecError
 from wflo_jupyter.runtime import recipe
 from wflo_jupyter.runtime.site import Platform, site_key
+from wflo_jupyter.runtime.steps import BuildError, run_logged
 
 # The recipe hash as scripts/build-runtime-image.sh computed it for the images it built
 # (the labels on images built before the recipe moved into the package), run by bash.
@@ -221,3 +222,17 @@ def test_manylinux_tags_and_site_key() -> None:
     assert key == site_key(platform, b"numpy==2.0.0\n")
     assert key != site_key(platform, b"numpy==2.0.1\n")
     assert key != site_key(Platform("cp311", "x86_64", "2.31"), b"numpy==2.0.0\n")
+
+
+def test_a_long_step_says_how_it_ended() -> None:
+    said: list[str] = []
+    text = run_logged(["sh", "-c", "echo fetched; echo warned >&2"], "fetch", said.append)
+    assert text.split() == ["fetched", "warned"]
+    assert said[-1].startswith("  fetch: done in ")
+    with pytest.raises(BuildError) as failed:
+        run_logged(["sh", "-c", "seq 1 40; exit 3"], "pip install", said.append)
+    lines = str(failed.value).splitlines()
+    assert lines[0] == "pip install failed (exit 3); its last lines:"
+    assert lines[1:] == [str(n) for n in range(16, 41)]  # the last 25
+    with pytest.raises(BuildError, match=r"^debootstrap: cannot run /nonexistent/debootstrap"):
+        run_logged(["/nonexistent/debootstrap"], "debootstrap", said.append)

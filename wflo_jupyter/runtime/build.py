@@ -121,8 +121,12 @@ class ImageBuilder:
         """The build context: the recipe's files beside the kept ``.build/``."""
         self.context.mkdir(parents=True, exist_ok=True)
         for entry in self.context.iterdir():
-            if entry.name != ".build":
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            if entry.name == ".build":
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
         for relative, _digest in recipe.recipe_files(source):
             target = self.context / relative
             target.parent.mkdir(parents=True, exist_ok=True)

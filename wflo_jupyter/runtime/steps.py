@@ -25,7 +25,6 @@ def run_logged(
     progress: Progress,
     *,
     env: Mapping[str, str] | None = None,
-    stdout: int | None = None,
 ) -> str:
     """Run ``argv``, its output in a temporary log; every ``HEARTBEAT_S`` seconds say
     ``label: N s — <its last line>``. Returns the log's text; ``BuildError`` with the
@@ -35,8 +34,8 @@ def run_logged(
         try:
             process = subprocess.Popen(
                 list(argv),
-                stdout=stdout if stdout is not None else log,
-                stderr=log if stdout is not None else subprocess.STDOUT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=dict(env) if env is not None else None,
             )
