@@ -117,6 +117,20 @@ def test_doctor_against_the_test_stack(stack_env: dict[str, str], runtime_image:
     assert "Docker engine" in text.stdout and "runtime image" in text.stdout
 
 
+def test_doctor_before_wflo_up(runtime_image: str, tmp_path: Path) -> None:
+    """A new user's machine: nothing configured, no local stack yet. Its engines are
+    started on demand, so nothing blocks; each row says how to start it."""
+    env = {k: "" for k in os.environ if k.startswith("WFLO_") and k != "WFLO_RUNTIME_IMAGE"}
+    code, report = doctor_json({**env, "WFLO_HOME": str(tmp_path / "home")})
+    assert code == 0, report
+    found = rows(report)
+    for engine in ("postgres", "redis", "temporal"):
+        assert (found[engine]["level"], found[engine]["state"]) == ("info", "not running")
+        assert "`wflo up` starts it" in found[engine]["remedy"]
+    assert "--with-kafka" in found["kafka"]["remedy"]
+    assert str(tmp_path) in found["disk space"]["found"]
+
+
 def test_doctor_with_docker_unreachable(stack_env: dict[str, str], dead_socket: str) -> None:
     code, report = doctor_json({"DOCKER_HOST": dead_socket, "WFLO_DOCKER_HOST": ""})
     assert code == 1

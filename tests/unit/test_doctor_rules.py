@@ -159,6 +159,17 @@ def test_engines() -> None:
     assert idle.level == INFO and "wflo up" in idle.remedy
     kafka = engine_finding(EngineSeen("kafka", None, "local stack"))
     assert kafka.level == INFO and "--with-kafka" in kafka.remedy
+    missing = "postgres: package 'pgserver' is not installed"
+    absent = engine_finding(
+        EngineSeen("postgres", None, "local stack", error=missing, variable="WFLO_DATABASE_URL")
+    )
+    assert (absent.level, absent.state) == (FAIL, "not installed")
+    assert missing in absent.found
+    assert absent.remedy == (
+        "pip install 'wflo-jupyter[local]', or set WFLO_DATABASE_URL to a server of yours"
+    )
+    no_kafka = engine_finding(EngineSeen("kafka", None, "local stack", error="no noida-db"))
+    assert (no_kafka.level, no_kafka.state) == (INFO, "not installed")  # optional engine
 
 
 def test_host() -> None:

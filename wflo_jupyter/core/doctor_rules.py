@@ -197,7 +197,8 @@ class EngineSeen:
     source: str  # the WFLO_* variable it came from, or "local stack"
     answered: bool = False
     version: str | None = None
-    error: str | None = None
+    error: str | None = None  # why it did not answer; with no address: why it cannot start
+    variable: str = ""  # the WFLO_* variable that points at an engine of one's own
 
 
 _DEGRADED = {
@@ -210,6 +211,15 @@ def engine_finding(seen: EngineSeen) -> Finding:
     """One engine: answering (with its version), down (with its address and remedy), or
     not running in the local stack (started on demand)."""
     name = seen.engine
+    if seen.address is None and seen.error:
+        return Finding(
+            name,
+            INFO if name == "kafka" else FAIL,
+            "not installed",
+            f"the local stack cannot start it: {seen.error}",
+            "pip install 'wflo-jupyter[local]'"
+            + (f", or set {seen.variable} to a server of yours" if seen.variable else ""),
+        )
     if seen.address is None:
         if name == "kafka":
             return Finding(

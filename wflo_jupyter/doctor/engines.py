@@ -12,7 +12,9 @@ from datetime import timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 from wflo_jupyter.core.doctor_rules import EngineSeen
+from wflo_jupyter.stack.binaries import find_binary
 from wflo_jupyter.stack.engines import EngineInfo
+from wflo_jupyter.stack.errors import StackError
 from wflo_jupyter.stack.local import LocalStack
 from wflo_jupyter.stack.settings import ENGINES, VARIABLE_BY_ENGINE, Settings
 
@@ -38,6 +40,15 @@ def engine_targets(settings: Settings) -> list[tuple[str, str | None, str, str |
             address = info.extra.get("dsn", info.url) if engine == "postgres" else info.url
             targets.append((engine, address, LOCAL, shown(info.url)))
     return targets
+
+
+def local_engine(engine: str) -> EngineSeen:
+    """An engine nothing points at and the local stack does not run: can it start it?"""
+    try:
+        find_binary(engine)
+    except StackError as exc:
+        return EngineSeen(engine, None, LOCAL, error=str(exc), variable=VARIABLE_BY_ENGINE[engine])
+    return EngineSeen(engine, None, LOCAL, variable=VARIABLE_BY_ENGINE[engine])
 
 
 def shown(address: str) -> str:
@@ -135,4 +146,4 @@ def _kafka(address: str, timeout_s: float) -> str:
 
 _VERSION = {"postgres": _postgres, "redis": _redis, "temporal": _temporal, "kafka": _kafka}
 
-__all__ = ["LOCAL", "engine_targets", "probe_engine", "shown"]
+__all__ = ["LOCAL", "engine_targets", "local_engine", "probe_engine", "shown"]

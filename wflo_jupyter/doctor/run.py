@@ -21,7 +21,7 @@ from wflo_jupyter.core.doctor_rules import (
     image_finding,
     sandbox_findings,
 )
-from wflo_jupyter.doctor.engines import engine_targets, probe_engine
+from wflo_jupyter.doctor.engines import engine_targets, local_engine, probe_engine
 from wflo_jupyter.doctor.host import host_findings
 from wflo_jupyter.doctor.sandbox import docker_address, probe_bwrap, probe_docker, probe_image
 from wflo_jupyter.runtime.recipe import BUILD_COMMAND
@@ -80,7 +80,7 @@ def run_doctor(
             future = engines.get(engine)
             seen = EngineSeen(engine, shown, source, error=late)
             if future is None:
-                seen = EngineSeen(engine, None, source)
+                seen = local_engine(engine)
             elif future.done():
                 seen = future.result()
             findings.append(engine_finding(seen))
