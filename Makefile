@@ -49,8 +49,8 @@ upgrade-check: install
 docker:
 	scripts/ensure-docker.sh
 
-runtime-image: docker
-	scripts/build-runtime-image.sh
+runtime-image: install docker
+	$(BIN)/wflo image build
 
 services: install
 	$(BIN)/wflo up --with-kafka

@@ -96,7 +96,9 @@ def runtime_image(docker_client: docker.DockerClient) -> str:
     try:
         docker_client.images.get(RUNTIME_IMAGE)
     except docker.errors.ImageNotFound:
-        pytest.fail(f"runtime image {RUNTIME_IMAGE} missing: run `make runtime-image`")
+        pytest.fail(
+            f"runtime image {RUNTIME_IMAGE} missing: run `wflo image build` (make runtime-image)"
+        )
     return RUNTIME_IMAGE
 
 

@@ -1,6 +1,6 @@
-"""The sandbox runtime image (runtimes/python3.11) as the sandbox runs it.
+"""The sandbox runtime image (wflo_jupyter/runtime/python3.11) as the sandbox runs it.
 
-Needs a Docker engine and the image built by scripts/build-runtime-image.sh.
+Needs a Docker engine and the image built by `wflo image build`.
 Fixtures (from the suite's conftest): ``docker_client`` (docker.DockerClient)
 and ``runtime_image`` (the image tag, e.g. ``wflo-runtime:python3.11``).
 """
@@ -20,6 +20,8 @@ import docker
 import docker.errors
 import pytest
 from docker.models.containers import Container
+
+from wflo_jupyter.runtime.recipe import recipe_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -42,9 +44,7 @@ SESSION_OPTIONS: Final[dict[str, Any]] = {
 }
 RUN_TIMEOUT_S: Final[int] = 60
 
-REQUIREMENTS: Final[Path] = (
-    Path(__file__).resolve().parents[2] / "runtimes" / "python3.11" / "requirements.txt"
-)
+REQUIREMENTS: Final[Path] = recipe_dir() / "requirements.txt"
 # What cells can count on (issue 3, item 7); requirements.txt pins them and
 # their dependencies.
 PROMISED: Final[tuple[str, ...]] = (
@@ -149,7 +149,7 @@ def test_image_exists_with_labels(docker_client: docker.DockerClient, runtime_im
     try:
         image = docker_client.images.get(runtime_image)
     except docker.errors.ImageNotFound:
-        pytest.fail(f"{runtime_image} is missing: run scripts/build-runtime-image.sh")
+        pytest.fail(f"{runtime_image} is missing: run `wflo image build`")
     config: dict[str, Any] = image.attrs["Config"]
     labels: dict[str, str] = config.get("Labels") or {}
     assert labels.get("org.wflo.runtime") == "python3.11"

@@ -146,7 +146,7 @@ def test_missing_image_is_a_clear_step_failure(env: Env) -> None:
     step = _step(session_id, "print(1)", "wflo-missing:none")
     result = runner.run(step, timeout_s=120)
     assert result.exit_reason == "sandbox"
-    assert "not found; build it with `make runtime-image`" in result.error_value
+    assert "not found; build it with `wflo image build`" in result.error_value
     row = ledger.step(step.step_id)
     assert row is not None
     assert row.status == "failed"

@@ -1,7 +1,9 @@
 """The wheel as a user installs it: built from this checkout, installed into a clean
 virtualenv (its dependencies from requirements.lock, then the wheel itself), with no npm
 at install time. JupyterLab there lists the lab extension enabled and OK, and
-jupyter_server lists the server extension enabled and OK."""
+jupyter_server lists the server extension enabled and OK. The wheel carries the runtime
+image's recipe: outside the checkout, the installed ``wflo image build`` finds the
+suite's image current by that recipe, and ``wflo --version`` names the wheel's version."""
 
 from __future__ import annotations
 
@@ -80,3 +82,36 @@ def test_jupyter_server_lists_the_server_extension_enabled_and_ok(clean_venv: Pa
     listed = _run(clean_venv / "bin" / "jupyter", "server", "extension", "list")
     assert "wflo_jupyter enabled" in listed.replace("\x1b[32m", "").replace("\x1b[0m", ""), listed
     assert "wflo_jupyter 0.1.0 OK" in listed.replace("\x1b[32m", "").replace("\x1b[0m", ""), listed
+
+
+def test_the_wheel_carries_the_runtime_recipe(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    for name in ("Dockerfile", "requirements.txt"):
+        assert f"wflo_jupyter/runtime/python3.11/{name}" in names
+    assert not any("/.build/" in n for n in names)
+
+
+def test_the_installed_cli_builds_from_its_own_recipe(
+    clean_venv: Path, runtime_image: str, tmp_path: Path
+) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("WFLO_")},
+        "PATH": f"{clean_venv / 'bin'}:/usr/bin:/bin",
+        "WFLO_HOME": str(tmp_path / "home"),
+    }
+    wflo = str(clean_venv / "bin" / "wflo")
+    version = subprocess.run(
+        [wflo, "--version"], capture_output=True, text=True, env=env, cwd=tmp_path, check=False
+    )
+    assert version.stdout.strip() == "wflo-jupyter 0.1.0", version.stderr
+    built = subprocess.run(
+        [wflo, "image", "build", "--tag", runtime_image],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.startswith(f"{runtime_image}: up to date"), built.stdout

@@ -30,6 +30,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 600:
+        raise argparse.ArgumentTypeError(f"must be in (0, 600] seconds, got {text}")
+    return value
+
+
 def _parsers() -> dict[str, OptionParser]:
     parsers: dict[str, OptionParser] = {}
 
@@ -52,6 +62,7 @@ def _parsers() -> dict[str, OptionParser]:
     add("team").add_argument("name")
     add("report").add_argument("--all", action="store_true", dest="all_sessions")
     add("meter")
+    add("doctor").add_argument("--timeout", type=_positive_seconds, default=5.0)
     cache = add("cache")
     cache.add_argument("action", choices=("stats", "clear"))
     cache.add_argument("--model", default=None)
@@ -73,7 +84,8 @@ class LineCommand:
 def parse_line_command(line: str) -> LineCommand:
     """Parse ``help`` (also an empty line), ``status``, ``runs [-n N]``,
     ``events [-n N] [--all]``, ``restart``, ``budget [USD] [--team NAME [--period day|month]]``,
-    ``team NAME``, ``report [--all]``, ``meter``, ``cache stats|clear [--model M | --notebook]``."""
+    ``team NAME``, ``report [--all]``, ``meter``, ``doctor [--timeout S]``,
+    ``cache stats|clear [--model M | --notebook]``."""
     try:
         words = shlex.split(line)
     except ValueError as exc:
@@ -148,6 +160,7 @@ COMMAND_HELP: tuple[tuple[str, str], ...] = (
         "drop cached answers: all, one model's, this notebook's",
     ),
     ("meter", "the live budget widget"),
+    ("doctor [--timeout S]", "what this machine has and lacks for wflo, each with its remedy"),
     ("restart", "a new sandbox session: state from earlier cells is dropped"),
     ("help", "this list (also %wflo with no command, %wflo? and %%wflo?)"),
 )

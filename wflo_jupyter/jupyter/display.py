@@ -20,6 +20,7 @@ from IPython.core.error import StdinNotImplementedError
 from IPython.display import publish_display_data
 
 from wflo_jupyter.core.budget import BudgetState
+from wflo_jupyter.core.doctor import DoctorReport
 from wflo_jupyter.core.money import format_usd
 from wflo_jupyter.core.reports import CacheReport, OutputEvent, StepSummary
 from wflo_jupyter.core.steps import StepResult
@@ -146,6 +147,7 @@ class Table(TextOutput):
     rows: tuple[tuple[str, ...], ...]
     title: str = ""
     empty: str = "(none)"
+    footer: str = ""
 
     @classmethod
     def of(
@@ -154,10 +156,11 @@ class Table(TextOutput):
         rows: Iterable[Sequence[object]],
         title: str = "",
         empty: str = "(none)",
+        footer: str = "",
     ) -> Table:
         """A table of any cell values (``None`` shows as empty)."""
         cells = tuple(tuple("" if c is None else str(c) for c in row) for row in rows)
-        return cls(tuple(headers), cells, title, empty)
+        return cls(tuple(headers), cells, title, empty, footer)
 
     def _right_aligned(self) -> list[bool]:
         """Columns of numbers, amounts and durations align right."""
@@ -186,6 +189,8 @@ class Table(TextOutput):
         if shown:
             lines += [line(self.headers), "  ".join("-" * w for w in widths)]
         lines += [line(row) for row in self.rows] or [self.empty]
+        if self.footer:
+            lines.append(self.footer)
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -209,7 +214,10 @@ class Table(TextOutput):
         )
         if not self.rows:
             body = f'<tr><td colspan="{len(self.headers)}">{escape_html(self.empty)}</td></tr>'
-        return html_block(f'<table class="wflo-table">{caption}{head}<tbody>{body}</tbody></table>')
+        footer = f"<p>{escape_html(self.footer)}</p>" if self.footer else ""
+        return html_block(
+            f'<table class="wflo-table">{caption}{head}<tbody>{body}</tbody></table>{footer}'
+        )
 
 
 @dataclass(frozen=True, repr=False)
@@ -264,6 +272,14 @@ def events_table(events: Sequence[dict[str, Any]]) -> Table:
 def status(rows: Sequence[tuple[str, str]]) -> Table:
     """``%wflo status``: each engine and where it is."""
     return Table.of(("engine", "where"), rows)
+
+
+def doctor(report: DoctorReport) -> Table:
+    """``%wflo doctor``: one line per check (state, what was found, the remedy), and the
+    verdict as the last line."""
+    rows = [(f.check, f.state, f.found, f.remedy) for f in report.findings]
+    title = f"wflo doctor ({report.version})" if report.version else "wflo doctor"
+    return Table.of(("check", "state", "found", "remedy"), rows, title, footer=report.verdict())
 
 
 NO_LIMIT_MICROS = 10**15  # a budget this large is "no limit" ($1 billion)

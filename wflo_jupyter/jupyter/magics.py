@@ -182,6 +182,8 @@ class WfloMagics(Magics):
             return self._cache(session, command.options)
         if command.name == "meter":
             return self._show_meter(session, compact=False)
+        if command.name == "doctor":
+            return display.doctor(session.doctor(command.options["timeout"]))
         if command.name == "restart":
             session.restart_sandbox()
             display.notice("new sandbox session: state from earlier cells was dropped")

@@ -191,6 +191,15 @@ class TokenCounter:
             log.warning("ignoring %s: not the published %s encoding", path, file_name)
         return None
 
+    def offline_encodings(self, names: Iterable[str]) -> list[str]:
+        """Those of ``names`` whose published rank file is on this machine (checked, not
+        loaded): what ``wflo doctor`` reports."""
+        return [
+            name
+            for name in names
+            if name in _ENCODING_FILE_OF and self._find_ranks(_ENCODING_FILE_OF[name]) is not None
+        ]
+
     def encoding(self, name: str) -> Any | None:
         """The tiktoken ``Encoding`` named ``name`` if its file is on this machine."""
         with self._lock:

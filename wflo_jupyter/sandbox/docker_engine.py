@@ -65,7 +65,7 @@ def check_image(client: docker.DockerClient, image: str) -> None:
         client.images.get(image)
     except ImageNotFound:
         raise SandboxError(
-            f"sandbox image {image!r} not found; build it with `make runtime-image`"
+            f"sandbox image {image!r} not found; build it with `wflo image build`"
         ) from None
 
 

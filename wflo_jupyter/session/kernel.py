@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from wflo_jupyter.core.budget import BudgetNotFound
+from wflo_jupyter.core.doctor import DoctorReport
 from wflo_jupyter.core.estimates import EstimateTally
 from wflo_jupyter.core.reports import OutputEvent, StepSummary
 from wflo_jupyter.core.steps import StepInput, StepResult, StepSpec
@@ -304,11 +305,15 @@ class WfloSession(SessionQueries):
         ]
 
     def status_rows(self) -> list[tuple[str, str]]:
-        """(engine, where) for ``%wflo status``: each engine's address, the image, the id."""
+        """(engine, where) for ``%wflo status``: the version, each engine's address, the
+        image, the id."""
+        from wflo_jupyter.core.version import __version__
+
         self.start()
         endpoints = self.endpoints
         assert endpoints is not None
         return [
+            ("wflo-jupyter", __version__),
             ("postgres", endpoints.database_url.split("@")[-1]),
             ("temporal", endpoints.temporal_address),
             ("redis", endpoints.redis_url or "not configured"),
@@ -317,6 +322,14 @@ class WfloSession(SessionQueries):
             ("image", endpoints.runtime_image),
             ("session", self.session_id),
         ]
+
+    def doctor(self, timeout_s: float) -> DoctorReport:
+        """``%wflo doctor``: what this machine has and lacks, from this kernel's settings;
+        nothing is started (the session's own engines need not be up)."""
+        from wflo_jupyter.core.version import __version__
+        from wflo_jupyter.doctor import run_doctor
+
+        return run_doctor(self.settings, timeout_s=timeout_s, version=__version__)
 
     def events(self, limit: int = 20, all_sessions: bool = False) -> list[dict[str, Any]]:
         """The newest event envelopes of this session (or of every session)."""

@@ -1,4 +1,5 @@
-"""The ``wflo`` command line: local stack, migrations, demo, report, relay."""
+"""The ``wflo`` command line: local stack, doctor, runtime image, migrations, demo, report,
+relay."""
 
 from __future__ import annotations
 
@@ -12,30 +13,37 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from wflo_jupyter.cli.common import console, err, progress, settings_or_exit
+from wflo_jupyter.cli.doctor import doctor
+from wflo_jupyter.cli.image import image_app
 from wflo_jupyter.core.errors import WfloError
 from wflo_jupyter.core.money import format_usd
 from wflo_jupyter.core.reports import StepCostRow
-from wflo_jupyter.stack.settings import ENGINES, VARIABLE_BY_ENGINE, Settings, resolve_endpoints
+from wflo_jupyter.stack.settings import ENGINES, VARIABLE_BY_ENGINE, resolve_endpoints
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="wflo-jupyter command line.")
-# Piped output (make demo, CI logs) gets room for the report's columns.
-console = Console(width=None if sys.stdout.isatty() else 150)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
 
 
-def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except WfloError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+def _show_version(value: bool) -> None:
+    if value:
+        from wflo_jupyter.core.version import __version__
+
+        console.print(f"wflo-jupyter {__version__}")
+        raise typer.Exit()
 
 
-def _progress(message: str) -> None:
-    err.print(f"[dim]\\[wflo][/dim] {message}")
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", is_eager=True, callback=_show_version
+        ),
+    ] = False,
+) -> None:
+    """wflo-jupyter command line."""
 
 
 @app.command()
@@ -47,9 +55,9 @@ def up(
     """Start the local stack (Postgres, Redis, Temporal; Kafka with --with-kafka)."""
     from wflo_jupyter.stack.local import LocalStack, StackError
 
-    settings = _settings()
+    settings = settings_or_exit()
     try:
-        engines = LocalStack(settings.home, progress=_progress).up(with_kafka=with_kafka)
+        engines = LocalStack(settings.home, progress=progress).up(with_kafka=with_kafka)
     except StackError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -65,7 +73,7 @@ def down() -> None:
     """Stop every engine of the local stack."""
     from wflo_jupyter.stack.local import LocalStack
 
-    stopped = LocalStack(_settings().home, progress=_progress).down()
+    stopped = LocalStack(settings_or_exit().home, progress=progress).down()
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
 
 
@@ -74,7 +82,7 @@ def status() -> None:
     """Each engine, where it is, its pid, and whether it answers."""
     from wflo_jupyter.stack.local import LocalStack
 
-    settings = _settings()
+    settings = settings_or_exit()
     table = Table("engine", "url", "pid", "healthy", "source")
     local = {info.name: (info, ok) for info, ok in LocalStack(settings.home).status()}
     for engine in ENGINES:
@@ -91,13 +99,16 @@ def status() -> None:
     console.print(table)
 
 
+app.command()(doctor)
+
+
 @app.command()
 def migrate() -> None:
     """Create the ledger database if needed and apply every migration."""
     from wflo_jupyter.ledger.store import Ledger
 
     try:
-        endpoints = resolve_endpoints(_settings(), progress=_progress)
+        endpoints = resolve_endpoints(settings_or_exit(), progress=progress)
         ledger = Ledger.connect(endpoints.database_url)
         console.print(f"ledger at revision {ledger.current_revision()}")
         ledger.close()
@@ -110,7 +121,7 @@ def _cost_rows(session_ids: list[str] | None) -> list[StepCostRow]:
     from wflo_jupyter.ledger.reports import step_costs
     from wflo_jupyter.ledger.store import Ledger
 
-    endpoints = resolve_endpoints(_settings(), progress=_progress)
+    endpoints = resolve_endpoints(settings_or_exit(), progress=progress)
     ledger = Ledger.connect(endpoints.database_url)
     try:
         return step_costs(ledger.engine, session_ids=session_ids)
@@ -216,7 +227,7 @@ def demo(
         err.print(f"[red]error:[/red] no notebook at {notebook}")
         raise typer.Exit(2)
     try:
-        resolve_endpoints(_settings(), need_kafka=False, progress=_progress)
+        resolve_endpoints(settings_or_exit(), need_kafka=False, progress=progress)
     except WfloError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -224,11 +235,11 @@ def demo(
     notebook_key = str(notebook.resolve())
     since = datetime.now(UTC)
     started = time.monotonic()
-    _progress(f"running {notebook} ({len(nb.cells)} cells)...")
+    progress(f"running {notebook} ({len(nb.cells)} cells)...")
     os.environ["WFLO_NOTEBOOK_PATH"] = notebook_key  # the kernel records it on its session
     if not os.environ.get("OPENAI_API_KEY") and not os.environ.get("WFLO_PROVIDER"):
         os.environ["WFLO_PROVIDER"] = "mock"
-        _progress("no OPENAI_API_KEY: LLM answers are simulated (WFLO_PROVIDER=mock)")
+        progress("no OPENAI_API_KEY: LLM answers are simulated (WFLO_PROVIDER=mock)")
     # IPC transport (Unix sockets in a private runtime dir): nothing listens on TCP, and
     # ipykernel has no reason to warn about plain-text TCP
     sockets = Path(tempfile.mkdtemp(prefix="wflo-demo-kernel-"))  # 0700, ours alone
@@ -258,8 +269,8 @@ def demo(
                 text = "".join(text) if isinstance(text, list) else str(text)
                 if text.startswith("[wflo] "):
                     sys.stdout.write(text.rstrip("\n") + "\n")
-    _progress(f"notebook done in {time.monotonic() - started:.1f} s")
-    endpoints = resolve_endpoints(_settings())
+    progress(f"notebook done in {time.monotonic() - started:.1f} s")
+    endpoints = resolve_endpoints(settings_or_exit())
     ledger = Ledger.connect(endpoints.database_url)
     try:
         sessions = ledger.sessions_of_notebook(notebook_key, since)
@@ -276,7 +287,7 @@ def relay(
     from wflo_jupyter.events.relay import OutboxRelay
     from wflo_jupyter.ledger.store import Ledger
 
-    endpoints = resolve_endpoints(_settings(), need_kafka=True, progress=_progress)
+    endpoints = resolve_endpoints(settings_or_exit(), need_kafka=True, progress=progress)
     assert endpoints.kafka_bootstrap is not None
     ledger = Ledger.connect(endpoints.database_url)
     outbox = OutboxRelay(ledger, endpoints.kafka_bootstrap)
@@ -293,6 +304,8 @@ def relay(
         ledger.close()
 
 
+app.add_typer(image_app, name="image")
+
 sandbox_app = typer.Typer(help="Sandbox containers.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
 
@@ -304,7 +317,7 @@ def sandbox_prune() -> None:
     from wflo_jupyter.sandbox.orphans import reap_orphans
 
     try:
-        client = connect_docker(_settings().docker_host)
+        client = connect_docker(settings_or_exit().docker_host)
     except WfloError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -337,7 +350,7 @@ def events_tail(
     from wflo_jupyter.core.events import TOPIC_BY_PREFIX
     from wflo_jupyter.events import EventConsumer, TopicAdmin
 
-    endpoints = resolve_endpoints(_settings(), need_kafka=True, progress=_progress)
+    endpoints = resolve_endpoints(settings_or_exit(), need_kafka=True, progress=progress)
     assert endpoints.kafka_bootstrap is not None
     topics = topic or sorted(set(TOPIC_BY_PREFIX.values()))
     try:
@@ -367,7 +380,3 @@ def events_tail(
 
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":
-    main()

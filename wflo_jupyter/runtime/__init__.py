@@ -1,0 +1,1 @@
+"""The sandbox's runtime image: its recipe (where it is, its hash, its pinned packages)."""
