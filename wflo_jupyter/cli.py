@@ -269,28 +269,41 @@ def demo(
 
 
 @app.command()
-def relay(
-    interval: Annotated[float, typer.Option(help="Seconds between outbox polls.")] = 1.0,
-) -> None:
-    """Relay the ledger's event outbox to Kafka until interrupted."""
-    from wflo_jupyter.events.relay import OutboxRelay
+def relay() -> None:
+    """Relay the ledger's event outbox to Kafka in the foreground (production).
+
+    Start several: one leads (a Postgres advisory lock), the others stand by and take
+    over when it ends or is stuck past WFLO_RELAY_LEASE_S. SIGTERM or Ctrl-C drains for up
+    to WFLO_RELAY_DRAIN_S, then exits 0. Needs a session-level Postgres connection."""
+    import logging
+    import signal
+    import threading
+
+    from wflo_jupyter.events.relay import OutboxRelay, default_holder
     from wflo_jupyter.ledger.store import Ledger
 
-    endpoints = resolve_endpoints(_settings(), need_kafka=True, progress=_progress)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = _settings()
+    endpoints = resolve_endpoints(settings, need_kafka=True, progress=_progress)
     assert endpoints.kafka_bootstrap is not None
     ledger = Ledger.connect(endpoints.database_url)
-    outbox = OutboxRelay(ledger, endpoints.kafka_bootstrap)
+    outbox = OutboxRelay(
+        ledger,
+        endpoints.kafka_bootstrap,
+        lease_s=settings.relay_lease_s,
+        drain_s=settings.relay_drain_s,
+        holder=default_holder("wflo relay"),
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: stop.set())
+    _progress(f"relay {outbox.holder}: outbox -> Kafka at {endpoints.kafka_bootstrap}")
     try:
-        while True:
-            sent = outbox.relay_once()
-            if sent:
-                console.print(f"relayed {sent} events")
-            time.sleep(interval)
-    except KeyboardInterrupt:
-        pass
+        outbox.run(stop)
     finally:
         outbox.stop()
         ledger.close()
+    _progress(f"relay stopped; {outbox.published} events published")
 
 
 sandbox_app = typer.Typer(help="Sandbox containers.", no_args_is_help=True)

@@ -16,6 +16,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.database_url is None
     assert settings.configured("temporal") is None
     assert settings.runtime_image == "wflo-runtime:python3.11"
+    assert (settings.relay_lease_s, settings.relay_drain_s) == (30.0, 5.0)
 
 
 def test_configured_values(tmp_path: Path) -> None:
@@ -32,6 +33,10 @@ def test_configured_values(tmp_path: Path) -> None:
     assert settings.database_url == "postgresql+psycopg://u@db.example:5432/wflo"
     assert settings.kafka_bootstrap == "k1:9092,k2:9092"
     assert settings.configured("redis") == "redis://127.0.0.1:6379/0"
+    relay = Settings.from_env(
+        {"WFLO_HOME": str(tmp_path), "WFLO_RELAY_LEASE_S": "2.5", "WFLO_RELAY_DRAIN_S": "1"}
+    )
+    assert (relay.relay_lease_s, relay.relay_drain_s) == (2.5, 1.0)
 
 
 def test_socket_database_url() -> None:
@@ -50,6 +55,8 @@ def test_socket_database_url() -> None:
         ("WFLO_KAFKA_BOOTSTRAP", "h:99999"),
         ("WFLO_TEMPORAL_ADDRESS", "localhost"),
         ("WFLO_DOCKER_HOST", "/var/run/docker.sock"),
+        ("WFLO_RELAY_LEASE_S", "soon"),
+        ("WFLO_RELAY_DRAIN_S", "-1"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str, tmp_path: Path) -> None:

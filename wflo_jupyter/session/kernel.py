@@ -156,7 +156,13 @@ class WfloSession(SessionQueries):
                 pid=os.getpid(),
             )
             relay = (
-                OutboxRelay(ledger, endpoints.kafka_bootstrap)
+                OutboxRelay(
+                    ledger,
+                    endpoints.kafka_bootstrap,
+                    lease_s=self.settings.relay_lease_s,
+                    drain_s=self.settings.relay_drain_s,
+                    holder=f"kernel {socket.gethostname()} pid={os.getpid()} {self.session_id}",
+                )
                 if endpoints.kafka_bootstrap
                 else None
             )
@@ -403,8 +409,9 @@ class WfloSession(SessionQueries):
                     with contextlib.suppress(Exception):
                         self.cache.close()
                         self.cache.client.close()
-                if self.relay is not None:
-                    self.relay.stop()
+                if self.relay is not None:  # drains for up to WFLO_RELAY_DRAIN_S
+                    with contextlib.suppress(Exception):
+                        self.relay.stop()
                 if self.ledger is not None:
                     with contextlib.suppress(Exception):
                         self.ledger.close_session(self.session_id)

@@ -73,6 +73,18 @@ def _check_http(variable: str, value: str) -> str:
     raise ConfigError(f"{variable}: {value!r} is not an http(s):// URL")
 
 
+def _seconds(variable: str, value: str | None, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 86_400:
+        raise ConfigError(f"{variable}: {value!r} is not a number of seconds (e.g. 5)")
+    return seconds
+
+
 def _check_isolation(value: str | None) -> str:
     mode = (value or "auto").lower()
     if mode not in ("auto", "docker", "bubblewrap", "unisolated"):
@@ -103,6 +115,8 @@ class Settings:
     runtime_image: str = "wflo-runtime:python3.11"
     provider: str = "real"  # "real" | "mock" (WFLO_PROVIDER=mock: simulated answers)
     isolation: str = "auto"  # WFLO_ISOLATION: auto | docker | bubblewrap | unisolated
+    relay_lease_s: float = 30.0  # WFLO_RELAY_LEASE_S: a stuck relay leader is replaced after
+    relay_drain_s: float = 5.0  # WFLO_RELAY_DRAIN_S: a closing relay publishes for at most
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -142,6 +156,8 @@ class Settings:
             runtime_image=get("WFLO_RUNTIME_IMAGE") or "wflo-runtime:python3.11",
             provider=provider,
             isolation=_check_isolation(get("WFLO_ISOLATION")),
+            relay_lease_s=_seconds("WFLO_RELAY_LEASE_S", get("WFLO_RELAY_LEASE_S"), 30.0),
+            relay_drain_s=_seconds("WFLO_RELAY_DRAIN_S", get("WFLO_RELAY_DRAIN_S"), 5.0),
         )
 
     def configured(self, engine: str) -> str | None:

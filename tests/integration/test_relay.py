@@ -1,0 +1,345 @@
+"""The outbox relay against a real broker and Postgres: prompt, once in normal operation,
+at-least-once across faults, a bounded drain, and a standby that takes over.
+
+Kafka is read by confluent-kafka's own consumer as an outside client would read it: the
+partitions are assigned and read up to their high watermarks, so every message in the
+topic is seen, duplicates included. Relays run in this process (``OutboxRelay``, as a
+kernel runs it) and as ``wflo relay`` processes, each test on a database of its own (the
+leader lock is per database)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from sqlalchemy import text
+
+from tests.helpers import start_step, wait_until
+from tests.kernel_driver import Kernel
+from wflo_jupyter.core.events import TOPIC_STEPS
+from wflo_jupyter.events import OutboxRelay, TopicAdmin
+from wflo_jupyter.events.kafka import EVENT_ID_HEADER
+from wflo_jupyter.ledger.store import Ledger
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.kafka]
+
+WFLO = [sys.executable, "-m", "wflo_jupyter.cli"]
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One message of the topic."""
+
+    header_id: str | None
+    body_id: str
+    session_id: str
+    type: str
+
+
+def read_topic(bootstrap: str, topic: str = TOPIC_STEPS) -> list[Seen]:
+    """Every message now in ``topic``: each partition read from its start to its high
+    watermark (no consumer group membership, nothing committed)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"outside-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "log_level": 0,
+        }
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {}
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                ends[p] = high
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        seen: list[Seen] = []
+        deadline = time.monotonic() + 60
+        while ends and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error() is not None:
+                continue
+            if message.offset() >= ends.get(message.partition(), -1) - 1:
+                ends.pop(message.partition(), None)
+            body = json.loads(message.value())
+            headers = dict(message.headers() or [])
+            header = headers.get(EVENT_ID_HEADER)
+            seen.append(
+                Seen(
+                    header_id=header.decode() if header else None,
+                    body_id=body["id"],
+                    session_id=str(body["payload"].get("session_id")),
+                    type=body["type"],
+                )
+            )
+        assert not ends, f"partitions not read to their end: {ends}"
+        return seen
+    finally:
+        consumer.close()
+
+
+def of_sessions(seen: list[Seen], sessions: set[str]) -> list[Seen]:
+    return [s for s in seen if s.session_id in sessions]
+
+
+def outbox_ids(ledger: Ledger, sessions: set[str]) -> set[str]:
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT event_id, envelope FROM outbox"),
+        ).all()
+    return {r[0] for r in rows if r[1]["payload"].get("session_id") in sessions}
+
+
+def unsent(ledger: Ledger) -> int:
+    with ledger.engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM outbox WHERE sent_at IS NULL")).one()[0])
+
+
+def bulk_events(ledger: Ledger, count: int) -> str:
+    """``count`` step.started-shaped outbox rows of a new session, in one statement."""
+    session_id = str(uuid.uuid4())
+    with ledger.engine.begin() as conn:
+        conn.execute(
+            text(
+                "WITH e AS (SELECT gen_random_uuid()::text AS id, n "
+                "FROM generate_series(1, :count) AS n) "
+                "INSERT INTO outbox (event_id, event_type, topic, key, envelope) "
+                "SELECT e.id, 'step.started', 'wflo.steps', CAST(:s AS text), jsonb_build_object("
+                "'id', e.id, 'type', 'step.started', 'key', CAST(:s AS text), 'occurred_at', now()::text, "
+                "'payload', jsonb_build_object('session_id', CAST(:s AS text), 'seq', e.n)) "
+                "FROM e ORDER BY e.n"
+            ),
+            {"count": count, "s": session_id},
+        )
+    return session_id
+
+
+@pytest.fixture
+def ledger(fresh_database_url: str, kafka_bootstrap: str) -> Iterator[Ledger]:
+    TopicAdmin(kafka_bootstrap).ensure([TOPIC_STEPS])
+    ledger = Ledger.connect(fresh_database_url)
+    yield ledger
+    ledger.close()
+
+
+class RelayProcess:
+    """``wflo relay`` on a database, its output in a file."""
+
+    def __init__(self, database_url: str, log: Path, **env: str) -> None:
+        self.log = log
+        full = {**os.environ, "WFLO_DATABASE_URL": database_url, **env}
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [*WFLO, "relay"], env=full, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def wait_ready(self) -> None:
+        """Until it relays (its signal handlers are set by then)."""
+        wait_until(lambda: "outbox -> Kafka" in self.output(), 60, what="wflo relay to start")
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def terminate(self) -> int:
+        os.kill(self.pid, signal.SIGCONT)
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.pid, signal.SIGCONT)
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+
+def leader_holder(relay: OutboxRelay) -> str:
+    leader = relay.seat.leader()
+    return leader[0] if leader else ""
+
+
+# -- once in normal operation ---------------------------------------------------------
+def test_two_relays_and_wflo_relay_publish_200_events_once(
+    ledger: Ledger, fresh_database_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Three relays on one database while 200 events are written from four threads:
+    every event reaches the topic exactly once (the id in the header equals the body's)
+    and every row is marked sent; SIGTERM ends ``wflo relay`` with exit status 0."""
+    cli = RelayProcess(fresh_database_url, tmp_path / "relay.log")
+    cli.wait_ready()
+    relays = [OutboxRelay(ledger, kafka_bootstrap) for _ in range(2)]
+    sessions: set[str] = set()
+    try:
+        for relay in relays:
+            relay.start()
+
+        def write(count: int) -> None:
+            session_id, _ = start_step(ledger)
+            sessions.add(session_id)
+            for _ in range(count - 1):
+                start_step(ledger, session_id)
+
+        writers = [threading.Thread(target=write, args=(50,)) for _ in range(4)]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join()
+        wait_until(lambda: unsent(ledger) == 0, 60, what="every row to be marked sent")
+    finally:
+        for relay in relays:
+            relay.stop()
+        status = cli.terminate()
+    assert status == 0, cli.output()
+    seen = of_sessions(read_topic(kafka_bootstrap), sessions)
+    ids = [s.body_id for s in seen]
+    assert len(ids) == 200
+    assert len(set(ids)) == 200  # none published twice
+    assert set(ids) == outbox_ids(ledger, sessions)
+    assert all(s.header_id == s.body_id for s in seen)
+
+
+# -- at least once across faults ---------------------------------------------------------
+def test_relay_killed_mid_batch_loses_nothing(
+    ledger: Ledger, fresh_database_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """``wflo relay`` SIGKILLed while it publishes 20,000 rows: a relay started after it
+    delivers the rest, and every event id is in the topic (duplicates allowed)."""
+    total = 20_000
+    session_id = bulk_events(ledger, total)
+    cli = RelayProcess(fresh_database_url, tmp_path / "relay.log")
+    try:
+        wait_until(lambda: unsent(ledger) < total, 60, interval=0.005, what="a first send")
+        cli.kill()
+    finally:
+        cli.kill()
+    left = unsent(ledger)
+    assert 0 < left < total, f"the relay was not killed mid-way ({left} left)"
+    relay = OutboxRelay(ledger, kafka_bootstrap)
+    try:
+        relay.start()
+        wait_until(lambda: unsent(ledger) == 0, 120, what="the rest to be sent")
+    finally:
+        relay.stop()
+    seen = {s.body_id for s in of_sessions(read_topic(kafka_bootstrap), {session_id})}
+    assert seen == outbox_ids(ledger, {session_id})
+    assert len(seen) == total
+
+
+def test_stopped_leader_is_replaced_after_its_lease(
+    ledger: Ledger, fresh_database_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The leading ``wflo relay`` is SIGSTOPped: a standby ends its session once the
+    lease (2 s here) has passed, takes the lead and publishes the new events; the old
+    leader, continued, stands by and exits 0 on SIGTERM."""
+    cli = RelayProcess(fresh_database_url, tmp_path / "relay.log", WFLO_RELAY_LEASE_S="2")
+    standby = OutboxRelay(ledger, kafka_bootstrap, lease_s=2.0)
+    try:
+        wait_until(
+            lambda: f"pid={cli.pid} " in leader_holder(standby), 60, what="wflo relay to lead"
+        )
+        standby.start()
+        os.kill(cli.pid, signal.SIGSTOP)
+        session_id = bulk_events(ledger, 10)
+        wait_until(lambda: unsent(ledger) == 0, 60, what="the standby to publish")
+        assert leader_holder(standby) == standby.holder
+        assert standby.leading
+    finally:
+        standby.stop()
+        status = cli.terminate()
+    assert status == 0, cli.output()
+    assert "leads" in cli.output()
+    seen = {s.body_id for s in of_sessions(read_topic(kafka_bootstrap), {session_id})}
+    assert seen == outbox_ids(ledger, {session_id})
+
+
+def test_standby_takes_over_when_the_leader_ends(ledger: Ledger, kafka_bootstrap: str) -> None:
+    """A leader that stops releases the lead at once; the standby publishes what is
+    written after, without waiting for a lease."""
+    first = OutboxRelay(ledger, kafka_bootstrap, lease_s=3600)
+    second = OutboxRelay(ledger, kafka_bootstrap, lease_s=3600)
+    try:
+        first.start()
+        wait_until(lambda: first.leading, 30, what="the first relay to lead")
+        second.start()
+        first.stop()
+        session_id = bulk_events(ledger, 5)
+        wait_until(lambda: unsent(ledger) == 0, 30, what="the standby to publish")
+        assert second.leading
+    finally:
+        first.stop()
+        second.stop()
+    seen = {s.body_id for s in of_sessions(read_topic(kafka_bootstrap), {session_id})}
+    assert seen == outbox_ids(ledger, {session_id})
+
+
+# -- drain -----------------------------------------------------------------------------
+def test_drain_with_a_dead_broker_is_bounded_and_loses_nothing(
+    ledger: Ledger, kafka_bootstrap: str
+) -> None:
+    """A relay whose broker does not answer stops within its drain time plus a margin;
+    the rows stay unsent and a relay with a live broker then delivers every one."""
+    dead = OutboxRelay(ledger, "127.0.0.1:1", drain_s=2.0)
+    dead.start()
+    session_id = bulk_events(ledger, 5)
+    wait_until(lambda: dead.leading, 30, what="the relay to lead")
+    started = time.monotonic()
+    dead.stop()
+    assert time.monotonic() - started < 2.0 + 3.0
+    assert unsent(ledger) == 5
+    live = OutboxRelay(ledger, kafka_bootstrap)
+    try:
+        assert live.drain(60) == 5
+    finally:
+        live.stop()
+    seen = [s.body_id for s in of_sessions(read_topic(kafka_bootstrap), {session_id})]
+    assert sorted(seen) == sorted(outbox_ids(ledger, {session_id}))
+
+
+# -- a notebook in a real kernel ---------------------------------------------------------
+@pytest.mark.docker
+@pytest.mark.temporal
+@pytest.mark.kernel
+def test_three_cell_notebook_events_are_on_kafka_when_the_kernel_exits(
+    stack_env: dict[str, str], runtime_image: str, kafka_bootstrap: str, database_url: str
+) -> None:
+    """Three ``%%wflo`` cells, then the kernel is shut down: right after it has exited,
+    its six step events are in ``wflo.steps``, each once, carrying its id in the header
+    and the body. Nothing of the relay was printed into a cell; it logged to the kernel's
+    log file."""
+    kernel = Kernel()
+    try:
+        kernel.load_wflo()
+        session_id = kernel.wflo_session_id()
+        runs = [kernel.run(f"%%wflo --name relay-{i}\nx{i} = {i}\nprint(x{i})") for i in range(3)]
+    finally:
+        kernel.shutdown()  # a shutdown request: the interpreter exits, atexit drains
+    assert not kernel.manager.is_alive()
+    assert [r.stdout for r in runs] == ["0\n", "1\n", "2\n"]
+    assert [r.stderr for r in runs] == ["", "", ""]
+    seen = of_sessions(read_topic(kafka_bootstrap), {session_id})
+    assert sorted(s.type for s in seen) == ["step.completed"] * 3 + ["step.started"] * 3
+    assert len({s.body_id for s in seen}) == 6
+    assert all(s.header_id == s.body_id for s in seen)
+    ledger = Ledger.connect(database_url)
+    try:
+        assert {s.body_id for s in seen} == outbox_ids(ledger, {session_id})
+    finally:
+        ledger.close()
+    log = (Path(stack_env["WFLO_HOME"]) / "logs" / "kernel.log").read_text()
+    assert f"{session_id} leads" in log  # the kernel's relay led, and said so in its log
