@@ -287,13 +287,18 @@ def relay() -> None:
     endpoints = resolve_endpoints(settings, need_kafka=True, progress=_progress)
     assert endpoints.kafka_bootstrap is not None
     ledger = Ledger.connect(endpoints.database_url)
-    outbox = OutboxRelay(
-        ledger,
-        endpoints.kafka_bootstrap,
-        lease_s=settings.relay_lease_s,
-        drain_s=settings.relay_drain_s,
-        holder=default_holder("wflo relay"),
+    outbox = OutboxRelay.from_settings(
+        ledger, endpoints.kafka_bootstrap, settings, holder=default_holder("wflo relay")
     )
+    try:
+        created = outbox.prepare_topics()
+    except WfloError as exc:  # a misconfigured topic or no broker: one line, exit 2
+        outbox.stop(drain_s=0)
+        ledger.close()
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if created:
+        _progress(f"created topics {', '.join(created)}")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda _signum, _frame: stop.set())

@@ -22,6 +22,7 @@ from wflo_jupyter.events import (
     KafkaConfigError,
     OutboxRelay,
     TopicAdmin,
+    TopicMisconfigured,
 )
 from wflo_jupyter.ledger.store import Ledger
 
@@ -65,6 +66,21 @@ def test_topic_configuration(kafka_bootstrap: str) -> None:
     config = admin.config(name)
     assert "cleanup.policy" in config
     assert config.get("retention.ms") == "3600000"
+
+
+def test_topics_are_checked_against_their_plan(kafka_bootstrap: str) -> None:
+    """``ensure_configured`` creates a missing topic as planned, accepts it as it is, and
+    reports (one line) a topic whose partitions or retention differ from the plan."""
+    admin = TopicAdmin(kafka_bootstrap)
+    name = _name()
+    plan = {"retention.ms": "3600000"}
+    assert admin.ensure_configured([name], partitions=2, config=plan) == [name]
+    assert admin.ensure_configured([name], partitions=2, config=plan) == []
+    with pytest.raises(TopicMisconfigured, match=rf"{name} has 2 partitions, not 3") as info:
+        admin.ensure_configured([name], partitions=3, config=plan)
+    assert "\n" not in str(info.value)
+    with pytest.raises(TopicMisconfigured, match=r"retention\.ms=3600000, not 60000"):
+        admin.ensure_configured([name], partitions=2, config={"retention.ms": "60000"})
 
 
 def test_unknown_topic_partitions(kafka_bootstrap: str) -> None:

@@ -10,6 +10,7 @@ leader lock is per database)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -28,8 +29,9 @@ from sqlalchemy import text
 from tests.helpers import start_step, wait_until
 from tests.kernel_driver import Kernel
 from wflo_jupyter.core.events import TOPIC_STEPS
-from wflo_jupyter.events import OutboxRelay, TopicAdmin
+from wflo_jupyter.events import OutboxRelay, TopicAdmin, TopicMisconfigured
 from wflo_jupyter.events.kafka import EVENT_ID_HEADER
+from wflo_jupyter.events.relay import TopicPlan
 from wflo_jupyter.ledger.store import Ledger
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.kafka]
@@ -43,6 +45,7 @@ class Seen:
 
     header_id: str | None
     body_id: str
+    key: str
     session_id: str
     type: str
 
@@ -81,6 +84,7 @@ def read_topic(bootstrap: str, topic: str = TOPIC_STEPS) -> list[Seen]:
                 Seen(
                     header_id=header.decode() if header else None,
                     body_id=body["id"],
+                    key=(message.key() or b"").decode(),
                     session_id=str(body["payload"].get("session_id")),
                     type=body["type"],
                 )
@@ -212,6 +216,7 @@ def test_two_relays_and_wflo_relay_publish_200_events_once(
     assert len(set(ids)) == 200  # none published twice
     assert set(ids) == outbox_ids(ledger, sessions)
     assert all(s.header_id == s.body_id for s in seen)
+    assert all(s.key == s.session_id for s in seen)  # one session's events: one partition
 
 
 # -- at least once across faults ---------------------------------------------------------
@@ -311,6 +316,44 @@ def test_drain_with_a_dead_broker_is_bounded_and_loses_nothing(
     assert sorted(seen) == sorted(outbox_ids(ledger, {session_id}))
 
 
+# -- topics ------------------------------------------------------------------------------
+def test_a_topic_configured_otherwise_is_reported_not_used(
+    ledger: Ledger,
+    fresh_database_url: str,
+    kafka_bootstrap: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The event topics exist with 3 partitions. A relay planned for 5 sends nothing and
+    says why once in its log; ``wflo relay`` so configured exits 2 with one line naming
+    the topics and the difference."""
+    OutboxRelay(ledger, kafka_bootstrap).prepare_topics()  # the topics as planned by default
+    session_id = bulk_events(ledger, 3)
+    relay = OutboxRelay(ledger, kafka_bootstrap, topics=TopicPlan(partitions=5))
+    with pytest.raises(TopicMisconfigured, match=r"wflo\.steps has 3 partitions, not 5"):
+        relay.prepare_topics()
+    try:
+        with caplog.at_level(logging.INFO, logger="wflo_jupyter"):
+            assert relay.drain(2) == 0
+        assert relay.leading
+    finally:
+        relay.stop(drain_s=0)
+    assert unsent(ledger) == 3
+    said = [r for r in caplog.records if "3 partitions, not 5" in r.getMessage()]
+    assert [r.levelname for r in said] == ["ERROR"]  # once, not on every turn
+    cli = subprocess.run(
+        [*WFLO, "relay"],
+        env={**os.environ, "WFLO_DATABASE_URL": fresh_database_url, "WFLO_KAFKA_PARTITIONS": "5"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert cli.returncode == 2
+    (line,) = [ln for ln in cli.stderr.splitlines() if "error:" in ln]
+    assert "3 partitions, not 5" in line
+    assert session_id not in {s.session_id for s in read_topic(kafka_bootstrap)}
+
+
 # -- a notebook in a real kernel ---------------------------------------------------------
 @pytest.mark.docker
 @pytest.mark.temporal
@@ -336,6 +379,7 @@ def test_three_cell_notebook_events_are_on_kafka_when_the_kernel_exits(
     assert sorted(s.type for s in seen) == ["step.completed"] * 3 + ["step.started"] * 3
     assert len({s.body_id for s in seen}) == 6
     assert all(s.header_id == s.body_id for s in seen)
+    assert {s.key for s in seen} == {session_id}
     ledger = Ledger.connect(database_url)
     try:
         assert {s.body_id for s in seen} == outbox_ids(ledger, {session_id})

@@ -17,6 +17,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.configured("temporal") is None
     assert settings.runtime_image == "wflo-runtime:python3.11"
     assert (settings.relay_lease_s, settings.relay_drain_s) == (30.0, 5.0)
+    assert (settings.kafka_partitions, settings.kafka_replication) == (3, 1)
+    assert settings.kafka_retention_ms == 604_800_000
 
 
 def test_configured_values(tmp_path: Path) -> None:
@@ -57,6 +59,8 @@ def test_socket_database_url() -> None:
         ("WFLO_DOCKER_HOST", "/var/run/docker.sock"),
         ("WFLO_RELAY_LEASE_S", "soon"),
         ("WFLO_RELAY_DRAIN_S", "-1"),
+        ("WFLO_KAFKA_PARTITIONS", "0"),
+        ("WFLO_KAFKA_RETENTION_MS", "7d"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str, tmp_path: Path) -> None:

@@ -30,6 +30,10 @@ class KafkaConfigError(WfloError):
     """A Kafka client was given a configuration librdkafka rejects."""
 
 
+class TopicMisconfigured(WfloError):
+    """A topic exists with a configuration other than the one wanted; it is not used."""
+
+
 class EventDeliveryError(WfloError):
     """The broker did not confirm delivery of one or more messages."""
 
@@ -127,6 +131,45 @@ class TopicAdmin:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise EngineUnavailable(f"Kafka: cannot create {name}: {exc.args[0]}") from None
         return sorted(created)
+
+    def mismatches(
+        self, name: str, *, partitions: int, config: Mapping[str, str] | None = None
+    ) -> list[str]:
+        """How the existing topic ``name`` differs from ``partitions`` and ``config``."""
+        found: list[str] = []
+        have = self.partitions(name)
+        if have != partitions:
+            found.append(f"{have} partitions, not {partitions}")
+        if config:
+            actual = self.config(name)
+            for key, wanted in sorted(config.items()):
+                if actual.get(key) != str(wanted):
+                    found.append(f"{key}={actual.get(key)}, not {wanted}")
+        return found
+
+    def ensure_configured(
+        self,
+        names: Sequence[str],
+        *,
+        partitions: int,
+        replication: int = 1,
+        config: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """``ensure`` the topics, then check every one: a topic that exists with other
+        partitions or configuration raises ``TopicMisconfigured`` (one line naming the
+        topics and the differences). Returns the names created."""
+        created = self.ensure(names, partitions=partitions, replication=replication, config=config)
+        wrong = []
+        for name in names:
+            found = self.mismatches(name, partitions=partitions, config=config)
+            if found:
+                wrong.append(f"{name} has {', '.join(found)}")
+        if wrong:
+            raise TopicMisconfigured(
+                f"Kafka topic {'; '.join(wrong)} (at {self.bootstrap}): fix or delete it; "
+                "its events stay in the outbox meanwhile"
+            )
+        return created
 
     def partitions(self, name: str) -> int:
         # Asking for one topic's metadata may auto-create it on some brokers: list all.

@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from wflo_jupyter.core.errors import WfloError
 from wflo_jupyter.core.events import TOPIC_BY_PREFIX
@@ -29,9 +30,11 @@ from wflo_jupyter.events.kafka import (
     EventDeliveryError,
     EventProducer,
     TopicAdmin,
+    TopicMisconfigured,
 )
 from wflo_jupyter.ledger.outbox import OutboxSeat
 from wflo_jupyter.ledger.store import Ledger, OutboxEvent
+from wflo_jupyter.stack.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,18 @@ DEFAULT_DRAIN_S = 5.0
 _TICK_S = 0.1  # longest wait between looks at the stop flag
 _STANDBY_S = 0.5  # how often a standby relay looks at the leader
 _RETRY_S = 1.0  # pause after a failed delivery or a lost database connection
+
+
+@dataclass(frozen=True)
+class TopicPlan:
+    """How the event topics are created, and what an existing one must match."""
+
+    partitions: int = 3
+    replication: int = 1
+    retention_ms: int = 7 * 24 * 3600 * 1000
+
+    def config(self) -> dict[str, str]:
+        return {"retention.ms": str(self.retention_ms)}
 
 
 def default_holder(kind: str) -> str:
@@ -61,6 +76,7 @@ class OutboxRelay:
         holder: str | None = None,
         batch_size: int = 500,
         max_in_flight: int = 2000,
+        topics: TopicPlan | None = None,
         producer: EventProducer | None = None,
     ) -> None:
         self.ledger = ledger
@@ -72,6 +88,7 @@ class OutboxRelay:
         self.seat = OutboxSeat(ledger.engine, holder or default_holder("kernel"))
         self.published = 0  # rows this relay saw confirmed and marked sent
         self._producer = producer or EventProducer(bootstrap)
+        self.topics = topics or TopicPlan()
         self._topics_ready = False
         self._topics_retry_at = 0.0
         self._in_flight: dict[int, OutboxEvent] = {}
@@ -84,6 +101,22 @@ class OutboxRelay:
         self._thread: threading.Thread | None = None
         self._closed = False
 
+    @classmethod
+    def from_settings(
+        cls, ledger: Ledger, bootstrap: str, settings: Settings, holder: str
+    ) -> OutboxRelay:
+        """A relay with the ``WFLO_RELAY_*`` and ``WFLO_KAFKA_*`` settings."""
+        return cls(
+            ledger,
+            bootstrap,
+            lease_s=settings.relay_lease_s,
+            drain_s=settings.relay_drain_s,
+            holder=holder,
+            topics=TopicPlan(
+                settings.kafka_partitions, settings.kafka_replication, settings.kafka_retention_ms
+            ),
+        )
+
     @property
     def holder(self) -> str:
         return self.seat.holder
@@ -93,20 +126,37 @@ class OutboxRelay:
         return self.seat.leading
 
     # -- one turn of the loop -----------------------------------------------------------------
-    def _ensure_topics(self, timeout_s: float) -> None:
-        """Create the event topics once; a broker that does not answer is said once and
-        tried again later (producing goes on: the rows wait in the outbox meanwhile)."""
-        if self._topics_ready or time.monotonic() < self._topics_retry_at:
-            return
+    def prepare_topics(self, timeout_s: float = 10.0) -> list[str]:
+        """Create the event topics that are missing and check the others against the plan
+        (``TopicMisconfigured``: one line; ``EngineUnavailable``); returns those created."""
+        admin = TopicAdmin(self.bootstrap, timeout_s=max(0.5, min(10.0, timeout_s)))
+        created = admin.ensure_configured(
+            sorted(set(TOPIC_BY_PREFIX.values())),
+            partitions=self.topics.partitions,
+            replication=self.topics.replication,
+            config=self.topics.config(),
+        )
+        self._topics_ready = True
+        return created
+
+    def _ensure_topics(self, timeout_s: float) -> bool:
+        """Whether the topics are ready. Until they are, nothing is sent: a broker that
+        does not answer, or a topic configured otherwise than planned, is said once and
+        checked again later (the rows wait in the outbox meanwhile)."""
+        if self._topics_ready:
+            return True
+        if time.monotonic() < self._topics_retry_at:
+            return False
         try:
-            admin = TopicAdmin(self.bootstrap, timeout_s=max(0.5, min(10.0, timeout_s)))
-            admin.ensure(sorted(set(TOPIC_BY_PREFIX.values())))
-            self._topics_ready = True
+            self.prepare_topics(timeout_s)
+            return True
         except WfloError as exc:
-            self._topics_retry_at = time.monotonic() + _RETRY_S
+            wrong = isinstance(exc, TopicMisconfigured)
+            self._topics_retry_at = time.monotonic() + (30.0 if wrong else _RETRY_S)
             if not self._failing:
-                log.warning("outbox relay: %s", exc)
+                log.log(logging.ERROR if wrong else logging.WARNING, "outbox relay: %s", exc)
                 self._failing = True
+            return False
 
     def _report(self, row_id: int) -> Callable[[Delivery | EventDeliveryError], None]:
         return lambda outcome: self._reports.append((row_id, outcome))
@@ -171,12 +221,11 @@ class OutboxRelay:
                 return
             log.info("outbox relay %s leads", self.holder)
             self._last_beat = 0.0
-        self._ensure_topics(wait_s)
         now = time.monotonic()
         if now - self._last_beat >= self.lease_s / 5:
             seat.beat()
             self._last_beat = now
-        sent = self._fill()
+        sent = self._fill() if self._ensure_topics(wait_s) else 0
         if self._in_flight:
             self._producer.poll(0 if sent else min(wait_s, 0.005))
         self._settle()

@@ -37,6 +37,20 @@ _HOLDER = """
 """
 
 
+# The Kafka key of a row: the session of the event (its payload's ``session_id``, else the
+# session of its step: the payload's ``step_id``, the row key of step and call events, or a
+# cell budget's ``cell:<step id>``), else the row key (a team or notebook budget's scope).
+_KAFKA_KEY = """coalesce(o.envelope #>> '{payload,session_id}', s.session_id, o.key)"""
+_ROWS = f"""
+    SELECT o.id, o.event_id, o.topic, {_KAFKA_KEY}, o.envelope
+    FROM outbox AS o
+    LEFT JOIN steps AS s ON s.id = coalesce(
+        o.envelope #>> '{{payload,step_id}}',
+        CASE WHEN o.key LIKE 'cell:%%' THEN substr(o.key, 6) ELSE o.key END)
+    WHERE o.id = ANY(%s) ORDER BY o.id
+"""
+
+
 class OutboxSeat:
     """A relay's connection to the ledger; not thread-safe (one relay thread uses it)."""
 
@@ -153,16 +167,9 @@ class OutboxSeat:
         return [int(r[0]) for r in rows]
 
     def rows(self, row_ids: Sequence[int]) -> list[OutboxEvent]:
-        """The rows ``row_ids``, in id order, as the relay publishes them."""
-        rows = (
-            self._connection()
-            .execute(
-                "SELECT id, event_id, topic, key, envelope FROM outbox "
-                "WHERE id = ANY(%s) ORDER BY id",
-                (list(row_ids),),
-            )
-            .fetchall()
-        )
+        """The rows ``row_ids``, in id order, as the relay publishes them: keyed by their
+        session (``_KAFKA_KEY``), so that one session's events keep their order."""
+        rows = self._connection().execute(_ROWS, (list(row_ids),)).fetchall()
         return [
             OutboxEvent(
                 row_id=int(r[0]),

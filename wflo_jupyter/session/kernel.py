@@ -156,11 +156,10 @@ class WfloSession(SessionQueries):
                 pid=os.getpid(),
             )
             relay = (
-                OutboxRelay(
+                OutboxRelay.from_settings(
                     ledger,
                     endpoints.kafka_bootstrap,
-                    lease_s=self.settings.relay_lease_s,
-                    drain_s=self.settings.relay_drain_s,
+                    self.settings,
                     holder=f"kernel {socket.gethostname()} pid={os.getpid()} {self.session_id}",
                 )
                 if endpoints.kafka_bootstrap
