@@ -19,7 +19,6 @@ Engines: ``WFLO_DATABASE_URL`` / ``WFLO_KAFKA_BOOTSTRAP`` when set, else the loc
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import threading
@@ -70,12 +69,10 @@ def relay_throughput(ledger: Ledger, count: int) -> float:
 def raw_throughput(ledger: Ledger, bootstrap: str, count: int) -> float:
     with ledger.engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT event_id, key, envelope FROM outbox ORDER BY id DESC LIMIT :n"),
+            text("SELECT event_id, key, envelope::text FROM outbox ORDER BY id DESC LIMIT :n"),
             {"n": count},
         ).all()
-    payloads = [
-        (r[1], json.dumps(r[2], sort_keys=True, separators=(",", ":")).encode(), r[0]) for r in rows
-    ]
+    payloads = [(r[1], r[2].encode(), r[0]) for r in reversed(rows)]
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,

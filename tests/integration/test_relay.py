@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +34,7 @@ from wflo_jupyter.events import OutboxRelay, TopicAdmin, TopicMisconfigured
 from wflo_jupyter.events.kafka import EVENT_ID_HEADER
 from wflo_jupyter.events.relay import TopicPlan
 from wflo_jupyter.ledger.store import Ledger
+from wflo_jupyter.stack.binaries import find_binary
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.kafka]
 
@@ -314,6 +316,58 @@ def test_drain_with_a_dead_broker_is_bounded_and_loses_nothing(
         live.stop()
     seen = [s.body_id for s in of_sessions(read_topic(kafka_bootstrap), {session_id})]
     assert sorted(seen) == sorted(outbox_ids(ledger, {session_id}))
+
+
+class PrivateBroker:
+    """A noida-db Kafka broker of this test's own, which it may stop and continue."""
+
+    def __init__(self, directory: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.bootstrap = f"127.0.0.1:{port}"
+        argv = [str(find_binary("kafka")), "start", "--only", "kafka", "--host", "127.0.0.1"]
+        argv += ["--kafka-port", str(port), "--data-dir", str(directory)]
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: TopicAdmin(self.bootstrap, timeout_s=1).names() is not None, 30)
+
+    def close(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+
+def test_drain_with_a_hung_broker_is_bounded_and_loses_nothing(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """The relay has published to its broker, then the broker hangs (SIGSTOP: its
+    connections stay open and answer nothing) and five more events are written: the relay
+    sends them, and ``stop`` returns within the drain time plus a margin, leaving the five
+    rows unsent. Once the broker continues, a relay delivers them: nothing is lost."""
+    broker = PrivateBroker(tmp_path / "kafka")
+    try:
+        relay = OutboxRelay(ledger, broker.bootstrap, drain_s=2.0)
+        relay.start()
+        first = bulk_events(ledger, 3)
+        wait_until(lambda: unsent(ledger) == 0, 60, what="the first events to be sent")
+        os.kill(broker.process.pid, signal.SIGSTOP)
+        second = bulk_events(ledger, 5)
+        wait_until(lambda: relay.in_flight == 5, 30, what="the relay to send them")
+        started = time.monotonic()
+        relay.stop()
+        assert time.monotonic() - started < 2.0 + 3.0
+        assert unsent(ledger) == 5
+        os.kill(broker.process.pid, signal.SIGCONT)
+        again = OutboxRelay(ledger, broker.bootstrap)
+        try:
+            again.drain(60)
+        finally:
+            again.stop()
+        assert unsent(ledger) == 0
+        seen = {s.body_id for s in read_topic(broker.bootstrap)}
+        assert seen >= outbox_ids(ledger, {first, second})  # duplicates allowed, no loss
+    finally:
+        broker.close()
 
 
 # -- topics ------------------------------------------------------------------------------

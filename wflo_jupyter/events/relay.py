@@ -125,6 +125,11 @@ class OutboxRelay:
     def leading(self) -> bool:
         return self.seat.leading
 
+    @property
+    def in_flight(self) -> int:
+        """Rows sent and not yet reported on."""
+        return len(self._in_flight)
+
     # -- one turn of the loop -----------------------------------------------------------------
     def prepare_topics(self, timeout_s: float = 10.0) -> list[str]:
         """Create the event topics that are missing and check the others against the plan

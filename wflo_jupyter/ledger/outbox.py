@@ -15,7 +15,6 @@ in transaction mode): advisory locks and LISTEN belong to the session.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -42,7 +41,7 @@ _HOLDER = """
 # cell budget's ``cell:<step id>``), else the row key (a team or notebook budget's scope).
 _KAFKA_KEY = """coalesce(o.envelope #>> '{payload,session_id}', s.session_id, o.key)"""
 _ROWS = f"""
-    SELECT o.id, o.event_id, o.topic, {_KAFKA_KEY}, o.envelope
+    SELECT o.id, o.event_id, o.topic, {_KAFKA_KEY}, o.envelope::text
     FROM outbox AS o
     LEFT JOIN steps AS s ON s.id = coalesce(
         o.envelope #>> '{{payload,step_id}}',
@@ -176,7 +175,7 @@ class OutboxSeat:
                 event_id=str(r[1]),
                 topic=str(r[2]),
                 key=str(r[3]),
-                payload=json.dumps(r[4], sort_keys=True, separators=(",", ":")).encode(),
+                payload=str(r[4]).encode(),  # Postgres's text of the JSON: no parse here
             )
             for r in rows
         ]
