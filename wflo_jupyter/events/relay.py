@@ -57,6 +57,12 @@ class TopicPlan:
         return {"retention.ms": str(self.retention_ms)}
 
 
+def _line(exc: BaseException) -> str:
+    """The first line of an error (psycopg's messages run over several)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def default_holder(kind: str) -> str:
     """How a relay names itself in ``outbox_relay``: kind, host, pid and a nonce."""
     return f"{kind} {socket.gethostname()} pid={os.getpid()} {uuid.uuid4().hex[:6]}"
@@ -159,7 +165,7 @@ class OutboxRelay:
             wrong = isinstance(exc, TopicMisconfigured)
             self._topics_retry_at = time.monotonic() + (30.0 if wrong else _RETRY_S)
             if not self._failing:
-                log.log(logging.ERROR if wrong else logging.WARNING, "outbox relay: %s", exc)
+                log.log(logging.ERROR if wrong else logging.WARNING, "outbox relay: %s", _line(exc))
                 self._failing = True
             return False
 
@@ -250,7 +256,7 @@ class OutboxRelay:
                     failing = False
             except Exception as exc:
                 if not failing:
-                    log.warning("outbox relay: %s; trying again every %g s", exc, _RETRY_S)
+                    log.warning("outbox relay: %s; trying again every %g s", _line(exc), _RETRY_S)
                     failing = True
                 self.seat.close()
                 until.wait(_RETRY_S)
@@ -282,7 +288,7 @@ class OutboxRelay:
                 if not self._in_flight and self.seat.unsent_up_to(last) == 0:
                     break
         except Exception as exc:
-            log.warning("outbox relay: draining stopped: %s", exc)
+            log.warning("outbox relay: draining stopped: %s", _line(exc))
         return self.published - before
 
     def relay_once(self, timeout_s: float = 30.0) -> int:
