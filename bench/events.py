@@ -13,7 +13,7 @@ Engines: ``WFLO_DATABASE_URL`` / ``WFLO_KAFKA_BOOTSTRAP`` when set, else the loc
 - **latency**: ``--latency-events`` single-row transactions, 20 ms apart, with the relay
   idle in between: commit -> marked sent (the row's ``sent_at - created_at``, both on
   the database clock) and commit -> an outside consumer's receipt (this process's
-  clock), p50 / p95; beside it the raw producer's send -> receipt for the same consumer.
+  clock), p50 / p95; beside it a raw producer's send -> receipt (same acks and linger).
 """
 
 from __future__ import annotations
@@ -153,7 +153,9 @@ def _pct(values: list[float], q: float) -> float:
 
 def latency(ledger: Ledger, bootstrap: str, count: int) -> dict[str, list[float]]:
     receipts = Receipts(bootstrap)
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "log_level": 0})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 2, "log_level": 0}
+    )
     to_consumer: list[float] = []
     raw: list[float] = []
     ids: list[int] = []
