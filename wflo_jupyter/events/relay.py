@@ -237,8 +237,8 @@ class OutboxRelay:
             seat.beat()
             self._last_beat = now
         sent = self._fill() if self._ensure_topics(wait_s) else 0
-        if self._in_flight:
-            self._producer.poll(0 if sent else min(wait_s, 0.005))
+        if self._in_flight:  # poll returns as soon as a report is served
+            self._producer.poll(0 if sent else wait_s)
         self._settle()
         if not sent and not self._in_flight:
             seat.wait(wait_s)
