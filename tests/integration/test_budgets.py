@@ -83,14 +83,19 @@ def _events(ledger: Ledger, event_type: str) -> list[dict[str, Any]]:
 
 
 # -- schema ------------------------------------------------------------------------------------
-def test_migrations_0002_to_0006_upgrade_and_downgrade(fresh_database_url: str) -> None:
+def test_migrations_0002_to_0007_upgrade_and_downgrade(fresh_database_url: str) -> None:
     ledger = Ledger.connect(fresh_database_url)
     try:
-        assert ledger.current_revision() == "0006"
+        assert ledger.current_revision() == "0007_outbox_notify"
         tables = set(inspect(ledger.engine).get_table_names())
         new = {"budgets", "reservations", "llm_calls", "compute_charges"}
         assert new <= tables and "reservation_budgets" not in tables
+        assert "outbox_relay" in tables
         functions = "SELECT count(*) FROM pg_proc WHERE proname LIKE 'wflo\\_%'"
+        assert _scalar(ledger, functions) == 9  # 0007 adds wflo_outbox_notify
+        ledger.downgrade("0006")
+        assert ledger.current_revision() == "0006"
+        assert "outbox_relay" not in set(inspect(ledger.engine).get_table_names())
         assert _scalar(ledger, functions) == 8
         ledger.downgrade("0005")
         assert ledger.current_revision() == "0005"
@@ -108,7 +113,7 @@ def test_migrations_0002_to_0006_upgrade_and_downgrade(fresh_database_url: str) 
         assert not new & set(inspect(ledger.engine).get_table_names())
         assert _scalar(ledger, functions) == 0
         ledger.migrate()
-        assert ledger.current_revision() == "0006"
+        assert ledger.current_revision() == "0007_outbox_notify"
         BudgetLedger(ledger.engine).set_budget("team", "after-upgrade", 1)
     finally:
         ledger.close()

@@ -8,9 +8,10 @@ import pytest
 from sqlalchemy import inspect, select, text
 from sqlalchemy.orm import Session
 
-from tests.helpers import start_step
+from tests.helpers import start_step, wait_until
 from wflo_jupyter.core.steps import StepResult
 from wflo_jupyter.ledger.models import OutboxRow, SessionRow, StepRow
+from wflo_jupyter.ledger.outbox import OutboxSeat
 from wflo_jupyter.ledger.store import Ledger, drop_database, ensure_database, with_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -33,7 +34,7 @@ def test_database_is_created_when_missing(database_url: str) -> None:
     assert ensure_database(url) is False
     ledger = Ledger.connect(url)
     try:
-        assert ledger.current_revision() == "0006"
+        assert ledger.current_revision() == "0007_outbox_notify"
     finally:
         ledger.close()
         drop_database(url)
@@ -50,7 +51,7 @@ def test_migrations_upgrade_and_downgrade(fresh_database_url: str) -> None:
         ledger.downgrade("base")
         assert not {"sessions", "steps", "outbox"} & set(inspect(ledger.engine).get_table_names())
         ledger.migrate()
-        assert ledger.current_revision() == "0006"
+        assert ledger.current_revision() == "0007_outbox_notify"
     finally:
         ledger.close()
 
@@ -159,19 +160,58 @@ def test_mark_sent_and_failed(ledger: Ledger) -> None:
     ledger.open_session(session_id)
     _start(ledger, session_id)
     (event,) = ledger.unsent_events()
-    ledger.mark_failed(event.row_id, "broker down")
-    with Session(ledger.engine) as db:
-        row = db.scalar(select(OutboxRow).where(OutboxRow.id == event.row_id))
-        assert row is not None
-        assert row.attempts == 1
-        assert row.last_error == "broker down"
-    ledger.mark_sent([event.row_id])
+    seat = OutboxSeat(ledger.engine, "test")
+    try:
+        seat.mark_failed([(event.row_id, "broker down")])
+        with Session(ledger.engine) as db:
+            row = db.scalar(select(OutboxRow).where(OutboxRow.id == event.row_id))
+            assert row is not None
+            assert row.attempts == 1
+            assert row.last_error == "broker down"
+        assert seat.unsent_ids(10) == [event.row_id]
+        assert seat.rows([event.row_id])[0].event_id == event.event_id
+        seat.mark_sent([event.row_id])
+    finally:
+        seat.close()
     assert ledger.unsent_events() == []
     with ledger.engine.connect() as conn:
         assert (
             conn.execute(text("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL")).scalar()
             == 1
         )
+
+
+def test_an_outbox_insert_wakes_a_listening_seat(ledger: Ledger) -> None:
+    """Migration 0007's trigger notifies ``wflo_outbox`` when an outbox insert commits."""
+    seat = OutboxSeat(ledger.engine, "test")
+    try:
+        seat.wait(0)  # the first wait after connecting is woken: rows may predate LISTEN
+        assert seat.wait(0) is False
+        start_step(ledger)
+        assert seat.wait(30) is True
+    finally:
+        seat.close()
+
+
+def test_one_seat_leads_per_database(ledger: Ledger) -> None:
+    """The leader lock is exclusive; closing the leader's seat releases it at once; a
+    standby ends a leader whose heartbeat is older than the lease, and only then."""
+    first, second = OutboxSeat(ledger.engine, "first"), OutboxSeat(ledger.engine, "second")
+    try:
+        assert first.try_lead() is True
+        assert second.try_lead() is False
+        leader = second.leader()
+        assert leader is not None and leader[0] == "first"
+        assert second.end_stuck_leader(3600) is False
+        with ledger.engine.begin() as conn:
+            conn.execute(text("UPDATE outbox_relay SET beat_at = now() - interval '1 hour'"))
+        assert second.end_stuck_leader(30) is True
+        wait_until(second.try_lead, 30, what="the ended leader's lock to be released")
+        first.close()
+        assert first.try_lead() is False  # a new connection; the lead is taken
+    finally:
+        first.close()
+        second.close()
 
 
 def test_concurrent_migrations_are_serialised(fresh_database_url: str) -> None:

@@ -16,6 +16,9 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.database_url is None
     assert settings.configured("temporal") is None
     assert settings.runtime_image == "wflo-runtime:python3.11"
+    assert (settings.relay_lease_s, settings.relay_drain_s) == (30.0, 5.0)
+    assert (settings.kafka_partitions, settings.kafka_replication) == (3, 1)
+    assert settings.kafka_retention_ms == 604_800_000
 
 
 def test_configured_values(tmp_path: Path) -> None:
@@ -32,6 +35,10 @@ def test_configured_values(tmp_path: Path) -> None:
     assert settings.database_url == "postgresql+psycopg://u@db.example:5432/wflo"
     assert settings.kafka_bootstrap == "k1:9092,k2:9092"
     assert settings.configured("redis") == "redis://127.0.0.1:6379/0"
+    relay = Settings.from_env(
+        {"WFLO_HOME": str(tmp_path), "WFLO_RELAY_LEASE_S": "2.5", "WFLO_RELAY_DRAIN_S": "1"}
+    )
+    assert (relay.relay_lease_s, relay.relay_drain_s) == (2.5, 1.0)
 
 
 def test_socket_database_url() -> None:
@@ -50,6 +57,10 @@ def test_socket_database_url() -> None:
         ("WFLO_KAFKA_BOOTSTRAP", "h:99999"),
         ("WFLO_TEMPORAL_ADDRESS", "localhost"),
         ("WFLO_DOCKER_HOST", "/var/run/docker.sock"),
+        ("WFLO_RELAY_LEASE_S", "soon"),
+        ("WFLO_RELAY_DRAIN_S", "-1"),
+        ("WFLO_KAFKA_PARTITIONS", "0"),
+        ("WFLO_KAFKA_RETENTION_MS", "7d"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str, tmp_path: Path) -> None:

@@ -280,28 +280,46 @@ def demo(
 
 
 @app.command()
-def relay(
-    interval: Annotated[float, typer.Option(help="Seconds between outbox polls.")] = 1.0,
-) -> None:
-    """Relay the ledger's event outbox to Kafka until interrupted."""
-    from wflo_jupyter.events.relay import OutboxRelay
+def relay() -> None:
+    """Relay the ledger's event outbox to Kafka in the foreground (production).
+
+    Start several: one leads (a Postgres advisory lock), the others stand by and take
+    over when it ends or is stuck past WFLO_RELAY_LEASE_S. SIGTERM or Ctrl-C drains for up
+    to WFLO_RELAY_DRAIN_S, then exits 0. Needs a session-level Postgres connection."""
+    import logging
+    import signal
+    import threading
+
+    from wflo_jupyter.events.relay import OutboxRelay, default_holder
     from wflo_jupyter.ledger.store import Ledger
 
-    endpoints = resolve_endpoints(settings_or_exit(), need_kafka=True, progress=progress)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = settings_or_exit()
+    endpoints = resolve_endpoints(settings, need_kafka=True, progress=progress)
     assert endpoints.kafka_bootstrap is not None
     ledger = Ledger.connect(endpoints.database_url)
-    outbox = OutboxRelay(ledger, endpoints.kafka_bootstrap)
+    outbox = OutboxRelay.from_settings(
+        ledger, endpoints.kafka_bootstrap, settings, holder=default_holder("wflo relay")
+    )
     try:
-        while True:
-            sent = outbox.relay_once()
-            if sent:
-                console.print(f"relayed {sent} events")
-            time.sleep(interval)
-    except KeyboardInterrupt:
-        pass
+        created = outbox.prepare_topics()
+    except WfloError as exc:  # a misconfigured topic or no broker: one line, exit 2
+        outbox.stop(drain_s=0)
+        ledger.close()
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if created:
+        progress(f"created topics {', '.join(created)}")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: stop.set())
+    progress(f"relay {outbox.holder}: outbox -> Kafka at {endpoints.kafka_bootstrap}")
+    try:
+        outbox.run(stop)
     finally:
         outbox.stop()
         ledger.close()
+    progress(f"relay stopped; {outbox.published} events published")
 
 
 app.add_typer(image_app, name="image")

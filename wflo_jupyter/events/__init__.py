@@ -6,6 +6,7 @@ from wflo_jupyter.events.kafka import (
     EventProducer,
     KafkaConfigError,
     TopicAdmin,
+    TopicMisconfigured,
 )
 from wflo_jupyter.events.relay import OutboxRelay
 
@@ -16,4 +17,5 @@ __all__ = [
     "KafkaConfigError",
     "OutboxRelay",
     "TopicAdmin",
+    "TopicMisconfigured",
 ]

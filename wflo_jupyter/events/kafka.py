@@ -8,7 +8,7 @@ closes cleanly as a context manager.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -23,9 +23,15 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 from wflo_jupyter.core.errors import EngineUnavailable, WfloError
 from wflo_jupyter.core.events import Event
 
+EVENT_ID_HEADER = "wflo-event-id"  # the event's id, for consumers to deduplicate by
+
 
 class KafkaConfigError(WfloError):
     """A Kafka client was given a configuration librdkafka rejects."""
+
+
+class TopicMisconfigured(WfloError):
+    """A topic exists with a configuration other than the one wanted; it is not used."""
 
 
 class EventDeliveryError(WfloError):
@@ -126,6 +132,45 @@ class TopicAdmin:
                     raise EngineUnavailable(f"Kafka: cannot create {name}: {exc.args[0]}") from None
         return sorted(created)
 
+    def mismatches(
+        self, name: str, *, partitions: int, config: Mapping[str, str] | None = None
+    ) -> list[str]:
+        """How the existing topic ``name`` differs from ``partitions`` and ``config``."""
+        found: list[str] = []
+        have = self.partitions(name)
+        if have != partitions:
+            found.append(f"{have} partitions, not {partitions}")
+        if config:
+            actual = self.config(name)
+            for key, wanted in sorted(config.items()):
+                if actual.get(key) != str(wanted):
+                    found.append(f"{key}={actual.get(key)}, not {wanted}")
+        return found
+
+    def ensure_configured(
+        self,
+        names: Sequence[str],
+        *,
+        partitions: int,
+        replication: int = 1,
+        config: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """``ensure`` the topics, then check every one: a topic that exists with other
+        partitions or configuration raises ``TopicMisconfigured`` (one line naming the
+        topics and the differences). Returns the names created."""
+        created = self.ensure(names, partitions=partitions, replication=replication, config=config)
+        wrong = []
+        for name in names:
+            found = self.mismatches(name, partitions=partitions, config=config)
+            if found:
+                wrong.append(f"{name} has {', '.join(found)}")
+        if wrong:
+            raise TopicMisconfigured(
+                f"Kafka topic {'; '.join(wrong)} (at {self.bootstrap}): fix or delete it; "
+                "its events stay in the outbox meanwhile"
+            )
+        return created
+
     def partitions(self, name: str) -> int:
         # Asking for one topic's metadata may auto-create it on some brokers: list all.
         metadata = self._admin.list_topics(timeout=self.timeout_s)
@@ -160,6 +205,54 @@ class EventProducer(_ClosesOnExit):
         self._producer: Any = _client(Producer, config)
         self._closed = False
 
+    def send(
+        self,
+        topic: str,
+        key: str,
+        value: bytes,
+        headers: Mapping[str, str],
+        on_done: Callable[[Delivery | EventDeliveryError], None],
+    ) -> bool:
+        """Queue one message; ``on_done`` gets its delivery report from a later ``poll``.
+        False when the local queue is full (``poll``, then send it again)."""
+        if self._closed:
+            raise EventDeliveryError("producer is closed")
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                on_done(EventDeliveryError(f"{msg.topic()}: {err.str()}"))
+            else:
+                on_done(
+                    Delivery(msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.key())
+                )
+
+        try:
+            self._producer.produce(
+                topic,
+                key=key.encode(),
+                value=value,
+                headers=[(k, v.encode()) for k, v in headers.items()],
+                on_delivery=on_delivery,
+            )
+        except BufferError:
+            return False
+        except KafkaException as exc:
+            on_done(EventDeliveryError(f"{topic}: {exc.args[0]}"))
+        return True
+
+    def poll(self, timeout_s: float) -> int:
+        """Serve delivery reports for up to ``timeout_s``; returns how many were served."""
+        return int(self._producer.poll(timeout_s))
+
+    def in_flight(self) -> int:
+        """Messages sent but not yet reported on."""
+        return len(self._producer)
+
+    def purge(self) -> None:
+        """Drop the messages not yet delivered (their reports say purged)."""
+        self._producer.purge()
+        self._producer.poll(0)
+
     def publish_many(
         self,
         messages: Sequence[tuple[str, str, bytes, Mapping[str, str]]],
@@ -170,37 +263,14 @@ class EventProducer(_ClosesOnExit):
 
         Returns, in order, a ``Delivery`` or the ``EventDeliveryError`` for each message.
         """
-        if self._closed:
-            raise EventDeliveryError("producer is closed")
         outcomes: list[Delivery | EventDeliveryError | None] = [None] * len(messages)
 
-        def report(index: int) -> Any:
-            def on_delivery(err: KafkaError | None, msg: Message) -> None:
-                if err is not None:
-                    outcomes[index] = EventDeliveryError(f"{msg.topic()}: {err.str()}")
-                else:
-                    outcomes[index] = Delivery(
-                        msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.key()
-                    )
-
-            return on_delivery
+        def report(index: int) -> Callable[[Delivery | EventDeliveryError], None]:
+            return lambda outcome: outcomes.__setitem__(index, outcome)
 
         for index, (topic, key, value, headers) in enumerate(messages):
-            while True:
-                try:
-                    self._producer.produce(
-                        topic,
-                        key=key.encode(),
-                        value=value,
-                        headers=[(k, v.encode()) for k, v in headers.items()],
-                        on_delivery=report(index),
-                    )
-                    break
-                except BufferError:
-                    self._producer.poll(0.1)
-                except KafkaException as exc:
-                    outcomes[index] = EventDeliveryError(f"{topic}: {exc.args[0]}")
-                    break
+            while not self.send(topic, key, value, headers, report(index)):
+                self._producer.poll(0.1)
         deadline = time.monotonic() + timeout_s
         while any(o is None for o in outcomes) and time.monotonic() < deadline:
             self._producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
@@ -212,17 +282,19 @@ class EventProducer(_ClosesOnExit):
     def publish(self, event: Event, *, timeout_s: float = 30.0) -> Delivery:
         """Publish one event to its topic (keyed by subject, event id in a header)."""
         (outcome,) = self.publish_many(
-            [(event.topic, event.key, event.to_json(), {"event_id": event.id})],
+            [(event.topic, event.key, event.to_json(), {EVENT_ID_HEADER: event.id})],
             timeout_s=timeout_s,
         )
         if isinstance(outcome, EventDeliveryError):
             raise outcome
         return outcome
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Flush for up to ``timeout_s``; what is still undelivered then is dropped."""
         if not self._closed:
             self._closed = True
-            self._producer.flush(10.0)
+            if self._producer.flush(timeout_s):
+                self.purge()
 
 
 class EventConsumer(_ClosesOnExit):

@@ -1,6 +1,7 @@
-"""``%load_ext`` / ``%unload_ext`` hooks: register the magics, clean up on unload and
-when the kernel's interpreter exits (a shutdown request, the end of a notebook run), so no
-sandbox outlives its kernel."""
+"""``%load_ext`` / ``%unload_ext`` hooks: route the package's log to the kernel's log
+file, register the magics, clean up on unload and when the kernel's interpreter exits (a
+shutdown request, the end of a notebook run), so no sandbox outlives its kernel and the
+relay drains the outbox."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from wflo_jupyter.core.errors import WfloError
 from wflo_jupyter.jupyter.magics import WfloMagics
+from wflo_jupyter.session import load_settings, route_to_kernel_log
 
 _MAGICS_ATTR = "_wflo_magics"
 _EXIT_HOOK_ATTR = "_wflo_exit_hook"
@@ -32,6 +34,10 @@ def _show_wflo_error(
 def load(shell: InteractiveShell) -> None:
     if getattr(shell, _MAGICS_ATTR, None) is not None:
         return
+    try:  # before anything starts a background thread
+        route_to_kernel_log(load_settings().home)
+    except (WfloError, OSError) as exc:  # bad settings are reported on the first cell
+        log.debug("no kernel log: %s", exc)
     magics = WfloMagics(shell=shell)
     shell.register_magics(magics)
     shell.set_custom_exc((WfloError,), _show_wflo_error)

@@ -353,21 +353,3 @@ class Ledger:
                 )
                 for r in rows
             ]
-
-    def mark_sent(self, row_ids: Sequence[int]) -> None:
-        if not row_ids:
-            return
-        with self._sessions.begin() as db:
-            db.execute(
-                update(OutboxRow)
-                .where(OutboxRow.id.in_(list(row_ids)))
-                .values(sent_at=datetime.now(UTC))
-            )
-
-    def mark_failed(self, row_id: int, error: str) -> None:
-        with self._sessions.begin() as db:
-            db.execute(
-                update(OutboxRow)
-                .where(OutboxRow.id == row_id)
-                .values(attempts=OutboxRow.attempts + 1, last_error=error[:2000])
-            )

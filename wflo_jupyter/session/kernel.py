@@ -157,7 +157,12 @@ class WfloSession(SessionQueries):
                 pid=os.getpid(),
             )
             relay = (
-                OutboxRelay(ledger, endpoints.kafka_bootstrap)
+                OutboxRelay.from_settings(
+                    ledger,
+                    endpoints.kafka_bootstrap,
+                    self.settings,
+                    holder=f"kernel {socket.gethostname()} pid={os.getpid()} {self.session_id}",
+                )
                 if endpoints.kafka_bootstrap
                 else None
             )
@@ -416,8 +421,9 @@ class WfloSession(SessionQueries):
                     with contextlib.suppress(Exception):
                         self.cache.close()
                         self.cache.client.close()
-                if self.relay is not None:
-                    self.relay.stop()
+                if self.relay is not None:  # drains for up to WFLO_RELAY_DRAIN_S
+                    with contextlib.suppress(Exception):
+                        self.relay.stop()
                 if self.ledger is not None:
                     with contextlib.suppress(Exception):
                         self.ledger.close_session(self.session_id)

@@ -73,6 +73,26 @@ def _check_http(variable: str, value: str) -> str:
     raise ConfigError(f"{variable}: {value!r} is not an http(s):// URL")
 
 
+def _seconds(variable: str, value: str | None, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 86_400:
+        raise ConfigError(f"{variable}: {value!r} is not a number of seconds (e.g. 5)")
+    return seconds
+
+
+def _count(variable: str, value: str | None, default: int) -> int:
+    if value is None:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{variable}: {value!r} is not a whole number above 0")
+    return int(value)
+
+
 def _check_isolation(value: str | None) -> str:
     mode = (value or "auto").lower()
     if mode not in ("auto", "docker", "bubblewrap", "unisolated"):
@@ -103,6 +123,11 @@ class Settings:
     runtime_image: str = "wflo-runtime:python3.11"
     provider: str = "real"  # "real" | "mock" (WFLO_PROVIDER=mock: simulated answers)
     isolation: str = "auto"  # WFLO_ISOLATION: auto | docker | bubblewrap | unisolated
+    relay_lease_s: float = 30.0  # WFLO_RELAY_LEASE_S: a stuck relay leader is replaced after
+    relay_drain_s: float = 5.0  # WFLO_RELAY_DRAIN_S: a closing relay publishes for at most
+    kafka_partitions: int = 3  # WFLO_KAFKA_PARTITIONS: of each event topic
+    kafka_replication: int = 1  # WFLO_KAFKA_REPLICATION: of each event topic
+    kafka_retention_ms: int = 7 * 24 * 3600 * 1000  # WFLO_KAFKA_RETENTION_MS (7 days)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -142,6 +167,13 @@ class Settings:
             runtime_image=get("WFLO_RUNTIME_IMAGE") or "wflo-runtime:python3.11",
             provider=provider,
             isolation=_check_isolation(get("WFLO_ISOLATION")),
+            relay_lease_s=_seconds("WFLO_RELAY_LEASE_S", get("WFLO_RELAY_LEASE_S"), 30.0),
+            relay_drain_s=_seconds("WFLO_RELAY_DRAIN_S", get("WFLO_RELAY_DRAIN_S"), 5.0),
+            kafka_partitions=_count("WFLO_KAFKA_PARTITIONS", get("WFLO_KAFKA_PARTITIONS"), 3),
+            kafka_replication=_count("WFLO_KAFKA_REPLICATION", get("WFLO_KAFKA_REPLICATION"), 1),
+            kafka_retention_ms=_count(
+                "WFLO_KAFKA_RETENTION_MS", get("WFLO_KAFKA_RETENTION_MS"), 7 * 24 * 3600 * 1000
+            ),
         )
 
     def configured(self, engine: str) -> str | None:
