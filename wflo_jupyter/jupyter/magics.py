@@ -15,7 +15,13 @@ from IPython.display import display as ipython_display
 from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, validate
 
 from wflo_jupyter.core.commands import magic_help, parse_line_command
-from wflo_jupyter.core.errors import ConfigError, SpecError, StepFailed, UnsafeOutput
+from wflo_jupyter.core.errors import (
+    ConfigError,
+    SpecError,
+    StepCancelled,
+    StepFailed,
+    UnsafeOutput,
+)
 from wflo_jupyter.core.money import usd_to_micros
 from wflo_jupyter.core.steps import StepDefaults, parse_step_spec
 from wflo_jupyter.jupyter import display
@@ -127,13 +133,22 @@ class WfloMagics(Magics):
             session.set_price_overrides(dict(self.prices))
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
-        result, io = session.run_step(spec, inputs, on_event=display.show_event, ask=display.ask)
+        count = getattr(self.shell, "execution_count", None)
+        result, io = session.run_step(
+            spec,
+            inputs,
+            on_event=display.show_event,
+            ask=display.ask,
+            execution_count=count if isinstance(count, int) else None,
+        )
         if io.estimate is not None:
             display.show_estimate(io.estimate.lines(spec.budget_micros, failed=not result.ok))
         display.show_result(result)
         if io.llm_requests and io.estimate is None and self.show_meter:
             self._show_meter(session, compact=True)
         namespace.update(io.values)
+        if result.cancelled:
+            raise StepCancelled(result.error_value)
         if not result.ok:
             raise StepFailed(display.failure_line(result), result.traceback)
         if io.value_errors:

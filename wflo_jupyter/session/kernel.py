@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from wflo_jupyter.core.budget import BudgetNotFound
@@ -46,6 +47,12 @@ LlmHandler = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], None]
 LlmFastPath = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], bool]
 
 NO_LIMIT_MICROS = 10**15  # a notebook budget nobody set: record spending, refuse nothing
+
+
+def _log_cancel_failure(future: Future[None]) -> None:
+    error = future.exception()
+    if error is not None:
+        log.warning("cancelling the step's workflow failed: %s", error)
 
 
 def load_settings() -> Settings:
@@ -95,6 +102,7 @@ class WfloSession(SessionQueries):
         self.price_overrides: dict[str, Any] = {}
         self._noted: set[str] = set()
         self._note_sink: Callable[[str], None] | None = None
+        self._attempts: dict[int, int] = {}  # execution count -> steps started for it
 
     @property
     def task_queue(self) -> str:
@@ -215,13 +223,19 @@ class WfloSession(SessionQueries):
         inputs: dict[str, Any] | None = None,
         on_event: Callable[[OutputEvent], None] | None = None,
         ask: Ask | None = None,
+        execution_count: int | None = None,
     ) -> tuple[StepResult, StepIO]:
         """Run one cell as a durable step. ``on_event`` is called on THIS thread for each
         output event as it arrives (the kernel's main thread, so output lands in the cell);
         ``ask`` puts an LLM call above ``confirm_above_micros`` to the analyst, also here.
 
         ``spec.estimate``: a dry run in a throwaway sandbox, not recorded in the ledger;
-        its calls are priced into ``io.estimate`` and answered with placeholders."""
+        its calls are priced into ``io.estimate`` and answered with placeholders.
+
+        ``execution_count`` (the notebook's) names the workflow, one per cell execution.
+        An interrupt (KeyboardInterrupt on this thread) cancels the step: its workflow is
+        cancelled, the cell interrupted, its LLM calls cut off; the result says
+        ``cancelled``. A second interrupt stops waiting."""
         self.start()
         assert self.runner is not None
         step_id = str(uuid.uuid4())
@@ -242,6 +256,8 @@ class WfloSession(SessionQueries):
             teams=list(self.teams),
             compute_price_micros=self.compute_price_micros,
             estimate=dry,
+            execution_count=execution_count,
+            submit_attempt=self._submit_attempt(execution_count),
         )
         io = self.step_io.open(
             step_id,
@@ -257,6 +273,9 @@ class WfloSession(SessionQueries):
         else:
             io.llm_handler, io.llm_fast_path = self.llm_handlers(step, io, spec.no_cache)
             io.llm_drain = self.gateway.drain if self.gateway is not None else None
+        if self.gateway is not None:
+            gateway = self.gateway
+            io.llm_cancel = lambda: gateway.cancel_step(step_id)
         self._note_sink = io.notice
         if not dry:
             self.meter_step = (step_id, step.name)
@@ -275,8 +294,8 @@ class WfloSession(SessionQueries):
                     if interrupted:
                         raise
                     interrupted = True  # stop the cell; its result still gets recorded
-                    self.interrupt()
-            result = self.runner.result(future)
+                    self._cancel(step, io)
+            result = self._result(step, io, future)
         finally:
             self._note_sink = None
             io.close()
@@ -284,6 +303,34 @@ class WfloSession(SessionQueries):
             self.refresh_meters()
         result.duration_s = time.monotonic() - started
         return result, io
+
+    def _submit_attempt(self, execution_count: int | None) -> int:
+        """How many steps this session started for ``execution_count``, this one included
+        (more than one when a cell runs without storing history)."""
+        if execution_count is None:
+            return 1
+        attempt = self._attempts.get(execution_count, 0) + 1
+        self._attempts[execution_count] = attempt
+        return attempt
+
+    def _cancel(self, step: StepInput, io: StepIO) -> None:
+        """The analyst interrupted the cell: cancel its workflow (recorded by Temporal) and
+        stop it here at once (in-process worker: no wait for a heartbeat)."""
+        assert self.runner is not None
+        cancelling = self.runner.cancel(step.workflow_id)
+        cancelling.add_done_callback(_log_cancel_failure)
+        io.cancel()
+
+    def _result(self, step: StepInput, io: StepIO, future: Future[StepResult]) -> StepResult:
+        from wflo_jupyter.orchestration.worker import CancelledStep
+
+        assert self.runner is not None
+        try:
+            return self.runner.result(future)
+        except CancelledStep:
+            result = StepResult.of_cancel(step.step_id, state_lost=io.state_lost)
+            result.workflow_id = step.workflow_id
+            return result
 
     def steps(self) -> list[StepSummary]:
         """This session's steps, in order."""
