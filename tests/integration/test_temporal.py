@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -140,7 +141,8 @@ def test_a_lost_heartbeat_is_retried(env: Env, runtime_image: str) -> None:
     """The first attempt stops heartbeating (its worker thread hangs before the cell):
     the server's heartbeat timeout fails it and ``--retries 1`` runs the cell again."""
     runner, _ledger, session_id, registry = env
-    step = _step(session_id, "print('ran')", runtime_image, retries=1)
+    assert runner.run(_step(session_id, "kept = 'ran'", runtime_image), timeout_s=120).ok
+    step = _step(session_id, "print(kept)", runtime_image, retries=1)
     io = registry.open(step.step_id, StepIO())
     calls: list[int] = []
 
@@ -161,6 +163,38 @@ def test_a_lost_heartbeat_is_retried(env: Env, runtime_image: str) -> None:
     assert notices == [
         "retry: attempt 2 of 2 after an infrastructure failure; the sandbox and its state were kept"
     ]
+
+
+def test_a_sandbox_that_would_not_start_is_retried(
+    env: Env, runtime_image: str, docker_client: docker.DockerClient
+) -> None:
+    """The first attempt finds no image (the sandbox cannot start); before the retry the
+    image appears, and ``--retries 1`` runs the cell in a new sandbox."""
+    runner, _ledger, session_id, registry = env
+    image = f"wflo-retry-{uuid.uuid4().hex[:8]}:test"
+    step = _step(session_id, "print('second try')", image, retries=1)
+    io = registry.open(step.step_id, StepIO())
+    calls: list[int] = []
+
+    def image_appears(_step: object) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            docker_client.images.get(runtime_image).tag(image)
+
+    io.before_run = image_appears
+    try:
+        result = runner.run(step, timeout_s=120)
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(image, noprune=True)
+    assert (result.status, result.attempts) == ("completed", 2)
+    events = _drain(io)
+    assert ("stream", "stdout", "second try\n") in events
+    assert (
+        "notice",
+        "retry: attempt 2 of 2 after an infrastructure failure; the cell ran in a new sandbox",
+        None,
+    ) in events
 
 
 def test_the_same_workflow_id_runs_once(env: Env, runtime_image: str) -> None:

@@ -3,6 +3,7 @@ the session's ledger, its sandbox sessions and the in-kernel step IO."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -63,6 +64,9 @@ class StepActivities:
         attempt = activity.info().attempt
         io = self.step_io.get(step.step_id) or StepIO()
         io.attempt = max(io.attempt, attempt)
+        if attempt == 1:  # which sandbox the step found: a retry says if it still has it
+            with contextlib.suppress(Exception):
+                io.sandbox_before = self.sandbox_for(step.image).container_id
         io.deadline = time.monotonic() + step.timeout_s  # questions to the analyst expire
         if io.before_run is not None:
             io.before_run(step)
@@ -104,7 +108,11 @@ class StepActivities:
         if io.llm_drain is not None:
             io.llm_drain(10.0)
         if attempt > 1:
-            io.notice(_retry_notice(attempt, step.retries + 1, result.state_lost))
+            state = _state_after_retry(io.sandbox_before, result, fresh=io.fresh)
+            io.notice(
+                f"retry: attempt {attempt} of {step.retries + 1} after an infrastructure "
+                f"failure; {state}"
+            )
         for notice in result.notices:
             io.notice(notice)
         io.values.update(result.outputs)
@@ -142,14 +150,16 @@ def _stop(sandbox: SandboxSession, io: StepIO) -> None:
     sandbox.interrupt()
 
 
-def _retry_notice(attempt: int, attempts: int, state_lost: bool) -> str:
-    """The one line a retried step shows about its sandbox's state."""
-    state = (
-        "the sandbox was rebuilt and the state of earlier cells was lost"
-        if state_lost
-        else "the sandbox and its state were kept"
-    )
-    return f"retry: attempt {attempt} of {attempts} after an infrastructure failure; {state}"
+def _state_after_retry(before: str | None, result: ExecResult, *, fresh: bool) -> str:
+    """What a retried step's sandbox still holds (``before``: the container the step
+    found when it started)."""
+    if fresh:
+        return "the cell ran in a new throwaway sandbox (--fresh)"
+    if before is not None and before == result.container_id and not result.state_lost:
+        return "the sandbox and its state were kept"
+    if before is not None:
+        return "the sandbox was rebuilt and the state of earlier cells was lost"
+    return "the cell ran in a new sandbox"
 
 
 def _step_result(step: StepInput, result: ExecResult) -> StepResult:

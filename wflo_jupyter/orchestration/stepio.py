@@ -91,6 +91,7 @@ class StepIO:
     cancelled: bool = False
     on_cancel: Callable[[], None] | None = None
     attempt: int = 0  # the newest ``execute`` attempt: an older one that wakes up gives way
+    sandbox_before: str | None = None  # the container the step found (its first attempt)
     _questions: set[Question] = field(default_factory=set)
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
