@@ -73,6 +73,7 @@ bench: install docker runtime-image
 	$(BENCH_VENV)/bin/python bench/widget.py
 	$(BENCH_VENV)/bin/python bench/lab_meter.py
 	$(BENCH_VENV)/bin/python bench/startup.py
+	$(BENCH_VENV)/bin/python bench/cancel.py
 
 ## LiteLLM's proxy in its own environment (requirements-litellm.lock): the third-party
 ## OpenAI-compatible server of tests/integration/test_third_party_server.py
