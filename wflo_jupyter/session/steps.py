@@ -135,6 +135,8 @@ class SessionSteps(SessionQueries):
             self._note_sink = None
             io.close()
             self.step_io.close(step_id)
+            if self.gateway is not None:
+                self.gateway.inflight.forget(step_id)
             self.refresh_meters()
         result.duration_s = time.monotonic() - started
         return result, io
