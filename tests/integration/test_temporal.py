@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -163,6 +164,29 @@ def test_a_lost_heartbeat_is_retried(env: Env, runtime_image: str) -> None:
     assert notices == [
         "retry: attempt 2 of 2 after an infrastructure failure; the sandbox and its state were kept"
     ]
+
+
+def test_a_lost_heartbeat_without_retries_fails_the_step(env: Env, runtime_image: str) -> None:
+    runner, ledger, session_id, registry = env
+    step = _step(session_id, "print('must not run')", runtime_image)
+    io = registry.open(step.step_id, StepIO())
+    woke = threading.Event()
+
+    def hang(_step: object) -> None:
+        time.sleep(EXECUTE_HEARTBEAT.total_seconds() + 2)
+        woke.set()
+
+    io.before_run = hang
+    result = runner.run(step, timeout_s=120)
+    assert (result.status, result.error_name, result.attempts) == ("failed", "WorkerLost", 1)
+    assert result.error_value == "the worker running the cell stopped heartbeating for 5 s"
+    row = ledger.step(step.step_id)
+    assert row is not None
+    assert row.error == f"WorkerLost: {result.error_value}"
+    assert woke.wait(30)
+    # a cell after it runs in the same sandbox, after anything the late attempt ran there
+    assert runner.run(_step(session_id, "pass", runtime_image), timeout_s=120).ok
+    assert [e for e in _drain(io) if e[0] == "stream"] == []  # the late attempt gave way
 
 
 def test_a_sandbox_that_would_not_start_is_retried(

@@ -61,7 +61,9 @@ class StepActivities:
 
     @activity.defn(name="execute", no_thread_cancel_exception=True)
     def execute(self, step: StepInput) -> StepResult:
-        attempt = activity.info().attempt
+        begun = time.monotonic()
+        info = activity.info()
+        attempt = info.attempt
         io = self.step_io.get(step.step_id) or StepIO()
         io.attempt = max(io.attempt, attempt)
         if attempt == 1:  # which sandbox the step found: a retry says if it still has it
@@ -70,8 +72,12 @@ class StepActivities:
         io.deadline = time.monotonic() + step.timeout_s  # questions to the analyst expire
         if io.before_run is not None:
             io.before_run(step)
-        if io.attempt > attempt:  # this attempt timed out while it waited; a retry runs
-            raise ApplicationError("superseded by a retry", type="Superseded")
+        silent = time.monotonic() - begun
+        if io.attempt > attempt or (
+            info.heartbeat_timeout and silent > info.heartbeat_timeout.total_seconds()
+        ):
+            # no heartbeat for that long: the server gave up on this attempt (a retry runs)
+            raise ApplicationError("this attempt missed its heartbeats", type="Superseded")
         limits = SandboxLimits(
             memory_bytes=step.memory_bytes, cpus=step.cpus, pids_limit=step.pids_limit
         )

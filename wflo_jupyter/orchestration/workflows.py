@@ -21,7 +21,14 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, CancelledError, is_cancelled_exception
+from temporalio.exceptions import (
+    ActivityError,
+    CancelledError,
+    RetryState,
+    TimeoutType,
+    is_cancelled_exception,
+)
+from temporalio.exceptions import TimeoutError as ActivityTimeout
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -101,14 +108,29 @@ class CellWorkflow:
         except ActivityError as exc:
             if is_cancelled_exception(exc):
                 return StepResult.of_cancel(step.step_id, state_lost=False)
-            cause = exc.cause
-            message = str(getattr(cause, "message", None) or cause or exc)
-            return StepResult(
-                step_id=step.step_id,
-                status="failed",
-                exit_code=None,
-                exit_reason="sandbox",
-                error_name="SandboxError",
-                error_value=message,
-                attempts=step.retries + 1,
-            )
+            return _infrastructure_failure(step, exc)
+
+
+def _infrastructure_failure(step: StepInput, exc: ActivityError) -> StepResult:
+    """The step's result when ``execute`` failed for good (every attempt was used, or the
+    failure is not retryable): a lost worker, or the sandbox that would not start."""
+    cause = exc.cause
+    if isinstance(cause, ActivityTimeout) and cause.type == TimeoutType.HEARTBEAT:
+        name = "WorkerLost"
+        message = (
+            "the worker running the cell stopped heartbeating for "
+            f"{EXECUTE_HEARTBEAT.total_seconds():g} s"
+        )
+    else:
+        name = getattr(cause, "type", None) or "SandboxError"
+        message = str(getattr(cause, "message", None) or cause or exc)
+    exhausted = exc.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED
+    return StepResult(
+        step_id=step.step_id,
+        status="failed",
+        exit_code=None,
+        exit_reason="sandbox",
+        error_name=name,
+        error_value=message,
+        attempts=step.retries + 1 if exhausted else 1,
+    )
