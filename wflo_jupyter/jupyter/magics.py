@@ -38,7 +38,11 @@ class WfloMagics(Magics):
     cpus = Float(1.0, help="Default sandbox CPUs.").tag(config=True)
     pids_limit = Int(128, help="Sandbox process limit.").tag(config=True)
     image = Unicode("", help="Sandbox image (default: WFLO_RUNTIME_IMAGE).").tag(config=True)
-    retries = Int(0, help="Default retries of a failing cell.").tag(config=True)
+    retries = Int(
+        0,
+        help="Default --retries: infrastructure failures (a sandbox that would not start, "
+        "a lost worker) retried with backoff; a cell's own error never is.",
+    ).tag(config=True)
     prices = Dict(
         help="Price overrides in USD per million tokens: "
         "{'my-model': {'input': 0.15, 'output': 0.60, 'cache_read': 0.075}}; "
