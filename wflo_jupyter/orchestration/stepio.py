@@ -116,6 +116,10 @@ class StepIO:
     def notice(self, text: str) -> None:
         self.events.put(("notice", text, None))
 
+    def wake(self) -> None:
+        """Any thread: make a waiting ``pump`` return now (the step's workflow ended)."""
+        self.events.put(("wake", None, None))
+
     def ask(self, text: str) -> bool | None:
         """Any thread: ask the analyst through the thread that ``pump``s this step's events
         and wait for the answer: no once the step is over or the cell's time ran out (the
@@ -139,7 +143,7 @@ class StepIO:
         while True:
             if event[0] == "question":
                 self._answer(event[1], ask, deliver)
-            else:
+            elif event[0] != "wake":
                 deliver(event)
             try:
                 event = self.events.get_nowait()

@@ -117,6 +117,7 @@ class SessionSteps(SessionQueries):
         deliver = on_event or (lambda _event: None)
         started = time.monotonic()
         future = self.runner.submit(step)
+        future.add_done_callback(lambda _done: io.wake())  # no polling delay at the end
         try:
             interrupted = False
             while True:
