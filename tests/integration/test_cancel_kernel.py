@@ -81,6 +81,11 @@ def test_interrupt_cancels_the_step_and_keeps_the_namespace(
     assert types == ["step.started", "step.cancelled"]
     runs = kernel.run("%wflo runs")
     assert "cancelled" in runs.text
+    report = kernel.run(
+        "rows = get_ipython().find_magic('wflo').__self__.session.report_rows()\n"
+        "print([r.status for r in rows if r.name == 'interrupted'])"
+    )
+    assert report.stdout == "['cancelled']\n"  # the cost report's row
     after = kernel.run("%%wflo\nprint(kept + 1)")
     assert after.status == "ok", after.error
     assert after.stdout == "42\n"
