@@ -91,6 +91,17 @@ def test_interrupt_cancels_the_step_and_keeps_the_namespace(
     assert after.stdout == "42\n"
 
 
+def test_interrupt_reaches_a_fresh_sandbox(kernel: Kernel, ledger: Ledger) -> None:
+    msg_id = kernel.submit(
+        "%%wflo --fresh --name fresh\nimport time\nprint('started', flush=True)\ntime.sleep(120)\n"
+    )
+    kernel.interrupt_once(msg_id, "started")
+    run = kernel.collect(msg_id)
+    assert run.error_line == CANCELLED_LINE
+    step = ledger.steps(kernel.wflo_session_id())[-1]
+    assert (step.name, step.status, step.exit_reason) == ("fresh", "cancelled", "interrupted")
+
+
 def test_interrupt_cuts_off_an_llm_call_in_flight(
     kernel: Kernel, ledger: Ledger, fake: FakeProvider
 ) -> None:
