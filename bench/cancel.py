@@ -13,7 +13,9 @@ loaded and its sandbox warm. Each round runs, in turn:
   interrupt -> the ledger's ``cancelled`` notification (``pg_notify('wflo_step')``,
   heard on a bare psycopg ``LISTEN`` in this process).
 
-Prints p50 / p95 / max of each and the ratio of ours to the plain interrupt. Without
+Prints p50 / p95 / max of each and the ratio of ours to the plain interrupt, and how
+many interrupts were lost (no reply within ``LOST_S``: the kernel is interrupted again
+and the round is not timed; a plain cell sometimes sleeps through its first). Without
 ``WFLO_*`` URLs the local stack is used (``wflo up``), as a kernel would.
 """
 
@@ -37,6 +39,7 @@ from wflo_jupyter.ledger.store import ensure_database
 from wflo_jupyter.session import load_settings
 from wflo_jupyter.stack.settings import resolve_endpoints
 
+LOST_S = 10.0  # no reply this long after the interrupt: it was lost
 BODY = "import time\nprint('started', flush=True)\ntime.sleep(60)\n"
 
 
@@ -79,11 +82,17 @@ class CancelledSteps:
         self._conn.close()
 
 
-def interrupt_round(kernel: Kernel, code: str) -> tuple[float, float]:
-    """(when the kernel was interrupted, when the cell replied), monotonic seconds."""
+def interrupt_round(kernel: Kernel, code: str) -> tuple[float, float] | None:
+    """(when the kernel was interrupted, when the cell replied), monotonic seconds; None
+    when the interrupt was lost (no reply within LOST_S: interrupted again, not timed)."""
     msg_id = kernel.submit(code)
     interrupted = kernel.interrupt_once(msg_id, "started")
-    kernel.collect(msg_id, timeout=60)
+    try:
+        kernel.collect(msg_id, timeout=LOST_S)
+    except TimeoutError:
+        kernel.manager.interrupt_kernel()
+        kernel.collect(msg_id, timeout=60)
+        return None
     return interrupted, time.monotonic()
 
 
@@ -102,17 +111,25 @@ def main() -> None:
     steps = CancelledSteps(libpq_url)
     kernel = Kernel(env={**os.environ, **env})
     results: dict[str, list[float]] = {"plain": [], "reply": [], "ledger": []}
+    lost = {"plain": 0, "%%wflo": 0}
     try:
         kernel.load_wflo()
         session_id = kernel.wflo_session_id()
         warm = kernel.run("%%wflo\nwarm = 1")
         assert warm.status == "ok", warm.error
         for _ in range(args.rounds):
-            start, replied = interrupt_round(kernel, BODY)
-            results["plain"].append(replied - start)
-            start, replied = interrupt_round(kernel, "%%wflo --name bench-cancel\n" + BODY)
-            results["reply"].append(replied - start)
-            results["ledger"].append(steps.take(session_id) - start)
+            plain = interrupt_round(kernel, BODY)
+            if plain is None:
+                lost["plain"] += 1
+            else:
+                results["plain"].append(plain[1] - plain[0])
+            ours = interrupt_round(kernel, "%%wflo --name bench-cancel\n" + BODY)
+            cancelled = steps.take(session_id)
+            if ours is None:
+                lost["%%wflo"] += 1
+                continue
+            results["reply"].append(ours[1] - ours[0])
+            results["ledger"].append(cancelled - ours[0])
     finally:
         kernel.close()
         steps.close()
@@ -125,6 +142,10 @@ def main() -> None:
         ("plain kernel interrupt -> reply (baseline)", base),
         ("%%wflo interrupt -> cell reply", results["reply"]),
         ("%%wflo interrupt -> ledger 'cancelled'", results["ledger"]),
+    )
+    print(
+        f"lost interrupts (no reply within {LOST_S:g} s; interrupted again, not timed): "
+        f"plain {lost['plain']}, %%wflo {lost['%%wflo']}"
     )
     for name, values in rows:
         p50, p95 = statistics.median(values) * 1000, percentile(values, 0.95) * 1000
