@@ -105,6 +105,20 @@ class Kernel:
         result.reply = reply["content"]
         return result
 
+    def interrupt_once(self, msg_id: str, marker: str, timeout: float = 120) -> float:
+        """Wait until the running request ``msg_id`` printed ``marker``, then interrupt
+        the kernel (the notebook's stop button); the ``time.monotonic()`` of the interrupt.
+        ``collect`` the request afterwards (output before the marker is not kept)."""
+        seen = ""
+        deadline = time.monotonic() + timeout
+        while marker not in seen:
+            msg = self.client.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+                seen += msg["content"]["text"]
+        interrupted = time.monotonic()
+        self.manager.interrupt_kernel()
+        return interrupted
+
     def _answer_input(self, result: CellRun, answer: Callable[[str], str]) -> None:
         try:
             request = self.client.get_stdin_msg(timeout=0)

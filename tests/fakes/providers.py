@@ -10,6 +10,8 @@ fail (e.g. 429 with ``Retry-After``) or to answer slowly.
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
 import time
 import uuid
@@ -43,6 +45,7 @@ class FakeProviderState:
     requests: list[RecordedRequest] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     delay_s: float = 0.0
+    disconnects: int = 0  # clients that hung up while their answer was delayed
     replays: list[bytes] = field(default_factory=list)
     cached_tokens: int = 0
     reasoning_tokens: int = 0
@@ -100,6 +103,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(chunk.encode())
         self.wfile.flush()
 
+    def _client_left(self, wait_s: float) -> bool:
+        """Wait ``wait_s`` (a slow provider), watching the connection: True as soon as the
+        client closes it (it cancelled the request), like a real server noticing."""
+        deadline = time.monotonic() + wait_s
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([self.connection], [], [], left)
+            if not readable:
+                continue
+            try:
+                peeked = self.connection.recv(1, socket.MSG_PEEK)
+            except OSError:
+                return True
+            if not peeked:
+                return True
+            time.sleep(min(0.05, left))  # a next request already sent: not a hang-up
+        return False
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b"{}"
@@ -116,8 +136,11 @@ class _Handler(BaseHTTPRequestHandler):
             )
             failure = state.failures.pop(0) if state.failures else None
             replay = state.replays.pop(0) if state.replays and failure is None else None
-        if state.delay_s:
-            time.sleep(state.delay_s)
+        if state.delay_s and self._client_left(state.delay_s):
+            with state.lock:
+                state.disconnects += 1
+            self.close_connection = True
+            return
         anthropic = self.path.startswith("/v1/messages")
         if replay is not None:
             self._start_sse()
@@ -349,6 +372,12 @@ class FakeProvider(LocalServer):
     def fail_next(self, status: int, retry_after: float | None = None, times: int = 1) -> None:
         with self.state.lock:
             self.state.failures.extend(Failure(status, retry_after) for _ in range(times))
+
+    @property
+    def disconnects(self) -> int:
+        """Requests whose client hung up while the answer was delayed (``delay_s``)."""
+        with self.state.lock:
+            return self.state.disconnects
 
     def replay_next(self, raw_sse: bytes) -> None:
         """Answer the next request with these exact SSE bytes."""

@@ -21,6 +21,7 @@ from wflo_jupyter.cache.llm_cache import LlmCache
 from wflo_jupyter.cache.locks import RedisLock
 from wflo_jupyter.cache.redis_client import connect_redis
 from wflo_jupyter.core.budget import BudgetScope
+from wflo_jupyter.gateway.inflight import InflightCalls, tracking_client
 from wflo_jupyter.gateway.service import CallContext, GatewayRequest, LlmGateway
 from wflo_jupyter.gateway.streams import assemble, parse_events
 from wflo_jupyter.gateway.upstream import ProviderRoutes, Upstream
@@ -348,3 +349,41 @@ def test_the_reading_threads_fast_path_answers_only_cache_hits(rig: Rig) -> None
     assert fast_no_cache(frame, sent.append) is False
     paid, hit = _calls(rig)  # the fast hit has its $0 row like any other
     assert (paid["cached"], hit["cached"], hit["cost_micros"]) == (False, True, 0)
+
+
+def test_cancelling_a_step_cuts_its_call_off_upstream(rig: Rig) -> None:
+    """A call in flight when its step is cancelled: the provider's connection is shut
+    down (the fake sees the hang-up), the SDK gets a 499, the reservation is released,
+    and a later call of that step is refused before anything is reserved."""
+    inflight = InflightCalls()
+    routes = rig.gateway.routes
+    gateway = LlmGateway(
+        routes=routes,
+        upstream=Upstream(routes, tracking_client(inflight), inflight=inflight),
+        budgets=rig.budgets,
+        prices=PriceBook(),
+        inflight=inflight,
+    )
+    _, step = start_step(Ledger(rig.budgets.engine))
+    rig.fake.state.delay_s = 60.0
+    reply = Collected()
+    call = threading.Thread(
+        target=gateway.handle, args=(chat("slow"), rig.ctx(step_id=step, no_cache=True), reply)
+    )
+    call.start()
+    wait_until(lambda: rig.fake.requests, 10, what="the call reached the provider")
+    assert gateway.cancel_step(step) == 1  # one connection shut down
+    call.join(10)
+    assert not call.is_alive()
+    assert reply.status == 499
+    assert reply.json()["error"]["message"] == "the step was cancelled"
+    wait_until(lambda: rig.fake.disconnects == 1, 10, what="the provider saw the hang-up")
+    with rig.budgets.engine.connect() as conn:
+        states = conn.execute(
+            text("SELECT state FROM reservations WHERE step_id = :s"), {"s": step}
+        ).scalars()
+        assert list(states) == ["released"]
+    later = Collected()
+    gateway.handle(chat("after"), rig.ctx(step_id=step, no_cache=True), later)
+    assert later.status == 499
+    assert len(rig.fake.requests) == 1  # the later call never left the host

@@ -196,6 +196,17 @@ async def test_steps_of_a_notebook_newest_first_with_costs(
     assert [s["id"] for s in limited["steps"]] == [second]
 
 
+async def test_a_cancelled_step_is_cancelled_in_the_json(
+    server: Any, jp_fetch: Any, ledger: Ledger
+) -> None:
+    key = recorded_path(server)
+    step = start(ledger, open_notebook_session(ledger, key), "interrupted")
+    ledger.finish_step(StepResult.of_cancel(step, state_lost=False, seconds=0.5))
+    steps = (await get_json(jp_fetch, "steps", path=NOTEBOOK))["steps"]
+    cancelled = next(s for s in steps if s["id"] == step)
+    assert (cancelled["status"], cancelled["ended_at"] is not None) == ("cancelled", True)
+
+
 # -- the event stream --------------------------------------------------------------------
 async def test_the_stream_delivers_settles_made_elsewhere(
     server: Any,

@@ -46,6 +46,12 @@ def _main(
     """wflo-jupyter command line."""
 
 
+def _status_markup(status: str) -> str:
+    """A step's status for ``wflo report``: failed red, cancelled yellow."""
+    colour = {"completed": "", "cancelled": "yellow"}.get(status, "red")
+    return f"[{colour}]{status}[/{colour}]" if colour else status
+
+
 @app.command()
 def up(
     with_kafka: Annotated[
@@ -150,7 +156,7 @@ def _steps_table(rows: list[StepCostRow]) -> Table:
         table.add_row(
             str(row.seq),
             row.name,
-            row.status if row.status == "completed" else f"[red]{row.status}[/red]",
+            _status_markup(row.status),
             f"{(row.duration_ms or 0) / 1000:.2f} s",
             f"{row.calls}{simulated}",
             str(row.cached_calls),

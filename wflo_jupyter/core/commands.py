@@ -136,7 +136,7 @@ CELL_OPTIONS: tuple[tuple[str, str], ...] = (
     ("--memory SIZE", "sandbox memory limit, e.g. 512m or 2g"),
     ("--cpus N", "sandbox CPU limit, e.g. 0.5 or 2"),
     ("--image IMAGE", "the sandbox image this cell runs in"),
-    ("--retries N", "run a failing cell again, up to N more times"),
+    ("--retries N", "retry a sandbox that would not start or a lost worker, up to N times"),
     ("--no-cache", "send every LLM call to the provider (no cached answers)"),
     ("--fresh", "run in a new, empty sandbox: no state from earlier cells"),
     ("--estimate", "a dry run: what the cell's LLM calls could cost; nothing sent or spent"),

@@ -32,6 +32,11 @@ class SandboxError(WfloError):
     """The sandbox could not run the cell (missing image, engine failure, limit)."""
 
 
+class StepCancelled(WfloError):
+    """The analyst interrupted the cell: its workflow was cancelled and the step recorded
+    ``cancelled`` (no traceback: the message says what became of the sandbox)."""
+
+
 class StepFailed(WfloError):
     """The cell's code raised inside the sandbox; carries the sandbox traceback."""
 

@@ -11,6 +11,7 @@ from typing import Any
 STEP_STARTED = "step.started"
 STEP_COMPLETED = "step.completed"
 STEP_FAILED = "step.failed"
+STEP_CANCELLED = "step.cancelled"
 
 LLM_CALL = "llm.call"
 BUDGET_UPDATED = "budget.updated"

@@ -21,6 +21,8 @@ MAX_MEMORY_BYTES = 1024**4  # 1024g
 MAX_TIMEOUT_S = 30 * 24 * 3600.0  # 30 days
 MIN_CPUS = 0.01  # Docker's smallest CPU share (0 would mean "no limit")
 MAX_RETRIES = 100
+STEP_STATUSES = ("running", "completed", "failed", "cancelled")
+FINISHED_STATUSES = ("completed", "failed", "cancelled")
 MAX_NAME = 255  # the ledger's steps.name and steps.image
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmg]?)(?:i?b)?\s*$", re.IGNORECASE)
 
@@ -97,6 +99,19 @@ class StepInput:
     teams: list[str] = field(default_factory=list)  # team budgets it is also charged to
     compute_price_micros: int = 0  # per CPU-second of sandbox time
     estimate: bool = False  # a dry run (--estimate): not recorded in the ledger
+    execution_count: int | None = None  # the notebook's execution count of the cell
+    submit_attempt: int = 1  # the how-manieth step started for that execution count
+
+    @property
+    def workflow_id(self) -> str:
+        """One id per cell execution, ``wflo-step-{session}-{execution_count}-{attempt}``,
+        so a start sent twice finds the first run instead of starting another (a dry run:
+        ``wflo-estimate-...``). Without an execution count (not from a notebook cell), the
+        step id stands in for it."""
+        kind = "estimate" if self.estimate else "step"
+        if self.execution_count is None:
+            return f"wflo-{kind}-{self.step_id}"
+        return f"wflo-{kind}-{self.session_id}-{self.execution_count}-{self.submit_attempt}"
 
     def budget_scopes(self) -> list[tuple[str, str]]:
         """``(kind, key)`` of every budget enclosing this step, narrowest first."""
@@ -114,7 +129,7 @@ class StepResult:
     """The outcome of one step, as recorded in the ledger and shown in the cell."""
 
     step_id: str
-    status: str  # "completed" | "failed"
+    status: str  # "completed" | "failed" | "cancelled" (see STEP_STATUSES)
     exit_code: int | None
     exit_reason: str  # "ok" | "error" | "timeout" | "oom" | "killed" | "sandbox"
     stdout: str = ""
@@ -127,10 +142,36 @@ class StepResult:
     workflow_id: str = ""
     cost_micros: int = 0
     events: list[str] = field(default_factory=list)
+    attempts: int = 1  # how many times ``execute`` ran (infrastructure retries)
 
     @property
     def ok(self) -> bool:
         return self.status == "completed"
+
+    @property
+    def cancelled(self) -> bool:
+        return self.status == "cancelled"
+
+    @classmethod
+    def of_cancel(cls, step_id: str, *, state_lost: bool, seconds: float = 0.0) -> StepResult:
+        """A step the analyst interrupted; ``state_lost``: the cell did not stop, so its
+        sandbox was killed. The reason is the line the cell shows."""
+        if state_lost:
+            reason = (
+                "the cell did not stop when interrupted, so its sandbox was killed; state was lost"
+            )
+        else:
+            reason = "the cell was interrupted; the sandbox and its state are kept"
+        return cls(
+            step_id=step_id,
+            status="cancelled",
+            exit_code=None,
+            exit_reason="killed" if state_lost else "interrupted",
+            error_name="StepCancelled",
+            error_value=reason,
+            sandbox_seconds=seconds,
+            duration_s=seconds,
+        )
 
 
 def _build_parser() -> OptionParser:

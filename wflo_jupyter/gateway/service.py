@@ -30,6 +30,7 @@ from wflo_jupyter.core.estimates import CallNotConfirmed, confirm_question
 from wflo_jupyter.core.money import format_usd
 from wflo_jupyter.core.pricing import Usage, normalise_usage
 from wflo_jupyter.gateway.free import FreeCalls
+from wflo_jupyter.gateway.inflight import CallCancelled, InflightCalls
 from wflo_jupyter.gateway.recorder import HitRecorder
 from wflo_jupyter.gateway.streams import SseEvent, SseParser, assemble, synthesise
 from wflo_jupyter.gateway.upstream import ProviderRoutes, UpstreamResponse, error_body, scrub
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 BUDGET_STATUS = 402
 NOT_CONFIRMED_STATUS = 403
+CANCELLED_STATUS = 499  # the client closed the request (nginx's code): the step was cancelled
 
 
 class UpstreamLike(Protocol):
@@ -142,6 +144,7 @@ class LlmGateway:
         simulated: bool = False,
         lease_s: float = 900.0,
         flight_wait_s: float = 900.0,
+        inflight: InflightCalls | None = None,
     ) -> None:
         self.routes = routes
         self.upstream = upstream
@@ -152,12 +155,18 @@ class LlmGateway:
         self.simulated = simulated
         self.lease_s = lease_s
         self.flight_wait_s = flight_wait_s
+        self.inflight = inflight or InflightCalls()
         self.hits = HitRecorder(budgets, cache)
         self.free = FreeCalls(routes, upstream, budgets, prices.counter, simulated=simulated)
 
     def close(self) -> None:
         """Write the cache hits still queued and stop their writer thread."""
         self.hits.close()
+
+    def cancel_step(self, step_id: str) -> int:
+        """A cancelled step: refuse its next calls and cut off those in flight upstream
+        (their reservations are released as they end); see ``gateway.inflight``."""
+        return self.inflight.cancel_step(step_id)
 
     # -- entry point ------------------------------------------------------------------------
     def handle(self, request: GatewayRequest, ctx: CallContext, responder: Responder) -> None:
@@ -207,6 +216,8 @@ class LlmGateway:
             self._error(responder, provider, 502, scrub(str(exc), self.routes.secrets()))
         except _StreamBroken:
             pass  # the stream's end frame already carried the error
+        except CallCancelled:
+            self._error(responder, provider, CANCELLED_STATUS, "the step was cancelled")
 
     # -- the cache path ---------------------------------------------------------------------
     def _cached_call(self, request: GatewayRequest, ctx: CallContext, responder: Responder) -> None:
@@ -327,11 +338,25 @@ class LlmGateway:
         provider, model, endpoint = request.provider, request.model, request.endpoint
         worst = self.prices.worst_case(provider, model, request.body, endpoint=endpoint)
         body = worst.apply_to(request.body)
-        wants_usage = bool((request.body.get("stream_options") or {}).get("include_usage"))
         label = f"{model}, {worst.max_tokens_field}={worst.max_tokens}"
         self._confirm(ctx, label, worst)  # before the reservation: a no reserves nothing
         if request.stream and endpoint == "chat":
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        with self.inflight.call(ctx.step_id):
+            return self._reserve_and_send(request, ctx, responder, body, worst, request_hash)
+
+    def _reserve_and_send(
+        self,
+        request: GatewayRequest,
+        ctx: CallContext,
+        responder: Responder,
+        body: dict[str, Any],
+        worst: WorstCase,
+        request_hash: str | None,
+    ) -> _Paid:
+        provider, model, endpoint = request.provider, request.model, request.endpoint
+        wants_usage = bool((request.body.get("stream_options") or {}).get("include_usage"))
+        label = f"{model}, {worst.max_tokens_field}={worst.max_tokens}"
         reservation = self.budgets.reserve(
             ctx.scopes,
             worst.micros,
@@ -376,8 +401,10 @@ class LlmGateway:
                     request_hash=request_hash,
                 ),
             )
-        except BaseException:
+        except BaseException as exc:
             self.budgets.release(reservation)
+            if not isinstance(exc, _StreamBroken) and self.inflight.cancelled_here():
+                raise CallCancelled("the step was cancelled") from None
             raise
         for crossed in settlement.thresholds:  # once each: only the settle that crosses it
             ctx.notice(threshold_notice(crossed.scope, crossed.threshold, crossed.state))

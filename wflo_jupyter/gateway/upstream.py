@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from wflo_jupyter.core.errors import ConfigError
+from wflo_jupyter.gateway.inflight import CallCancelled, InflightCalls
 
 # Headers a cell may choose that change how the provider answers (never credentials).
 FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta", "openai-beta", "content-type")
@@ -130,8 +131,10 @@ class Upstream:
         backoff_s: float = 0.5,
         max_wait_s: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
+        inflight: InflightCalls | None = None,
     ) -> None:
         self.routes = routes
+        self.inflight = inflight  # a cancelled step's call is cut off, never retried
         self.client = client or httpx.Client(timeout=httpx.Timeout(600.0, connect=10.0))
         self.max_retries = max_retries
         self.backoff_s = backoff_s
@@ -186,6 +189,8 @@ class Upstream:
             try:
                 response = self.client.send(request, stream=True)
             except httpx.TransportError as exc:
+                if self.inflight is not None and self.inflight.cancelled_here():
+                    raise CallCancelled("the step was cancelled") from None
                 if attempt >= self.max_retries:
                     raise ConnectionError(f"{provider}: {type(exc).__name__}: {exc}") from None
                 waits.append(self._wait(attempt, None))

@@ -20,6 +20,7 @@ from wflo_jupyter.core.budget import BudgetScope
 from wflo_jupyter.core.estimates import EstimateTally
 from wflo_jupyter.gateway.channel import frame_handlers
 from wflo_jupyter.gateway.estimate import EstimateGateway
+from wflo_jupyter.gateway.inflight import InflightCalls, tracking_client
 from wflo_jupyter.gateway.mock import MockUpstream
 from wflo_jupyter.gateway.service import CallContext, LlmGateway, UpstreamLike
 from wflo_jupyter.gateway.upstream import ProviderRoutes, Upstream
@@ -49,10 +50,11 @@ def build_gateway(
     routes = ProviderRoutes.from_env()
     counter = TokenCounter(home, on_missing=on_missing)
     prices = PriceBook(price_overrides or None, counter=counter)
+    inflight = InflightCalls()
     upstream: UpstreamLike = (
         MockUpstream(lambda provider, model, body: counter.count(provider, model, body)[0])
         if simulated
-        else Upstream(routes)
+        else Upstream(routes, tracking_client(inflight), inflight=inflight)
     )
     cache: LlmCache | None = None
     lock_factory = None
@@ -68,6 +70,7 @@ def build_gateway(
         cache=cache,
         lock_factory=lock_factory,
         simulated=simulated,
+        inflight=inflight,
     )
     return gateway, cache
 

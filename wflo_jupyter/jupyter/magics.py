@@ -15,7 +15,13 @@ from IPython.display import display as ipython_display
 from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, validate
 
 from wflo_jupyter.core.commands import magic_help, parse_line_command
-from wflo_jupyter.core.errors import ConfigError, SpecError, StepFailed, UnsafeOutput
+from wflo_jupyter.core.errors import (
+    ConfigError,
+    SpecError,
+    StepCancelled,
+    StepFailed,
+    UnsafeOutput,
+)
 from wflo_jupyter.core.money import usd_to_micros
 from wflo_jupyter.core.steps import StepDefaults, parse_step_spec
 from wflo_jupyter.jupyter import display
@@ -32,7 +38,11 @@ class WfloMagics(Magics):
     cpus = Float(1.0, help="Default sandbox CPUs.").tag(config=True)
     pids_limit = Int(128, help="Sandbox process limit.").tag(config=True)
     image = Unicode("", help="Sandbox image (default: WFLO_RUNTIME_IMAGE).").tag(config=True)
-    retries = Int(0, help="Default retries of a failing cell.").tag(config=True)
+    retries = Int(
+        0,
+        help="Default --retries: infrastructure failures (a sandbox that would not start, "
+        "a lost worker) retried with backoff; a cell's own error never is.",
+    ).tag(config=True)
     prices = Dict(
         help="Price overrides in USD per million tokens: "
         "{'my-model': {'input': 0.15, 'output': 0.60, 'cache_read': 0.075}}; "
@@ -127,13 +137,22 @@ class WfloMagics(Magics):
             session.set_price_overrides(dict(self.prices))
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
-        result, io = session.run_step(spec, inputs, on_event=display.show_event, ask=display.ask)
+        count = getattr(self.shell, "execution_count", None)
+        result, io = session.run_step(
+            spec,
+            inputs,
+            on_event=display.show_event,
+            ask=display.ask,
+            execution_count=count if isinstance(count, int) else None,
+        )
         if io.estimate is not None:
             display.show_estimate(io.estimate.lines(spec.budget_micros, failed=not result.ok))
         display.show_result(result)
         if io.llm_requests and io.estimate is None and self.show_meter:
             self._show_meter(session, compact=True)
         namespace.update(io.values)
+        if result.cancelled:
+            raise StepCancelled(result.error_value)
         if not result.ok:
             raise StepFailed(display.failure_line(result), result.traceback)
         if io.value_errors:

@@ -145,6 +145,11 @@ class BudgetLedger:
         """Free a reservation whose call never ran or failed; False if it was not held."""
         return self._reservations.release(reservation)
 
+    def release_step(self, step_id: str) -> int:
+        """Release every reservation ``step_id`` still holds (a cancelled step's calls in
+        flight: their money is freed now, not when the lease ends); how many it freed."""
+        return self._reservations.release_step(step_id)
+
     def extend_lease(self, reservation: Reservation | str, lease_s: float) -> bool:
         """Push a held reservation's lease to ``lease_s`` from now (long streamed calls)."""
         return self._reservations.extend_lease(reservation, lease_s)

@@ -229,6 +229,19 @@ class Reservations:
         outcome = self._finisher.hot(reservation_id(reservation), 0, None, op="release")
         return not outcome.already_settled
 
+    def release_step(self, step_id: str) -> int:
+        """See ``BudgetLedger.release_step``."""
+        with self.engine.connect() as conn:
+            held = (
+                conn.execute(
+                    text("SELECT id FROM reservations WHERE step_id = :sid AND state = 'held'"),
+                    {"sid": step_id},
+                )
+                .scalars()
+                .all()
+            )
+        return sum(1 for rid in held if self.release(rid))
+
     def extend_lease(self, reservation: Reservation | str, lease_s: float) -> bool:
         """See ``BudgetLedger.extend_lease``."""
         with self.engine.begin() as conn:

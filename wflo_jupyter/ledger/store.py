@@ -20,8 +20,14 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from wflo_jupyter.core.errors import EngineUnavailable
-from wflo_jupyter.core.events import STEP_COMPLETED, STEP_FAILED, STEP_STARTED, Event
-from wflo_jupyter.core.steps import StepResult
+from wflo_jupyter.core.events import (
+    STEP_CANCELLED,
+    STEP_COMPLETED,
+    STEP_FAILED,
+    STEP_STARTED,
+    Event,
+)
+from wflo_jupyter.core.steps import FINISHED_STATUSES, StepResult
 from wflo_jupyter.ledger.feed import STEP_CHANNEL
 from wflo_jupyter.ledger.models import OutboxRow, SessionRow, StepRow
 
@@ -239,7 +245,7 @@ class Ledger:
             row = db.get(StepRow, result.step_id, with_for_update=True)
             if row is None:
                 raise KeyError(f"unknown step {result.step_id}")
-            if row.status in ("completed", "failed"):
+            if row.status in FINISHED_STATUSES:
                 return
             row.status = result.status
             row.exit_code = result.exit_code
@@ -249,7 +255,9 @@ class Ledger:
             row.duration_ms = round((finished - row.started_at).total_seconds() * 1000)
             row.sandbox_ms = round(result.sandbox_seconds * 1000)
             row.finished_at = finished
-            event_type = STEP_COMPLETED if result.ok else STEP_FAILED
+            event_type = (
+                STEP_COMPLETED if result.ok else STEP_CANCELLED if result.cancelled else STEP_FAILED
+            )
             self._emit(
                 db,
                 Event(

@@ -3,6 +3,7 @@ the session's ledger, its sandbox sessions and the in-kernel step IO."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -15,6 +16,7 @@ from wflo_jupyter.core.errors import SandboxError
 from wflo_jupyter.core.steps import StepInput, StepResult
 from wflo_jupyter.ledger.budgets import BudgetLedger
 from wflo_jupyter.ledger.store import Ledger
+from wflo_jupyter.orchestration.heartbeat import Heartbeat
 from wflo_jupyter.orchestration.stepio import StepIO, StepIORegistry
 from wflo_jupyter.sandbox.session import ExecResult, SandboxLimits, SandboxSession
 from wflo_jupyter.sandbox.values import ValueTransferError
@@ -57,12 +59,25 @@ class StepActivities:
         self.on_change()
         return seq
 
-    @activity.defn(name="execute")
+    @activity.defn(name="execute", no_thread_cancel_exception=True)
     def execute(self, step: StepInput) -> StepResult:
+        begun = time.monotonic()
+        info = activity.info()
+        attempt = info.attempt
         io = self.step_io.get(step.step_id) or StepIO()
+        io.attempt = max(io.attempt, attempt)
+        if attempt == 1:  # which sandbox the step found: a retry says if it still has it
+            with contextlib.suppress(Exception):
+                io.sandbox_before = self.sandbox_for(step.image).container_id
         io.deadline = time.monotonic() + step.timeout_s  # questions to the analyst expire
         if io.before_run is not None:
             io.before_run(step)
+        silent = time.monotonic() - begun
+        if io.attempt > attempt or (
+            info.heartbeat_timeout and silent > info.heartbeat_timeout.total_seconds()
+        ):
+            # no heartbeat for that long: the server gave up on this attempt (a retry runs)
+            raise ApplicationError("this attempt missed its heartbeats", type="Superseded")
         limits = SandboxLimits(
             memory_bytes=step.memory_bytes, cpus=step.cpus, pids_limit=step.pids_limit
         )
@@ -71,21 +86,39 @@ class StepActivities:
             sandbox.llm_handler = io.llm_handler
             sandbox.llm_fast_path = io.llm_fast_path
             run = sandbox.run_fresh if io.fresh else sandbox.execute
-            result = run(
-                step.code,
-                inputs=io.inputs,
-                outputs=io.outputs,
-                timeout_s=step.timeout_s,
-                on_stream=io.stream,
-                on_display=io.display,
-                output_cap=io.output_cap,
-                limits=limits,
-            )
-        except (SandboxError, ValueTransferError) as exc:
-            raise ApplicationError(str(exc), type="SandboxError", non_retryable=True) from None
+            io.on_cancel = lambda: _stop(sandbox, io)
+            if io.cancelled:  # interrupted before the cell started
+                return StepResult.of_cancel(step.step_id, state_lost=False)
+            with Heartbeat(lambda: io.cancelled, io.cancel):
+                result = run(
+                    step.code,
+                    inputs=io.inputs,
+                    outputs=io.outputs,
+                    timeout_s=step.timeout_s,
+                    on_stream=io.stream,
+                    on_display=io.display,
+                    output_cap=io.output_cap,
+                    limits=limits,
+                )
+        except ValueTransferError as exc:
+            kind = "ValueTransferError"
+            raise ApplicationError(str(exc), type=kind, non_retryable=True) from None
+        except SandboxError as exc:  # the sandbox would not start: retried (--retries)
+            raise ApplicationError(str(exc), type="SandboxError") from None
+        finally:
+            io.on_cancel = None
+        cancelled = io.cancelled or result.exit_reason == "interrupted"
+        if cancelled and self.budgets is not None:
+            self.budgets.release_step(step.step_id)  # calls cut off: their money is free now
         sandbox.drain_llm()
         if io.llm_drain is not None:
             io.llm_drain(10.0)
+        if attempt > 1:
+            state = _state_after_retry(io.sandbox_before, result, fresh=io.fresh)
+            io.notice(
+                f"retry: attempt {attempt} of {step.retries + 1} after an infrastructure "
+                f"failure; {state}"
+            )
         for notice in result.notices:
             io.notice(notice)
         io.values.update(result.outputs)
@@ -101,12 +134,38 @@ class StepActivities:
             )
             for crossed in settlement.thresholds:
                 io.notice(threshold_notice(crossed.scope, crossed.threshold, crossed.state))
-        return _step_result(step, result)
+        if cancelled:
+            return StepResult.of_cancel(
+                step.step_id, state_lost=result.state_lost, seconds=result.seconds
+            )
+        summary = _step_result(step, result)
+        summary.attempts = attempt
+        return summary
 
     @activity.defn(name="close_step")
     def close_step(self, result: StepResult) -> None:
         self.ledger.finish_step(result)
         self.on_change()
+
+
+def _stop(sandbox: SandboxSession, io: StepIO) -> None:
+    """Cancel: cut the step's LLM calls off upstream and interrupt the cell (the sandbox
+    kills it if it does not stop within its grace period)."""
+    if io.llm_cancel is not None:
+        io.llm_cancel()
+    sandbox.interrupt()
+
+
+def _state_after_retry(before: str | None, result: ExecResult, *, fresh: bool) -> str:
+    """What a retried step's sandbox still holds (``before``: the container the step
+    found when it started)."""
+    if fresh:
+        return "the cell ran in a new throwaway sandbox (--fresh)"
+    if before is not None and before == result.container_id and not result.state_lost:
+        return "the sandbox and its state were kept"
+    if before is not None:
+        return "the sandbox was rebuilt and the state of earlier cells was lost"
+    return "the cell ran in a new sandbox"
 
 
 def _step_result(step: StepInput, result: ExecResult) -> StepResult:

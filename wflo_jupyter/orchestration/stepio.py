@@ -81,12 +81,31 @@ class StepIO:
     llm_fast_path: Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], bool] | None = None
     # waits (up to the seconds given) until every LLM call of the step is in the ledger
     llm_drain: Callable[[float], object] | None = None
+    # cancels the step's LLM calls in flight (closes their provider connections)
+    llm_cancel: Callable[[], object] | None = None
     estimate: EstimateTally | None = None  # a dry run's calls (--estimate)
     llm_requests: int = 0  # LLM calls the cell made (answered from the cache or not)
     deadline: float | None = None  # monotonic: when the running cell's --timeout ends
+    # cancellation: set by ``cancel`` (the kernel's interrupt, or Temporal's cancel seen by
+    # the activity's heartbeat); ``on_cancel`` is what the running activity does about it
+    cancelled: bool = False
+    on_cancel: Callable[[], None] | None = None
+    attempt: int = 0  # the newest ``execute`` attempt: an older one that wakes up gives way
+    sandbox_before: str | None = None  # the container the step found (its first attempt)
     _questions: set[Question] = field(default_factory=set)
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def cancel(self) -> None:
+        """Any thread: stop the step (interrupt the cell, cancel its LLM calls); again
+        (e.g. from each heartbeat) re-sends the interrupt. Never raises."""
+        self.cancelled = True
+        action = self.on_cancel
+        if action is not None:
+            try:
+                action()
+            except Exception:
+                log.exception("cancelling the step failed")
 
     def stream(self, name: str, text: str) -> None:
         self.events.put(("stream", name, text))
@@ -96,6 +115,10 @@ class StepIO:
 
     def notice(self, text: str) -> None:
         self.events.put(("notice", text, None))
+
+    def wake(self) -> None:
+        """Any thread: make a waiting ``pump`` return now (the step's workflow ended)."""
+        self.events.put(("wake", None, None))
 
     def ask(self, text: str) -> bool | None:
         """Any thread: ask the analyst through the thread that ``pump``s this step's events
@@ -120,7 +143,7 @@ class StepIO:
         while True:
             if event[0] == "question":
                 self._answer(event[1], ask, deliver)
-            else:
+            elif event[0] != "wake":
                 deliver(event)
             try:
                 event = self.events.get_nowait()

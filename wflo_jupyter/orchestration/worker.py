@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import timedelta
 
 from temporalio.client import Client, WorkflowFailureError
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import CancelledError, WorkflowAlreadyStartedError
 from temporalio.worker import Worker
 
 from wflo_jupyter.core.errors import EngineUnavailable, WfloError
@@ -13,6 +16,10 @@ from wflo_jupyter.core.steps import StepInput, StepResult
 from wflo_jupyter.orchestration.activities import StepActivities
 from wflo_jupyter.orchestration.loop import BackgroundLoop
 from wflo_jupyter.orchestration.workflows import CellWorkflow
+
+
+class CancelledStep(Exception):
+    """The step's workflow ended CANCELED (its ledger row says ``cancelled``)."""
 
 
 class StepRunner:
@@ -45,29 +52,51 @@ class StepRunner:
             workflows=[CellWorkflow],
             activities=[activities.open_step, activities.execute, activities.close_step],
             activity_executor=self._executor,
+            # heartbeats reach the server (and its cancel reaches the activity) this often
+            max_heartbeat_throttle_interval=timedelta(milliseconds=500),
+            default_heartbeat_throttle_interval=timedelta(milliseconds=500),
         )
         self._worker_task = asyncio.get_running_loop().create_task(worker.run())
         return worker
 
     def submit(self, step: StepInput) -> Future[StepResult]:
-        """Start the step's workflow; the future resolves to its result."""
+        """Start the step's workflow (``step.workflow_id``); the future resolves to its
+        result. A start sent again for the same id joins the run already there (running:
+        USE_EXISTING; finished: REJECT_DUPLICATE, then its result is read)."""
 
         async def go() -> StepResult:
-            return await self.client.execute_workflow(
-                CellWorkflow.run,
-                step,
-                id=f"wflo-{'estimate' if step.estimate else 'step'}-{step.step_id}",
-                task_queue=self.task_queue,
-                request_eager_start=True,
-            )
+            try:
+                handle = await self.client.start_workflow(
+                    CellWorkflow.run,
+                    step,
+                    id=step.workflow_id,
+                    task_queue=self.task_queue,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    request_eager_start=True,
+                )
+            except WorkflowAlreadyStartedError:
+                handle = self.client.get_workflow_handle_for(CellWorkflow.run, step.workflow_id)
+            return await handle.result()
+
+        return self.loop.submit(go())
+
+    def cancel(self, workflow_id: str) -> Future[None]:
+        """Ask Temporal to cancel the step's workflow (does not wait for it to end)."""
+
+        async def go() -> None:
+            await self.client.get_workflow_handle(workflow_id).cancel()
 
         return self.loop.submit(go())
 
     def result(self, future: Future[StepResult], timeout_s: float | None = None) -> StepResult:
-        """Wait for a submitted step; workflow failures become one-line ``WfloError``s."""
+        """Wait for a submitted step; workflow failures become one-line ``WfloError``s and
+        a cancelled workflow a ``CancelledStep``."""
         try:
             return future.result(timeout_s)
         except WorkflowFailureError as exc:
+            if isinstance(exc.cause, CancelledError):
+                raise CancelledStep(str(exc.cause)) from None
             raise WfloError(f"workflow failed: {exc.cause or exc}") from None
 
     def run(self, step: StepInput, timeout_s: float) -> StepResult:

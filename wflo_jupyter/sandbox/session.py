@@ -58,9 +58,14 @@ class SandboxSession(SandboxLifecycle):
     ``image``, ``limits``, timeouts, ...).
     """
 
+    _fresh_running: SandboxSession | None = None  # the throwaway sandbox of run_fresh
+
     def interrupt(self) -> bool:
         """Raise KeyboardInterrupt in the running cell (any thread). If the cell does not
         stop within the grace period, its container is killed. True if a cell was running."""
+        fresh = self._fresh_running
+        if fresh is not None:
+            return fresh.interrupt()
         box, cell = self._box, self._running_cell
         if box is None or cell is None:
             return False
@@ -136,9 +141,11 @@ class SandboxSession(SandboxLifecycle):
         )
         fresh.llm_handler = self.llm_handler
         fresh.llm_fast_path = self.llm_fast_path
+        self._fresh_running = fresh
         try:
             return fresh.execute(code, **kwargs)
         finally:
+            self._fresh_running = None
             fresh.close()
 
     def _execute(self, request: CellRequest, limits: SandboxLimits | None) -> ExecResult:

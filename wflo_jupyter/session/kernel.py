@@ -16,19 +16,16 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from wflo_jupyter.core.budget import BudgetNotFound
 from wflo_jupyter.core.doctor import DoctorReport
-from wflo_jupyter.core.estimates import EstimateTally
-from wflo_jupyter.core.reports import OutputEvent, StepSummary
-from wflo_jupyter.core.steps import StepInput, StepResult, StepSpec
-from wflo_jupyter.orchestration.stepio import Ask, StepIO, StepIORegistry
-from wflo_jupyter.session.queries import SessionQueries
+from wflo_jupyter.core.reports import StepSummary
+from wflo_jupyter.orchestration.stepio import StepIORegistry
 from wflo_jupyter.session.sandboxes import KernelSandboxes
+from wflo_jupyter.session.steps import SessionSteps
 from wflo_jupyter.stack.settings import Endpoints, Settings, resolve_endpoints
 
 if TYPE_CHECKING:
@@ -43,9 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LlmHandler = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], None]
-LlmFastPath = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], bool]
-
 NO_LIMIT_MICROS = 10**15  # a notebook budget nobody set: record spending, refuse nothing
 
 
@@ -54,7 +48,7 @@ def load_settings() -> Settings:
     return Settings.from_env()
 
 
-class WfloSession(SessionQueries):
+class WfloSession(SessionSteps):
     """The kernel's wflo state: engines, sandbox containers, the step runner, the relay."""
 
     def __init__(
@@ -96,6 +90,7 @@ class WfloSession(SessionQueries):
         self.price_overrides: dict[str, Any] = {}
         self._noted: set[str] = set()
         self._note_sink: Callable[[str], None] | None = None
+        self._attempts: dict[int, int] = {}  # execution count -> steps started for it
 
     @property
     def task_queue(self) -> str:
@@ -215,82 +210,6 @@ class WfloSession(SessionQueries):
             self._started = True
 
     # -- steps ------------------------------------------------------------------------------
-    def run_step(
-        self,
-        spec: StepSpec,
-        inputs: dict[str, Any] | None = None,
-        on_event: Callable[[OutputEvent], None] | None = None,
-        ask: Ask | None = None,
-    ) -> tuple[StepResult, StepIO]:
-        """Run one cell as a durable step. ``on_event`` is called on THIS thread for each
-        output event as it arrives (the kernel's main thread, so output lands in the cell);
-        ``ask`` puts an LLM call above ``confirm_above_micros`` to the analyst, also here.
-
-        ``spec.estimate``: a dry run in a throwaway sandbox, not recorded in the ledger;
-        its calls are priced into ``io.estimate`` and answered with placeholders."""
-        self.start()
-        assert self.runner is not None
-        step_id = str(uuid.uuid4())
-        dry = spec.estimate
-        step = StepInput(
-            step_id=step_id,
-            session_id=self.session_id,
-            code=spec.code,
-            name=spec.name or f"cell-{step_id[:8]}",
-            timeout_s=spec.timeout_s,
-            memory_bytes=spec.memory_bytes,
-            cpus=spec.cpus,
-            pids_limit=spec.pids_limit,
-            image=spec.image,
-            budget_micros=spec.budget_micros,
-            retries=0 if dry else spec.retries,
-            notebook_key=self.notebook_key,
-            teams=list(self.teams),
-            compute_price_micros=self.compute_price_micros,
-            estimate=dry,
-        )
-        io = self.step_io.open(
-            step_id,
-            StepIO(
-                inputs=dict(inputs or {}),
-                outputs=() if dry else spec.outputs,  # a dry run's values stay out
-                fresh=spec.fresh or dry,
-            ),
-        )
-        if dry:
-            io.estimate = EstimateTally()
-            io.llm_handler, io.llm_fast_path = self.estimate_handlers(io.estimate, spec.no_cache)
-        else:
-            io.llm_handler, io.llm_fast_path = self.llm_handlers(step, io, spec.no_cache)
-            io.llm_drain = self.gateway.drain if self.gateway is not None else None
-        self._note_sink = io.notice
-        if not dry:
-            self.meter_step = (step_id, step.name)
-        deliver = on_event or (lambda _event: None)
-        started = time.monotonic()
-        future = self.runner.submit(step)
-        try:
-            interrupted = False
-            while True:
-                try:
-                    io.pump(deliver, ask, wait_s=0.05)
-                    if future.done():
-                        io.pump(deliver, ask, wait_s=0)
-                        break
-                except KeyboardInterrupt:
-                    if interrupted:
-                        raise
-                    interrupted = True  # stop the cell; its result still gets recorded
-                    self.interrupt()
-            result = self.runner.result(future)
-        finally:
-            self._note_sink = None
-            io.close()
-            self.step_io.close(step_id)
-            self.refresh_meters()
-        result.duration_s = time.monotonic() - started
-        return result, io
-
     def steps(self) -> list[StepSummary]:
         """This session's steps, in order."""
         self.start()
@@ -361,45 +280,6 @@ class WfloSession(SessionQueries):
         if self.gateway is not None:
             self.gateway.prices.set_overrides(overrides or None)
         self.price_overrides = dict(overrides)
-
-    def llm_handlers(
-        self, step: StepInput, io: StepIO, no_cache: bool
-    ) -> tuple[LlmHandler, LlmFastPath]:
-        """What the sandbox calls for each ``llm_request`` frame of ``step``'s cell."""
-        from wflo_jupyter.gateway.wiring import step_handlers
-
-        assert self.gateway is not None
-        handle, fast = step_handlers(
-            self.gateway,
-            step_id=step.step_id,
-            scopes=step.budget_scopes(),
-            no_cache=no_cache,
-            notice=io.notice,
-            origin=self.notebook_key,
-            confirm_above_micros=self.confirm_above_micros,
-            confirm=io.ask,
-        )
-
-        def counted(frame: dict[str, Any], send: Callable[[dict[str, Any]], None]) -> None:
-            io.llm_requests += 1
-            handle(frame, send)
-
-        def counted_fast(frame: dict[str, Any], send: Callable[[dict[str, Any]], None]) -> bool:
-            answered = fast(frame, send)
-            if answered:
-                io.llm_requests += 1
-            return answered
-
-        return counted, counted_fast
-
-    def estimate_handlers(
-        self, tally: EstimateTally, no_cache: bool
-    ) -> tuple[LlmHandler, LlmFastPath]:
-        """What a ``--estimate`` dry run's sandbox calls for each ``llm_request`` frame."""
-        from wflo_jupyter.gateway.wiring import estimate_handlers
-
-        assert self.gateway is not None
-        return estimate_handlers(self.gateway, tally, no_cache=no_cache)
 
     # -- shutdown ---------------------------------------------------------------------------
     def close(self) -> None:
