@@ -101,6 +101,9 @@ class StepInput:
     estimate: bool = False  # a dry run (--estimate): not recorded in the ledger
     execution_count: int | None = None  # the notebook's execution count of the cell
     submit_attempt: int = 1  # the how-manieth step started for that execution count
+    # the lean path: one local activity opens, runs and closes the step (no --retries,
+    # not a dry run); see ``CellWorkflow``
+    lean: bool = False
 
     @property
     def workflow_id(self) -> str:
@@ -143,6 +146,7 @@ class StepResult:
     cost_micros: int = 0
     events: list[str] = field(default_factory=list)
     attempts: int = 1  # how many times ``execute`` ran (infrastructure retries)
+    recorded: bool = False  # the lean path closed the step in the ledger itself
 
     @property
     def ok(self) -> bool:

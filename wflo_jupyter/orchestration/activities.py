@@ -4,6 +4,7 @@ the session's ledger, its sandbox sessions and the in-kernel step IO."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -20,6 +21,8 @@ from wflo_jupyter.orchestration.heartbeat import Heartbeat
 from wflo_jupyter.orchestration.stepio import StepIO, StepIORegistry
 from wflo_jupyter.sandbox.session import ExecResult, SandboxLimits, SandboxSession
 from wflo_jupyter.sandbox.values import ValueTransferError
+
+log = logging.getLogger(__name__)
 
 TRACEBACK_LIMIT = 64 * 1024  # what travels through the workflow history
 
@@ -58,6 +61,34 @@ class StepActivities:
             self.budgets.set_budget("cell", step.step_id, step.budget_micros)
         self.on_change()
         return seq
+
+    @activity.defn(name="run_step", no_thread_cancel_exception=True)
+    def run_step(self, step: StepInput) -> StepResult:
+        """The lean path, a local activity: ``open_step``, the cell, ``close_step`` in one.
+
+        A ledger failure on open is raised (nothing ran); what the sandbox does is a
+        result; a failed close leaves ``recorded`` false, and the workflow then closes the
+        step with retries."""
+        self.open_step(step)
+        try:
+            result = self.execute(step)
+        except ApplicationError as exc:
+            result = StepResult(
+                step_id=step.step_id,
+                status="failed",
+                exit_code=None,
+                exit_reason="sandbox",
+                error_name=exc.type or "SandboxError",
+                error_value=exc.message,
+            )
+        result.workflow_id = activity.info().workflow_id or ""
+        try:
+            self.close_step(result)
+        except Exception:
+            log.warning("closing step %s failed; the workflow retries it", step.step_id)
+        else:
+            result.recorded = True
+        return result
 
     @activity.defn(name="execute", no_thread_cancel_exception=True)
     def execute(self, step: StepInput) -> StepResult:

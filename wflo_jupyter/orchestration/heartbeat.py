@@ -38,6 +38,7 @@ class Heartbeat:
         self.on_cancel = on_cancel
         self.interval_s = interval_s
         self._stop = threading.Event()
+        self._local = activity.info().is_local
         context = contextvars.copy_context()
         self._thread = threading.Thread(
             target=context.run, args=(self._beat,), name="wflo-heartbeat", daemon=True
@@ -59,7 +60,8 @@ class Heartbeat:
     def _beat(self) -> None:
         while True:
             try:
-                activity.heartbeat()
+                if not self._local:  # a local activity has no server-side heartbeat
+                    activity.heartbeat()
                 if activity.is_cancelled() or self.cancelled():
                     self.on_cancel()
             except Exception:

@@ -50,7 +50,12 @@ class StepRunner:
             self.client,
             task_queue=self.task_queue,
             workflows=[CellWorkflow],
-            activities=[activities.open_step, activities.execute, activities.close_step],
+            activities=[
+                activities.open_step,
+                activities.execute,
+                activities.close_step,
+                activities.run_step,
+            ],
             activity_executor=self._executor,
             # heartbeats reach the server (and its cancel reaches the activity) this often
             max_heartbeat_throttle_interval=timedelta(milliseconds=500),

@@ -6,6 +6,14 @@ reservations), the step is closed as ``cancelled`` with what it cost, and the wo
 ends CANCELED. ``open_step`` and ``close_step`` are shielded: a cancel never leaves a
 step row half written.
 
+The lean path (``step.lean``: no ``--retries``, not a dry run): one local activity,
+``run_step``, opens the step, runs the cell and closes the step, all in the workflow's
+first task. The workflow's history still records the step's input and result, and the
+ledger row is written before the cell runs; what it saves is two workflow tasks and the
+server round trips of three activities. A cancel reaches it through the kernel (the
+worker is the kernel's own) and through the local activity's cancellation. If its close
+failed (the ledger went away), ``close_step`` runs with retries, as on the full path.
+
 Retries: ``execute`` heartbeats, so a lost worker is noticed within
 ``EXECUTE_HEARTBEAT``; infrastructure failures (the sandbox would not start, a heartbeat
 timeout) are retried with backoff up to ``--retries``. What the cell's code did (an
@@ -16,6 +24,7 @@ and neither is a cancellation (``NON_RETRYABLE``).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -50,12 +59,14 @@ def execute_retry(retries: int) -> RetryPolicy:
     )
 
 
-async def _shielded(handle: Any) -> Any:
-    """Await an activity that a cancel of the workflow must not interrupt."""
+async def _shielded(activity: Coroutine[Any, Any, Any]) -> Any:
+    """Await an activity that a cancel of the workflow must not interrupt (the cancel
+    that arrives meanwhile is dropped: the caller checks ``cancellation_reason``)."""
+    task = asyncio.ensure_future(activity)  # one task: a coroutine cannot be awaited twice
     try:
-        return await asyncio.shield(handle)
+        return await asyncio.shield(task)
     except asyncio.CancelledError:
-        return await handle
+        return await task
 
 
 @workflow.defn(name="CellWorkflow")
@@ -65,6 +76,8 @@ class CellWorkflow:
 
     @workflow.run
     async def run(self, step: StepInput) -> StepResult:
+        if step.lean and not step.estimate and workflow.cancellation_reason() is None:
+            return await self._run_lean(step)
         if not step.estimate:
             await _shielded(
                 workflow.execute_activity(
@@ -79,6 +92,36 @@ class CellWorkflow:
         if not step.estimate:
             await _shielded(
                 workflow.execute_activity(
+                    "close_step",
+                    result,
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=LEDGER_RETRY,
+                )
+            )
+        if result.cancelled and workflow.cancellation_reason() is not None:
+            raise CancelledError("the cell was interrupted")  # the workflow ends CANCELED
+        return result
+
+    async def _run_lean(self, step: StepInput) -> StepResult:
+        try:
+            result: StepResult = await workflow.execute_local_activity(
+                "run_step",
+                step,
+                result_type=StepResult,
+                start_to_close_timeout=timedelta(seconds=step.timeout_s + 60),
+                retry_policy=RetryPolicy(maximum_attempts=1),
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            )
+        except asyncio.CancelledError:
+            result = StepResult.of_cancel(step.step_id, state_lost=False)
+        except ActivityError as exc:
+            if not is_cancelled_exception(exc):
+                raise  # the ledger refused to open the step: nothing ran
+            result = StepResult.of_cancel(step.step_id, state_lost=False)
+        result.workflow_id = workflow.info().workflow_id
+        if not result.recorded:
+            await _shielded(
+                workflow.execute_local_activity(
                     "close_step",
                     result,
                     start_to_close_timeout=timedelta(seconds=30),

@@ -93,6 +93,7 @@ class SessionSteps(SessionQueries):
             estimate=dry,
             execution_count=execution_count,
             submit_attempt=self._submit_attempt(execution_count),
+            lean=not dry and spec.retries == 0,
         )
         io = self.step_io.open(
             step_id,
