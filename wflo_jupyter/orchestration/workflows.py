@@ -45,6 +45,10 @@ with workflow.unsafe.imports_passed_through():
 
 LEDGER_RETRY = RetryPolicy(maximum_attempts=5, initial_interval=timedelta(milliseconds=200))
 EXECUTE_HEARTBEAT = timedelta(seconds=5)
+CLOSE_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": LEDGER_RETRY,
+}
 NON_RETRYABLE = ["ValueTransferError", "StepCancelled"]
 
 
@@ -90,17 +94,8 @@ class CellWorkflow:
         result = await self._execute(step)
         result.workflow_id = workflow.info().workflow_id
         if not step.estimate:
-            await _shielded(
-                workflow.execute_activity(
-                    "close_step",
-                    result,
-                    start_to_close_timeout=timedelta(seconds=30),
-                    retry_policy=LEDGER_RETRY,
-                )
-            )
-        if result.cancelled and workflow.cancellation_reason() is not None:
-            raise CancelledError("the cell was interrupted")  # the workflow ends CANCELED
-        return result
+            await _shielded(workflow.execute_activity("close_step", result, **CLOSE_OPTIONS))
+        return _ended(result)
 
     async def _run_lean(self, step: StepInput) -> StepResult:
         try:
@@ -120,17 +115,8 @@ class CellWorkflow:
             result = StepResult.of_cancel(step.step_id, state_lost=False)
         result.workflow_id = workflow.info().workflow_id
         if not result.recorded:
-            await _shielded(
-                workflow.execute_local_activity(
-                    "close_step",
-                    result,
-                    start_to_close_timeout=timedelta(seconds=30),
-                    retry_policy=LEDGER_RETRY,
-                )
-            )
-        if result.cancelled and workflow.cancellation_reason() is not None:
-            raise CancelledError("the cell was interrupted")  # the workflow ends CANCELED
-        return result
+            await _shielded(workflow.execute_local_activity("close_step", result, **CLOSE_OPTIONS))
+        return _ended(result)
 
     async def _execute(self, step: StepInput) -> StepResult:
         if workflow.cancellation_reason() is not None:
@@ -152,6 +138,13 @@ class CellWorkflow:
             if is_cancelled_exception(exc):
                 return StepResult.of_cancel(step.step_id, state_lost=False)
             return _infrastructure_failure(step, exc)
+
+
+def _ended(result: StepResult) -> StepResult:
+    """The workflow's return: a step the analyst interrupted ends the workflow CANCELED."""
+    if result.cancelled and workflow.cancellation_reason() is not None:
+        raise CancelledError("the cell was interrupted")
+    return result
 
 
 def _infrastructure_failure(step: StepInput, exc: ActivityError) -> StepResult:
