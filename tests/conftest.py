@@ -58,9 +58,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.section("events that do not match their schema", red=True)
         for line in audit.violations:
             terminalreporter.line(line, red=True)
+    kinds = ", ".join(f"{n} {t}" for t, n in sorted(audit.checked.items()))
     terminalreporter.line(
-        f"event schemas: {audit.checked} outbox events of {audit.databases} databases checked, "
-        f"{len(audit.violations)} invalid"
+        f"event schemas: {audit.checked.total()} outbox events of {audit.databases} databases "
+        f"checked ({kinds}), {len(audit.violations)} invalid"
     )
 
 

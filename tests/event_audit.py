@@ -7,6 +7,7 @@ run at the end of the session."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from sqlalchemy import create_engine, make_url, text
@@ -21,7 +22,7 @@ class EventAudit:
     violation on one line (database, outbox row, error)."""
 
     schemas: EventSchemas = field(default_factory=EventSchemas)
-    checked: int = 0
+    checked: Counter[str] = field(default_factory=Counter)  # envelopes, by event type
     databases: int = 0
     violations: list[str] = field(default_factory=list)
 
@@ -45,7 +46,7 @@ class EventAudit:
             engine.dispose()
         self.databases += 1
         for row_id, event_type, envelope in rows:
-            self.checked += 1
+            self.checked[str(event_type)] += 1
             try:
                 if not isinstance(envelope, dict) or envelope.get("type") != event_type:
                     raise EventSchemaError(f"envelope type is not the row's {event_type!r}")

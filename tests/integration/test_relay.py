@@ -14,7 +14,6 @@ import signal
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from tests.outbox_reading import (
     read_topic,
     unsent,
 )
-from wflo_jupyter.core.events import TOPIC_STEPS
+from wflo_jupyter.core.events import STEP_STARTED, TOPIC_STEPS, Event
 from wflo_jupyter.events import OutboxRelay, TopicAdmin, TopicMisconfigured
 from wflo_jupyter.events.relay import TopicPlan
 from wflo_jupyter.ledger.store import Ledger
@@ -173,18 +172,21 @@ def test_a_validating_relay_logs_and_counts_an_invalid_event_and_still_publishes
     its schema is logged on one line naming the event, the type and the path, and counted;
     it is published all the same, and the valid ones around it pass unremarked."""
     session_id = bulk_events(ledger, 2)
-    bad_id = str(uuid.uuid4())
-    with ledger.engine.begin() as conn:
+    bad = Event(STEP_STARTED, key=session_id, payload={"session_id": session_id, "seq": 3})
+    bad_id = bad.id
+    with ledger.engine.begin() as conn:  # as Ledger._emit writes it, without a step id
         conn.execute(
             text(
-                "INSERT INTO outbox (event_id, event_type, topic, key, envelope) VALUES "
-                "(CAST(:id AS text), 'step.started', 'wflo.steps', CAST(:s AS text), "
-                "jsonb_build_object('id', "
-                "CAST(:id AS text), 'type', 'step.started', 'key', CAST(:s AS text), "
-                "'occurred_at', now(), 'payload', "
-                "jsonb_build_object('session_id', CAST(:s AS text), 'seq', 3)))"
+                "INSERT INTO outbox (event_id, event_type, topic, key, envelope) "
+                "VALUES (:id, :type, :topic, :key, CAST(:envelope AS jsonb))"
             ),
-            {"id": bad_id, "s": session_id},
+            {
+                "id": bad.id,
+                "type": bad.type,
+                "topic": bad.topic,
+                "key": bad.key,
+                "envelope": bad.to_json().decode(),
+            },
         )
     relay = OutboxRelay(ledger, kafka_bootstrap, validate=True)
     try:
