@@ -21,15 +21,13 @@ from typing import Any
 import docker
 import pytest
 
-from tests.event_audit import EventAudit
+from tests.event_audit import EVENT_AUDIT, EventAudit
 from wflo_jupyter.ledger.store import drop_database, ensure_database, with_database
 from wflo_jupyter.sandbox.docker_engine import connect_docker
 from wflo_jupyter.stack.local import LocalStack
 from wflo_jupyter.stack.settings import Settings, normalize_database_url
 
 RUNTIME_IMAGE = os.environ.get("WFLO_RUNTIME_IMAGE", "wflo-runtime:python3.11")
-
-EVENT_AUDIT = pytest.StashKey[EventAudit]()
 
 
 def pytest_configure(config: pytest.Config) -> None:

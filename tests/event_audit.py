@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import pytest
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -53,3 +54,8 @@ class EventAudit:
                 self.schemas.validate(envelope)
             except EventSchemaError as exc:
                 self.violations.append(f"{name} outbox row {row_id}: {exc}")
+
+
+# where the session's audit is kept (``tests/conftest.py`` makes it; a test with a database
+# of its own, outside the fixtures, adds it with ``pytestconfig.stash[EVENT_AUDIT]``)
+EVENT_AUDIT = pytest.StashKey[EventAudit]()
