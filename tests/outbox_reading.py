@@ -104,7 +104,8 @@ def unsent(ledger: Ledger) -> int:
 
 
 def bulk_events(ledger: Ledger, count: int) -> str:
-    """``count`` step.started-shaped outbox rows of a new session, in one statement."""
+    """``count`` step.started events of a new session (valid against their schema), in one
+    statement."""
     session_id = str(uuid.uuid4())
     with ledger.engine.begin() as conn:
         conn.execute(
@@ -113,8 +114,9 @@ def bulk_events(ledger: Ledger, count: int) -> str:
                 "FROM generate_series(1, :count) AS n) "
                 "INSERT INTO outbox (event_id, event_type, topic, key, envelope) "
                 "SELECT e.id, 'step.started', 'wflo.steps', CAST(:s AS text), jsonb_build_object("
-                "'id', e.id, 'type', 'step.started', 'key', CAST(:s AS text), 'occurred_at', now()::text, "
-                "'payload', jsonb_build_object('session_id', CAST(:s AS text), 'seq', e.n)) "
+                "'id', e.id, 'type', 'step.started', 'key', CAST(:s AS text), 'occurred_at', now(), "
+                "'payload', jsonb_build_object('step_id', e.id, 'session_id', CAST(:s AS text), "
+                "'name', 'bulk', 'seq', e.n, 'workflow_id', NULL)) "
                 "FROM e ORDER BY e.n"
             ),
             {"count": count, "s": session_id},

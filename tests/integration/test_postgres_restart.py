@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.event_audit import EVENT_AUDIT
 from tests.helpers import wait_until
 from tests.kernel_driver import Kernel
 from wflo_jupyter.ledger.store import Ledger, with_database
@@ -23,7 +24,9 @@ pytestmark = [
 ]
 
 
-def test_postgres_restart_mid_notebook(make_kernel: Callable[..., Kernel], tmp_path: Path) -> None:
+def test_postgres_restart_mid_notebook(
+    make_kernel: Callable[..., Kernel], tmp_path: Path, pytestconfig: pytest.Config
+) -> None:
     private = LocalStack(tmp_path / "pg")
     url = with_database(private.up(only=["postgres"])["postgres"].url, "wflo")
     kernel = make_kernel({"WFLO_DATABASE_URL": url})
@@ -60,6 +63,7 @@ def test_postgres_restart_mid_notebook(make_kernel: Callable[..., Kernel], tmp_p
         names = {s.name: s.status for s in ledger.steps(session_id)}
     finally:
         ledger.close()
+        pytestconfig.stash[EVENT_AUDIT].check_database(url)  # its events, too
         private.down()
     assert names["before-restart"] == "completed"  # nothing already recorded was lost
     assert names["after-restart"] == "completed"

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from tests.helpers import start_step, wait_until
 from tests.kernel_driver import Kernel
@@ -32,7 +33,7 @@ from tests.outbox_reading import (
     read_topic,
     unsent,
 )
-from wflo_jupyter.core.events import TOPIC_STEPS
+from wflo_jupyter.core.events import STEP_STARTED, TOPIC_STEPS, Event
 from wflo_jupyter.events import OutboxRelay, TopicAdmin, TopicMisconfigured
 from wflo_jupyter.events.relay import TopicPlan
 from wflo_jupyter.ledger.store import Ledger
@@ -161,6 +162,49 @@ def test_standby_takes_over_when_the_leader_ends(ledger: Ledger, kafka_bootstrap
         second.stop()
     seen = {s.body_id for s in of_sessions(read_topic(kafka_bootstrap), {session_id})}
     assert seen == outbox_ids(ledger, {session_id})
+
+
+# -- schemas ---------------------------------------------------------------------------
+def test_a_validating_relay_logs_and_counts_an_invalid_event_and_still_publishes_it(
+    ledger: Ledger, kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With ``validate=True`` (``WFLO_VALIDATE_EVENTS=1``) an envelope that does not match
+    its schema is logged on one line naming the event, the type and the path, and counted;
+    it is published all the same, and the valid ones around it pass unremarked."""
+    session_id = bulk_events(ledger, 2)
+    bad = Event(STEP_STARTED, key=session_id, payload={"session_id": session_id, "seq": 3})
+    bad_id = bad.id
+    with ledger.engine.begin() as conn:  # as Ledger._emit writes it, without a step id
+        conn.execute(
+            text(
+                "INSERT INTO outbox (event_id, event_type, topic, key, envelope) "
+                "VALUES (:id, :type, :topic, :key, CAST(:envelope AS jsonb))"
+            ),
+            {
+                "id": bad.id,
+                "type": bad.type,
+                "topic": bad.topic,
+                "key": bad.key,
+                "envelope": bad.to_json().decode(),
+            },
+        )
+    relay = OutboxRelay(ledger, kafka_bootstrap, validate=True)
+    try:
+        with caplog.at_level(logging.ERROR, logger="wflo_jupyter.events.relay"):
+            assert relay.relay_once() == 3
+    finally:
+        relay.stop()
+        # the invalid row is this test's own: the suite's audit checks what the product wrote
+        with ledger.engine.begin() as conn:
+            conn.execute(text("DELETE FROM outbox WHERE event_id = :id"), {"id": bad_id})
+    assert relay.invalid == 1
+    [line] = [r.getMessage() for r in caplog.records if " v1 at " in r.getMessage()]
+    assert line == (
+        f"outbox relay: event {bad_id} (row 3): "
+        "step.started v1 at payload: 'step_id' is a required property"
+    )
+    seen = of_sessions(read_topic(kafka_bootstrap), {session_id})
+    assert bad_id in {s.body_id for s in seen} and len(seen) == 3
 
 
 # -- drain -----------------------------------------------------------------------------

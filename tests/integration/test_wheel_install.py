@@ -91,6 +91,26 @@ def test_the_wheel_carries_the_runtime_recipe(wheel: Path) -> None:
     assert not any("/.build/" in n for n in names)
 
 
+def test_the_wheel_carries_the_event_schemas(wheel: Path, clean_venv: Path) -> None:
+    """Every event schema is package data: in the wheel, and loaded from the installed
+    package (``importlib.resources``), where it validates an envelope."""
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = sorted(p.name for p in (REPO_ROOT / "wflo_jupyter/events/schemas").glob("*.json"))
+    assert len(shipped) >= 7
+    assert all(f"wflo_jupyter/events/schemas/{n}" in names for n in shipped)
+    script = (
+        "from wflo_jupyter.events.schemas import EventSchemas, EventSchemaError\n"
+        "s = EventSchemas(); print(len(s.types()))\n"
+        "try: s.validate({'type': 'step.started', 'payload': {}})\n"
+        "except EventSchemaError as e: print(e)\n"
+    )
+    out = _run(clean_venv / "bin" / "python", "-I", "-c", script, env={"PATH": "/usr/bin:/bin"})
+    assert out.splitlines() == [
+        str(len(shipped)),
+        "step.started v1 at envelope: 'id' is a required property",
+    ]
+
+
 def test_the_installed_cli_builds_from_its_own_recipe(
     clean_venv: Path, runtime_image: str, tmp_path: Path
 ) -> None:

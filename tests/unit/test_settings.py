@@ -19,6 +19,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert (settings.relay_lease_s, settings.relay_drain_s) == (30.0, 5.0)
     assert (settings.kafka_partitions, settings.kafka_replication) == (3, 1)
     assert settings.kafka_retention_ms == 604_800_000
+    assert settings.validate_events is False
 
 
 def test_configured_values(tmp_path: Path) -> None:
@@ -61,6 +62,7 @@ def test_socket_database_url() -> None:
         ("WFLO_RELAY_DRAIN_S", "-1"),
         ("WFLO_KAFKA_PARTITIONS", "0"),
         ("WFLO_KAFKA_RETENTION_MS", "7d"),
+        ("WFLO_VALIDATE_EVENTS", "maybe"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str, tmp_path: Path) -> None:
@@ -79,3 +81,9 @@ def test_provider_setting(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="WFLO_PROVIDER: 'fake' is not 'mock'"):
         Settings.from_env({"WFLO_HOME": str(tmp_path), "WFLO_PROVIDER": "fake"})
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", True), ("true", True), ("0", False)])
+def test_validate_events_switch(value: str, expected: bool, tmp_path: Path) -> None:
+    env = {"WFLO_HOME": str(tmp_path), "WFLO_VALIDATE_EVENTS": value}
+    assert Settings.from_env(env).validate_events is expected

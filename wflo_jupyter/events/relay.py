@@ -9,10 +9,16 @@ the body), and marks each row sent as soon as its delivery report arrives. ``sto
 drains: what is in the outbox when it is called is published (by this relay when it
 leads, else by the leader) within a bounded time; rows still unconfirmed then stay
 unsent, so across faults delivery is at-least-once and nothing is lost.
+
+With ``validate=True`` (``WFLO_VALIDATE_EVENTS=1``, set for the test suite) every envelope
+is checked against its schema (``events.schemas``) before it is sent: a violation is
+logged and counted in ``invalid``, and the event is published all the same (a relay
+never drops an event nor stops on one).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -21,6 +27,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from wflo_jupyter.core.errors import WfloError
 from wflo_jupyter.core.events import TOPIC_BY_PREFIX
@@ -35,6 +42,9 @@ from wflo_jupyter.events.kafka import (
 from wflo_jupyter.ledger.outbox import OutboxSeat
 from wflo_jupyter.ledger.store import Ledger, OutboxEvent
 from wflo_jupyter.stack.settings import Settings
+
+if TYPE_CHECKING:
+    from wflo_jupyter.events.schemas import EventSchemas
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +94,7 @@ class OutboxRelay:
         max_in_flight: int = 2000,
         topics: TopicPlan | None = None,
         producer: EventProducer | None = None,
+        validate: bool = False,
     ) -> None:
         self.ledger = ledger
         self.bootstrap = bootstrap
@@ -93,6 +104,12 @@ class OutboxRelay:
         self.max_in_flight = max_in_flight
         self.seat = OutboxSeat(ledger.engine, holder or default_holder("kernel"))
         self.published = 0  # rows this relay saw confirmed and marked sent
+        self.invalid = 0  # envelopes that did not match their schema (``validate``)
+        self._schemas: EventSchemas | None = None
+        if validate:  # jsonschema is imported only by relays that validate
+            from wflo_jupyter.events.schemas import EventSchemas
+
+            self._schemas = EventSchemas()
         self._producer = producer or EventProducer(bootstrap)
         self.topics = topics or TopicPlan()
         self._topics_ready = False
@@ -121,6 +138,7 @@ class OutboxRelay:
             topics=TopicPlan(
                 settings.kafka_partitions, settings.kafka_replication, settings.kafka_retention_ms
             ),
+            validate=settings.validate_events,
         )
 
     @property
@@ -169,6 +187,17 @@ class OutboxRelay:
                 self._failing = True
             return False
 
+    def _check(self, row: OutboxEvent) -> None:
+        """Validate ``row``'s envelope when asked to: a violation is logged and counted,
+        never raised (the row is published all the same)."""
+        if self._schemas is None:
+            return
+        try:
+            self._schemas.validate(json.loads(row.payload))
+        except Exception as exc:  # EventSchemaError, or a body that is not JSON
+            self.invalid += 1
+            log.error("outbox relay: event %s (row %d): %s", row.event_id, row.row_id, _line(exc))
+
     def _report(self, row_id: int) -> Callable[[Delivery | EventDeliveryError], None]:
         return lambda outcome: self._reports.append((row_id, outcome))
 
@@ -182,6 +211,7 @@ class OutboxRelay:
             ids = self.seat.unsent_ids(limit)
             new = [i for i in ids if i not in self._in_flight][:room]
             for row in self.seat.rows(new) if new else []:
+                self._check(row)
                 headers = {EVENT_ID_HEADER: row.event_id}
                 while not self._producer.send(
                     row.topic, row.key, row.payload, headers, self._report(row.row_id)

@@ -93,6 +93,14 @@ def _count(variable: str, value: str | None, default: int) -> int:
     return int(value)
 
 
+def _switch(variable: str, value: str | None) -> bool:
+    if value is None or value.lower() in ("0", "false", "no", "off"):
+        return False
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{variable}: {value!r} is not 1 or 0")
+
+
 def _check_isolation(value: str | None) -> str:
     mode = (value or "auto").lower()
     if mode not in ("auto", "docker", "bubblewrap", "unisolated"):
@@ -128,6 +136,7 @@ class Settings:
     kafka_partitions: int = 3  # WFLO_KAFKA_PARTITIONS: of each event topic
     kafka_replication: int = 1  # WFLO_KAFKA_REPLICATION: of each event topic
     kafka_retention_ms: int = 7 * 24 * 3600 * 1000  # WFLO_KAFKA_RETENTION_MS (7 days)
+    validate_events: bool = False  # WFLO_VALIDATE_EVENTS=1: relays check envelopes (tests)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -174,6 +183,7 @@ class Settings:
             kafka_retention_ms=_count(
                 "WFLO_KAFKA_RETENTION_MS", get("WFLO_KAFKA_RETENTION_MS"), 7 * 24 * 3600 * 1000
             ),
+            validate_events=_switch("WFLO_VALIDATE_EVENTS", get("WFLO_VALIDATE_EVENTS")),
         )
 
     def configured(self, engine: str) -> str | None:
