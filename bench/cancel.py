@@ -33,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg
+from common import percentile
 
 from tests.kernel_driver import Kernel
 from wflo_jupyter.ledger.store import ensure_database
@@ -41,11 +42,6 @@ from wflo_jupyter.stack.settings import resolve_endpoints
 
 LOST_S = 10.0  # no reply this long after the interrupt: it was lost
 BODY = "import time\nprint('started', flush=True)\ntime.sleep(60)\n"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 class CancelledSteps:

@@ -31,9 +31,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,6 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import percentile, timed, write_section
 from empty_workflow import EmptyWorkflow
 from jupyter_client.manager import KernelManager
 from temporalio.client import Client
@@ -52,20 +51,7 @@ from wflo_jupyter.sandbox.session import SandboxSession
 from wflo_jupyter.session import load_settings
 from wflo_jupyter.stack.settings import resolve_endpoints
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ROOT / "BENCHMARKS.md"
 IMAGE = "wflo-runtime:python3.11"
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
-def timed(action: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
 
 
 class BareTemporal:
@@ -221,17 +207,6 @@ def render(samples: dict[str, list[float]], rounds: int) -> str:
     return "\n".join(lines)
 
 
-def write_section(section: str) -> None:
-    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\n"
-    start = text.find("## Orchestration")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
-    BENCHMARKS.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=40)
@@ -240,7 +215,7 @@ def main() -> None:
     section = render(measure(args.rounds), args.rounds)
     print(section)
     if not args.no_write:
-        write_section(section)
+        write_section("Orchestration", section)
 
 
 if __name__ == "__main__":

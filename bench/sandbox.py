@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import subprocess
 import time
@@ -31,19 +30,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import docker
+from common import BENCHMARKS, percentile, timed, write_section
 
 from wflo_jupyter.sandbox.docker_engine import connect_docker, hardened_options
 from wflo_jupyter.sandbox.session import SandboxLimits, SandboxSession
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ROOT / "BENCHMARKS.md"
 LIMITS = SandboxLimits()
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def stats(samples: list[float]) -> tuple[float, float]:
@@ -79,13 +72,6 @@ def cli_flags() -> list[str]:
         "--label",
         "org.wflo.role=bench",
     ]
-
-
-def timed(fn: object) -> float:
-    assert callable(fn)
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
 
 
 def run(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
@@ -196,16 +182,6 @@ def render(figures: dict[str, tuple[float, float]], args: argparse.Namespace) ->
     return "\n".join(lines)
 
 
-def write_section(section: str) -> None:
-    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(r"^## Sandbox\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    BENCHMARKS.write_text(text.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warm", type=int, default=300)
@@ -219,7 +195,7 @@ def main() -> None:
     section = render(run(args), args)
     print(section)
     if not args.no_write:
-        write_section(section)
+        write_section("Sandbox", section)
         print(f"updated {BENCHMARKS.relative_to(ROOT)}")
 
 
