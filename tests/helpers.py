@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import shutil
@@ -16,6 +17,7 @@ from typing import TypeVar
 
 import pytest
 import redis
+from temporalio.client import Client
 
 from wflo_jupyter.ledger.store import Ledger
 
@@ -125,3 +127,15 @@ class PrivateRedis:
             self._process.terminate()
             self._process.wait(timeout=10)
             self._process = None
+
+
+def workflow_status(address: str, workflow_id: str) -> str:
+    """The status name (``COMPLETED``, ``CANCELED``, ...) of a workflow on the Temporal
+    server at ``address``, read with a client of its own."""
+
+    async def go() -> str:
+        client = await Client.connect(address)
+        description = await client.get_workflow_handle(workflow_id).describe()
+        return description.status.name if description.status else "UNKNOWN"
+
+    return asyncio.run(go())

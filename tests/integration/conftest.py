@@ -1,5 +1,5 @@
 """Fixtures the integration tests share: real Jupyter kernels with the extension loaded,
-and sandbox sessions of one isolation backend.
+the suite's ledger (``ledger``), and sandbox sessions of one isolation backend.
 
 ``kernel`` is one loaded kernel per module (its extra environment: ``kernel_env``, which a
 module overrides); ``make_kernel`` starts more, each with its own environment, and ends
@@ -24,6 +24,7 @@ from tests.sandboxes import (
     session_containers,
 )
 from wflo_jupyter.core.errors import SandboxError
+from wflo_jupyter.ledger.store import Ledger
 from wflo_jupyter.sandbox.bwrap import BubblewrapLauncher, probe_bubblewrap
 from wflo_jupyter.sandbox.isolation import UnisolatedLauncher
 from wflo_jupyter.sandbox.session import SandboxSession
@@ -64,6 +65,14 @@ def make_kernel(stack_env: dict[str, str], runtime_image: str) -> Iterator[Calla
     yield make
     for kernel in kernels:
         kernel.close()
+
+
+@pytest.fixture(scope="module")
+def ledger(database_url: str) -> Iterator[Ledger]:
+    """The suite's ledger, for a module to read what its kernels recorded."""
+    opened = Ledger.connect(database_url)
+    yield opened
+    opened.close()
 
 
 # -- sandbox sessions -------------------------------------------------------------------

@@ -6,15 +6,13 @@ enough, in a new sandbox (said in one line) when the cell had to be killed."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import text
-from temporalio.client import Client
 
 from tests.fakes.providers import FakeProvider
-from tests.helpers import wait_until
+from tests.helpers import wait_until, workflow_status
 from tests.kernel_driver import Kernel
 from tests.marks import LLM_KERNEL
 from wflo_jupyter.ledger.store import Ledger
@@ -34,22 +32,6 @@ def fake() -> Iterator[FakeProvider]:
 @pytest.fixture(scope="module")
 def kernel_env(fake: FakeProvider) -> dict[str, str]:
     return {"OPENAI_API_KEY": "sk-host-secret", "WFLO_OPENAI_BASE_URL": fake.base_url}
-
-
-@pytest.fixture(scope="module")
-def ledger(database_url: str) -> Iterator[Ledger]:
-    ledger = Ledger.connect(database_url)
-    yield ledger
-    ledger.close()
-
-
-def _workflow_status(address: str, workflow_id: str) -> str:
-    async def go() -> str:
-        client = await Client.connect(address)
-        description = await client.get_workflow_handle(workflow_id).describe()
-        return description.status.name if description.status else "UNKNOWN"
-
-    return asyncio.run(go())
 
 
 def _held(ledger: Ledger, step_id: str) -> list[str]:
@@ -76,7 +58,7 @@ def test_interrupt_cancels_the_step_and_keeps_the_namespace(
     step = ledger.steps(session_id)[-1]
     assert (step.name, step.status, step.exit_reason) == ("interrupted", "cancelled", "interrupted")
     assert step.workflow_id.startswith(f"wflo-step-{kernel.wflo_session_id()}-")
-    assert _workflow_status(temporal_address, step.workflow_id) == "CANCELED"
+    assert workflow_status(temporal_address, step.workflow_id) == "CANCELED"
     types = [e["type"] for e in ledger.recent_events(20, session_id) if e["key"] == step.id]
     assert types == ["step.started", "step.cancelled"]
     runs = kernel.run("%wflo runs")

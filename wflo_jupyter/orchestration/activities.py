@@ -1,12 +1,20 @@
 """``StepActivities``: the activities of ``CellWorkflow``, methods on a class built with
-the session's ledger, its sandbox sessions and the in-kernel step IO."""
+the session's ledger, its sandbox sessions and the in-kernel step IO.
+
+``run_step`` (the lean path's local activity) runs a step's cell once: Temporal runs a
+local activity again when the workflow task that carried its result was lost (the server
+was killed before the worker could complete it), and that second run gets the first
+run's result (waiting for it while it still runs) instead of running the cell again."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future
 from decimal import Decimal
 
 from temporalio import activity
@@ -25,6 +33,7 @@ from wflo_jupyter.sandbox.values import ValueTransferError
 log = logging.getLogger(__name__)
 
 TRACEBACK_LIMIT = 64 * 1024  # what travels through the workflow history
+RUNS_KEPT = 64  # run_step results kept for a run of the same step again
 
 SandboxFor = Callable[[str], SandboxSession]
 
@@ -45,6 +54,8 @@ class StepActivities:
         self.sandbox_for = sandbox_for
         self.step_io = step_io
         self.on_change = on_change or (lambda: None)
+        self._runs: OrderedDict[str, Future[StepResult]] = OrderedDict()
+        self._runs_lock = threading.Lock()
 
     @activity.defn(name="open_step")
     def open_step(self, step: StepInput) -> int:
@@ -68,7 +79,24 @@ class StepActivities:
 
         A ledger failure on open is raised (nothing ran); what the sandbox does is a
         result; a failed close leaves ``recorded`` false, and the workflow then closes the
-        step with retries."""
+        step with retries. A step that already ran here gets that run's result."""
+        with self._runs_lock:
+            earlier = self._runs.get(step.step_id)
+            if earlier is None:
+                run: Future[StepResult] = Future()
+                self._runs[step.step_id] = run
+                while len(self._runs) > RUNS_KEPT:
+                    self._runs.popitem(last=False)
+        if earlier is not None:
+            log.warning("step %s ran here already: its result is sent again", step.step_id)
+            return earlier.result()
+        try:
+            run.set_result(self._run_step_once(step))
+        except BaseException as exc:
+            run.set_exception(exc)
+        return run.result()
+
+    def _run_step_once(self, step: StepInput) -> StepResult:
         self.open_step(step)
         try:
             result = self.execute(step)

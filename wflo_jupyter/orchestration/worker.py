@@ -1,4 +1,10 @@
-"""``StepRunner``: a Temporal client plus an in-process worker for one session's queue."""
+"""``StepRunner``: a Temporal client plus an in-process worker for one session's queue.
+
+A step's result is waited for through an outage of the server (it was killed and is
+started again): the client gives up on an unreachable server after about ten seconds, so
+the wait is resumed until the server answers again, for as long as the step itself may
+run (``timeout_s`` + ``OUTAGE_PATIENCE``); past that the cell gets one line.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,10 @@ import asyncio
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import CancelledError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from wflo_jupyter.core.errors import EngineUnavailable, WfloError
@@ -16,6 +23,8 @@ from wflo_jupyter.core.steps import StepInput, StepResult
 from wflo_jupyter.orchestration.activities import StepActivities
 from wflo_jupyter.orchestration.loop import BackgroundLoop
 from wflo_jupyter.orchestration.workflows import CellWorkflow
+
+OUTAGE_PATIENCE = 60.0  # seconds past the step's own timeout
 
 
 class CancelledStep(Exception):
@@ -82,9 +91,28 @@ class StepRunner:
                 )
             except WorkflowAlreadyStartedError:
                 handle = self.client.get_workflow_handle_for(CellWorkflow.run, step.workflow_id)
-            return await handle.result()
+            return await self._result_through_outage(handle, step.timeout_s + OUTAGE_PATIENCE)
 
         return self.loop.submit(go())
+
+    async def _result_through_outage(
+        self, handle: WorkflowHandle[CellWorkflow, StepResult], patience_s: float
+    ) -> StepResult:
+        """``handle.result()``, resumed while the server is unreachable (a restart)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience_s
+        while True:
+            try:
+                return await handle.result()
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.UNAVAILABLE:
+                    raise
+                if loop.time() >= deadline:
+                    raise EngineUnavailable(
+                        f"Temporal at {self.address} stopped answering while the step ran "
+                        f"({exc.message}); its record is in the ledger"
+                    ) from None
+                await asyncio.sleep(1.0)
 
     def cancel(self, workflow_id: str) -> Future[None]:
         """Ask Temporal to cancel the step's workflow (does not wait for it to end)."""
