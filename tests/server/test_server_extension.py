@@ -11,7 +11,6 @@ import logging
 import statistics
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,41 +30,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
 NOTEBOOK = "reports/q3.ipynb"
 ENDPOINTS = ("budgets", "steps", "events")
-
-
-@pytest.fixture
-def jp_server_config() -> dict[str, Any]:
-    return {
-        "ServerApp": {
-            "jpserver_extensions": {"wflo_jupyter": True},
-            "tornado_settings": {"wflo_heartbeat_s": 0.3},
-        }
-    }
-
-
-@pytest.fixture
-def ledger(fresh_database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ledger]:
-    monkeypatch.setenv("WFLO_DATABASE_URL", fresh_database_url)
-    monkeypatch.setenv("WFLO_TEMPORAL_UI", "http://127.0.0.1:8233")
-    ledger = Ledger.connect(fresh_database_url)
-    yield ledger
-    ledger.close()
-
-
-@pytest.fixture
-def budgets(ledger: Ledger) -> Iterator[BudgetLedger]:
-    budgets = BudgetLedger(ledger.engine)
-    yield budgets
-    budgets.close()
-
-
-@pytest.fixture
-def server(jp_serverapp: Any, http_server_client: Any) -> Iterator[Any]:
-    """The server app with the extension loaded, serving on ``jp_http_port``; its listener
-    and engine closed after."""
-    yield jp_serverapp
-    jp_serverapp.web_app.settings["wflo_hub"].close()
-    jp_serverapp.web_app.settings["wflo_access"].close()
 
 
 def recorded_path(jp_serverapp: Any, path: str = NOTEBOOK) -> str:

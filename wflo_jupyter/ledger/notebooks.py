@@ -20,7 +20,13 @@ from wflo_jupyter.core.budget import BudgetState
 from wflo_jupyter.ledger.budget_rows import BUDGET_COLUMNS, BudgetRow
 from wflo_jupyter.ledger.reports import step_costs
 
-__all__ = ["NotebookStep", "notebook_budgets", "notebook_steps", "notebook_teams"]
+__all__ = [
+    "NotebookStep",
+    "notebook_budgets",
+    "notebook_step_run",
+    "notebook_steps",
+    "notebook_teams",
+]
 
 # the team budgets that reservations of the notebook's steps held money against
 _TEAM_IDS = """
@@ -112,3 +118,16 @@ def notebook_steps(engine: Engine, keys: Sequence[str], limit: int) -> list[Note
             )
         )
     return steps
+
+
+def notebook_step_run(engine: Engine, keys: Sequence[str], step_id: str) -> tuple[str, str] | None:
+    """``(status, workflow_id)`` of step ``step_id`` when one of the notebook's sessions
+    ran it, else ``None`` (unknown, or another notebook's step)."""
+    query = """
+        SELECT st.status, st.workflow_id
+        FROM steps AS st JOIN sessions AS se ON se.id = st.session_id
+        WHERE st.id = :step_id AND se.notebook_path = ANY(CAST(:keys AS text[]))
+    """
+    with engine.connect() as conn:
+        row = conn.execute(text(query), {"keys": list(keys), "step_id": step_id}).first()
+    return (str(row.status), str(row.workflow_id or "")) if row is not None else None

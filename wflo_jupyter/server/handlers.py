@@ -3,14 +3,18 @@
 - ``GET budgets?path=P``: the notebook's budgets (its notebook budget and the team
   budgets its steps were charged to);
 - ``GET steps?path=P&limit=N``: its steps, newest first;
-- ``GET events?path=P``: a live stream of what changed (``text/event-stream``).
+- ``GET events?path=P``: a live stream of what changed (``text/event-stream``);
+- ``POST steps/cancel?path=P&step=ID``: cancel the notebook's running step (through
+  Temporal, as the notebook's interrupt does): 202 when asked, 404 for a step the
+  notebook did not run, 409 when it is not running, 503 when Temporal is unreachable.
 
 Every handler is a jupyter_server ``APIHandler`` that requires the server's
 authentication (``@tornado.web.authenticated``: no token, a 403) and authorization
-(``@authorized`` on resource ``wflo``, action ``read``). Ledger reads run on the default
-executor, never on the server's event loop. Errors are one line of JSON,
-``{"message": ...}``: 400 for a malformed argument, 503 ``wflo: ledger unreachable`` when
-the ledger cannot be read (the server itself keeps working).
+(``@authorized`` on resource ``wflo``: action ``read`` for GET, ``write`` for POST).
+Ledger reads run on the default executor, never on the server's event loop. Errors are
+one line of JSON, ``{"message": ...}``: 400 for a malformed argument, 503
+``wflo: ledger unreachable`` when the ledger cannot be read (the server itself keeps
+working).
 
 Why server-sent events rather than a WebSocket: the stream only flows from the server to
 the browser (the browser's requests are the REST calls), SSE is plain HTTP through the
@@ -38,12 +42,20 @@ from wflo_jupyter.core.budget import BudgetState
 from wflo_jupyter.ledger.notebooks import (
     NotebookStep,
     notebook_budgets,
+    notebook_step_run,
     notebook_steps,
     notebook_teams,
 )
 from wflo_jupyter.server.access import LedgerAccess, LedgerUnreachable
+from wflo_jupyter.server.cancel import StepCanceller, TemporalUnreachable
 from wflo_jupyter.server.hub import UNREACHABLE, ChangeHub, Subscription
-from wflo_jupyter.server.paths import BadRequest, check_limit, check_notebook_path, ledger_keys
+from wflo_jupyter.server.paths import (
+    BadRequest,
+    check_limit,
+    check_notebook_path,
+    check_step_id,
+    ledger_keys,
+)
 from wflo_jupyter.server.payloads import budget_json, step_json
 
 T = TypeVar("T")
@@ -139,6 +151,39 @@ class StepsHandler(WfloHandler):
             return
         ui, namespace = self.access.temporal_ui()
         self.reply(200, {"path": keys[0], "steps": [step_json(s, ui, namespace) for s in steps]})
+
+
+class CancelStepHandler(WfloHandler):
+    """``POST /wflo/api/steps/cancel?path=P&step=ID``."""
+
+    @property
+    def canceller(self) -> StepCanceller:
+        canceller: StepCanceller = self.settings["wflo_canceller"]
+        return canceller
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        try:
+            keys = self.notebook_keys()
+            step_id = check_step_id(self.raw_argument("step"))
+            run = await self.read(lambda e: notebook_step_run(e, keys, step_id), None)
+        except (BadRequest, LedgerUnreachable) as exc:
+            self.refuse(exc)
+            return
+        if run is None:
+            self.reply(404, {"message": f"wflo: this notebook ran no step {step_id}"})
+            return
+        status, workflow_id = run
+        if status != "running" or not workflow_id:
+            self.reply(409, {"message": f"wflo: step {step_id} is not running ({status})"})
+            return
+        try:
+            await self.canceller.cancel(workflow_id)
+        except TemporalUnreachable as exc:
+            self.reply(503, {"message": f"wflo: Temporal unreachable: {exc}"})
+            return
+        self.reply(202, {"step_id": step_id, "workflow_id": workflow_id, "cancel": "requested"})
 
 
 class EventsHandler(WfloHandler):

@@ -12,6 +12,7 @@ path is looked up under both spellings: as given, and joined to each root direct
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterable
 
 MAX_PATH = 1024
@@ -52,6 +53,20 @@ def check_limit(raw: str | None) -> int:
     if not 1 <= value <= MAX_LIMIT:
         raise BadRequest(f"wflo: limit must be a whole number from 1 to {MAX_LIMIT}")
     return value
+
+
+def check_step_id(raw: str | None) -> str:
+    """``raw`` when it is a step id (a UUID, as the ledger writes them); else ``BadRequest``."""
+    if raw is None or raw == "":
+        raise BadRequest("wflo: the step id is missing (?step=)")
+    try:
+        return str(uuid.UUID(raw)) if len(raw) == 36 else _bad_step()
+    except ValueError:
+        return _bad_step()
+
+
+def _bad_step() -> str:
+    raise BadRequest("wflo: the step id is not a step id (a UUID)")
 
 
 def ledger_keys(path: str, roots: Iterable[str]) -> tuple[str, ...]:

@@ -267,6 +267,17 @@ def ledger_url(settings: Settings) -> str | None:
     return normalize_database_url(_local_ledger(info.url)) if info is not None else None
 
 
+def temporal_address(settings: Settings) -> str | None:
+    """The Temporal frontend without starting anything: ``WFLO_TEMPORAL_ADDRESS``, else
+    the local stack's dev server when it runs, else ``None``."""
+    if settings.temporal_address:
+        return settings.temporal_address
+    from wflo_jupyter.stack.local import LocalStack
+
+    info = LocalStack(settings.home).engines().get("temporal")
+    return info.url if info is not None else None
+
+
 def temporal_ui_url(settings: Settings) -> str | None:
     """The Temporal web UI: ``WFLO_TEMPORAL_UI``, else the local stack's dev server's
     when Temporal is the local one and runs, else ``None``."""
