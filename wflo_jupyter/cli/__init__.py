@@ -18,6 +18,7 @@ from rich.table import Table
 from wflo_jupyter.cli.common import console, err, progress, settings_or_exit
 from wflo_jupyter.cli.doctor import doctor
 from wflo_jupyter.cli.image import image_app
+from wflo_jupyter.cli.worker import worker
 from wflo_jupyter.core.errors import WfloError
 from wflo_jupyter.core.money import format_usd
 from wflo_jupyter.core.reports import StepCostRow
@@ -106,6 +107,7 @@ def status() -> None:
 
 
 app.command()(doctor)
+app.command()(worker)
 
 
 @app.command()

@@ -91,6 +91,7 @@ class WfloSession(SessionSteps):
         self._noted: set[str] = set()
         self._note_sink: Callable[[str], None] | None = None
         self._attempts: dict[int, int] = {}  # execution count -> steps started for it
+        self._remote_queues: dict[str, str] = {}
 
     @property
     def task_queue(self) -> str:
@@ -178,7 +179,7 @@ class WfloSession(SessionSteps):
             )
             activities = StepActivities(
                 ledger,
-                self.sandbox_for,
+                lambda image, _session: self.sandbox_for(image),
                 self.step_io,
                 on_change=relay.wake if relay else None,
                 budgets=budgets,
