@@ -78,7 +78,8 @@ def _matches(item: ConsumedEvent, session: str | None, types: list[str]) -> bool
 def _quiet_broken_pipe() -> None:
     """The reader of our output left (``| head``): stop writing, without a traceback."""
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    for stream in (sys.stdout, sys.stderr):  # either may be the closed pipe (2>&1 | head)
+        os.dup2(devnull, stream.fileno())
 
 
 @events_app.command("tail")
