@@ -147,5 +147,6 @@ def test_events_lists_this_sessions_events(kernel: Kernel) -> None:
     assert "step.started" in text
     assert "step.completed" in text
     assert f"name=ev-{marker}" in text
+    assert "on Kafka" in text  # the footer: which of them are not on Kafka yet, if any
     bad = kernel.run("%wflo events -n 0")
     assert "UsageError: %wflo events: argument -n: must be positive, got 0" in bad.stderr

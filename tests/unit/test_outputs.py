@@ -155,3 +155,16 @@ def test_every_config_trait_has_help() -> None:
     assert {"budget", "timeout", "memory", "cpus", "image", "retries"} <= set(traits)
     for name, trait in traits.items():
         assert trait.help and len(trait.help.strip()) > 10, f"WfloMagics.{name} has no help"
+
+
+def test_events_table_says_which_events_are_not_on_kafka_yet() -> None:
+    sent = {"type": "step.started", "key": "s1", "payload": {}, "sent": True}
+    pending = {**sent, "type": "step.completed", "sent": False}
+    table = display.events_table([sent, pending])
+    assert table.rows[0][-1] == "yes" and table.rows[1][-1] == "pending"
+    assert table.text().endswith("1 of these 2 not on Kafka yet (the relay sends them)")
+    assert display.events_table([sent, sent]).footer == "all 2 on Kafka"
+    assert display.events_table([pending], kafka=False).footer == (
+        "no Kafka configured (WFLO_KAFKA_BOOTSTRAP): events stay in the ledger's outbox"
+    )
+    assert display.events_table([]).footer == ""

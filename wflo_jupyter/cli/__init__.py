@@ -1,5 +1,5 @@
 """The ``wflo`` command line: local stack, doctor, runtime image, migrations, demo, report,
-relay."""
+relay, events."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from rich.table import Table
 
 from wflo_jupyter.cli.common import console, err, progress, settings_or_exit
 from wflo_jupyter.cli.doctor import doctor
+from wflo_jupyter.cli.events import events_app
 from wflo_jupyter.cli.image import image_app
 from wflo_jupyter.cli.worker import worker
 from wflo_jupyter.core.errors import WfloError
@@ -356,52 +357,7 @@ def sandbox_prune() -> None:
         console.print(f"  {container_id[:12]}")
 
 
-events_app = typer.Typer(help="The event stream on Kafka.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
-
-
-@events_app.command("tail")
-def events_tail(
-    topic: Annotated[
-        list[str] | None, typer.Option(help="Topics (default: all wflo topics).")
-    ] = None,
-    from_beginning: Annotated[bool, typer.Option("--from-beginning")] = False,
-    count: Annotated[int, typer.Option("-n", help="Stop after N events (0: follow).")] = 0,
-    idle: Annotated[float, typer.Option(help="Stop after this many idle seconds (0: never).")] = 0,
-) -> None:
-    """Print events from Kafka as they arrive, one JSON line each."""
-    import json
-    import uuid
-
-    from wflo_jupyter.core.events import TOPIC_BY_PREFIX
-    from wflo_jupyter.events import EventConsumer, TopicAdmin
-
-    endpoints = resolve_endpoints(settings_or_exit(), need_kafka=True, progress=progress)
-    assert endpoints.kafka_bootstrap is not None
-    topics = topic or sorted(set(TOPIC_BY_PREFIX.values()))
-    try:
-        TopicAdmin(endpoints.kafka_bootstrap).ensure(topics)
-    except WfloError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
-    seen = 0
-    group = f"wflo-tail-{uuid.uuid4().hex[:8]}"
-    with EventConsumer(
-        endpoints.kafka_bootstrap, group, topics, from_beginning=from_beginning
-    ) as consumer:
-        try:
-            while True:
-                got_any = False
-                for event in consumer.events(idle or 3600):
-                    got_any = True
-                    print(json.dumps(json.loads(event.to_json())), flush=True)
-                    seen += 1
-                    if count and seen >= count:
-                        return
-                if idle and not got_any:
-                    return
-        except KeyboardInterrupt:
-            return
 
 
 def main() -> None:

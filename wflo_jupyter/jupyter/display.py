@@ -250,7 +250,18 @@ def steps_table(steps: Sequence[StepSummary]) -> Table:
     return Table.of(headers, rows, empty="no steps in this session yet")
 
 
-def events_table(events: Sequence[dict[str, Any]]) -> Table:
+def events_table(events: Sequence[dict[str, Any]], *, kafka: bool = True) -> Table:
+    """``%wflo events``: the outbox's newest events; the footer says which of them are not
+    on Kafka yet (or that no Kafka is configured, so they stay in the outbox)."""
+    pending = sum(1 for e in events if not e.get("sent"))
+    if not events:
+        footer = ""
+    elif not kafka:
+        footer = "no Kafka configured (WFLO_KAFKA_BOOTSTRAP): events stay in the ledger's outbox"
+    elif pending:
+        footer = f"{pending} of these {len(events)} not on Kafka yet (the relay sends them)"
+    else:
+        footer = f"all {len(events)} on Kafka"
     rows = [
         (
             str(e.get("occurred_at", ""))[:23].replace("T", " "),
@@ -266,7 +277,7 @@ def events_table(events: Sequence[dict[str, Any]]) -> Table:
         for e in events
     ]
     headers = ("time", "type", "subject", "details", "in Kafka")
-    return Table.of(headers, rows, empty="no events yet")
+    return Table.of(headers, rows, empty="no events yet", footer=footer)
 
 
 def status(rows: Sequence[tuple[str, str]]) -> Table:

@@ -188,9 +188,10 @@ class WfloMagics(Magics):
         if command.name == "runs":
             return display.steps_table(session.steps()[-command.options["limit"] :])
         if command.name == "events":
-            return display.events_table(
-                session.events(command.options["limit"], command.options["all_sessions"])
-            )
+            events = session.events(command.options["limit"], command.options["all_sessions"])
+            endpoints = session.endpoints  # set by session.events (it starts the session)
+            kafka = endpoints is not None and endpoints.kafka_bootstrap is not None
+            return display.events_table(events, kafka=kafka)
         if command.name == "budget":
             return self._budget(session, command.options)
         if command.name == "team":
