@@ -215,11 +215,11 @@ def test_report_writes_csv_and_json(stack_env: dict[str, str], tmp_path: Path) -
 def test_demo_runs_the_quickstart_over_ipc_and_prints_its_report(
     stack_env: dict[str, str], runtime_image: str, tmp_path: Path
 ) -> None:
-    """`wflo demo` runs the notebook headless (its kernel on Unix sockets: no plain-TCP
-    warning), then prints the step table with the simulated calls and their saving."""
-    notebook = Path(__file__).resolve().parents[2] / "notebooks" / "quickstart.ipynb"
+    """`wflo demo` with no argument runs the packaged quickstart headless (its kernel on Unix
+    sockets: no plain-TCP warning), then prints the step table with the simulated calls and
+    their saving."""
     engines = {k: v for k, v in stack_env.items() if k != "WFLO_HOME"}
-    run = wflo("demo", str(notebook), home=tmp_path, extra_env={**engines, "WFLO_PROVIDER": "mock"})
+    run = wflo("demo", home=tmp_path, extra_env={**engines, "WFLO_PROVIDER": "mock"})
     assert run.returncode == 0, run.stderr[-3000:]
     assert "without encryption" not in run.stdout + run.stderr
     assert "Parent appears to have exited" not in run.stdout + run.stderr  # kernel stopped
