@@ -70,6 +70,29 @@ def _outside(venv: Path, tmp_path: Path) -> dict[str, str]:
     }
 
 
+def _wflo(
+    venv: Path, *args: str, cwd: Path, extra_env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """The installed ``wflo``, run as a user would: from ``cwd``, in :func:`_outside`."""
+    return subprocess.run(
+        [str(venv / "bin" / "wflo"), *args],
+        capture_output=True,
+        text=True,
+        env={**_outside(venv, cwd), **(extra_env or {})},
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _installed_python(venv: Path, script: str) -> list[str]:
+    """The lines ``script`` prints in the clean venv's interpreter, isolated (``-I``: no
+    checkout on its path)."""
+    return _run(
+        venv / "bin" / "python", "-I", "-c", script, env={"PATH": "/usr/bin:/bin"}
+    ).splitlines()
+
+
 @pytest.fixture(scope="module")
 def clean_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = tmp_path_factory.mktemp("clean") / "venv"
@@ -140,8 +163,7 @@ def test_the_wheel_carries_the_event_schemas(wheel: Path, clean_venv: Path) -> N
         "try: s.validate({'type': 'step.started', 'payload': {}})\n"
         "except EventSchemaError as e: print(e)\n"
     )
-    out = _run(clean_venv / "bin" / "python", "-I", "-c", script, env={"PATH": "/usr/bin:/bin"})
-    assert out.splitlines() == [
+    assert _installed_python(clean_venv, script) == [
         str(len(shipped)),
         "step.started v1 at envelope: 'id' is a required property",
     ]
@@ -150,21 +172,9 @@ def test_the_wheel_carries_the_event_schemas(wheel: Path, clean_venv: Path) -> N
 def test_the_installed_cli_builds_from_its_own_recipe(
     clean_venv: Path, runtime_image: str, tmp_path: Path
 ) -> None:
-    env = _outside(clean_venv, tmp_path)
-    wflo = str(clean_venv / "bin" / "wflo")
-    version = subprocess.run(
-        [wflo, "--version"], capture_output=True, text=True, env=env, cwd=tmp_path, check=False
-    )
+    version = _wflo(clean_venv, "--version", cwd=tmp_path)
     assert version.stdout.strip() == f"wflo-jupyter {VERSION}", version.stderr
-    built = subprocess.run(
-        [wflo, "image", "build", "--tag", runtime_image],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-        check=False,
-    )
+    built = _wflo(clean_venv, "image", "build", "--tag", runtime_image, cwd=tmp_path)
     assert built.returncode == 0, built.stderr
     assert built.stdout.startswith(f"{runtime_image}: up to date"), built.stdout
 
@@ -208,14 +218,7 @@ def test_the_wheel_and_the_sdist_pass_the_metadata_checks(wheel: Path, sdist: Pa
 
 
 def test_the_wheel_holds_the_package_its_examples_and_nothing_else(wheel: Path) -> None:
-    assert EXAMPLES == [
-        "budgets.ipynb",
-        "cache.ipynb",
-        "quickstart.ipynb",
-        "sandbox-safety.ipynb",
-        "team-partner.ipynb",
-        "team.ipynb",
-    ]
+    assert len(EXAMPLES) == 6  # named in tests/unit/test_examples_cli.py
     with zipfile.ZipFile(wheel) as built:
         names = set(built.namelist())
         entry_points = built.read(f"wflo_jupyter-{VERSION}.dist-info/entry_points.txt").decode()
@@ -249,8 +252,7 @@ def test_the_installed_package_finds_its_examples_in_the_venv(clean_venv: Path) 
         "print(wflo_jupyter.__version__)\n"
         "for notebook in example_notebooks(): print(notebook)\n"
     )
-    out = _run(clean_venv / "bin" / "python", "-I", "-c", script, env={"PATH": "/usr/bin:/bin"})
-    version, *paths = out.splitlines()
+    version, *paths = _installed_python(clean_venv, script)
     assert version == VERSION
     assert [Path(p).name for p in paths] == EXAMPLES
     assert all(Path(p).is_relative_to(clean_venv) for p in paths), paths
@@ -260,18 +262,9 @@ def test_the_installed_cli_copies_the_examples_out(clean_venv: Path, tmp_path: P
     """``wflo examples DIR`` writes one line per notebook; a second run refuses, one line per
     file, and changes nothing; ``--force`` replaces them. ``wflo demo --help`` names the
     packaged quickstart."""
-    env = {**_outside(clean_venv, tmp_path), "COLUMNS": "200"}
 
     def wflo(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(clean_venv / "bin" / "wflo"), *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=120,
-            check=False,
-        )
+        return _wflo(clean_venv, *args, cwd=tmp_path, extra_env={"COLUMNS": "200"})
 
     copied = wflo("examples", "nb")
     assert copied.returncode == 0, copied.stderr
@@ -306,15 +299,8 @@ def test_the_installed_demo_runs_the_packaged_quickstart(
     warning; stopped at the end), then prints the step table with the simulated calls and
     their saving."""
     engines = {k: v for k, v in stack_env.items() if k != "WFLO_HOME"}
-    run = subprocess.run(
-        [str(clean_venv / "bin" / "wflo"), "demo"],
-        env={**_outside(clean_venv, tmp_path), **engines, "WFLO_PROVIDER": "mock"},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    extra_env = {**engines, "WFLO_PROVIDER": "mock"}
+    run = _wflo(clean_venv, "demo", cwd=tmp_path, extra_env=extra_env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     ran = "".join(run.stderr.split())  # the progress line, however the console wrapped it
     assert f"running{clean_venv}/lib/" in ran and "/wflo_jupyter/examples/quickstart.ipynb" in ran
