@@ -59,6 +59,18 @@ def test_table_html_escapes_dollars_and_is_math_ignored() -> None:
     assert not DOLLAR_PAIR.search(hostile)
 
 
+def test_runs_link_each_workflow_to_the_temporal_ui() -> None:
+    table = display.steps_table(_steps(), "http://127.0.0.1:8233/", "team ns")
+    html = table._repr_html_()
+    url = "http://127.0.0.1:8233/namespaces/team%20ns/workflows/wflo-step-a"
+    assert f'<a href="{url}" target="_blank" rel="noopener">wflo-step-a</a>' in html
+    assert html.count("<a href=") == 1  # the second step has no workflow: no link
+    assert table.text().splitlines()[-1] == (
+        "workflows in the Temporal UI: http://127.0.0.1:8233/"
+    )
+    assert "<a " not in display.steps_table(_steps())._repr_html_()  # no UI known: no links
+
+
 def test_empty_tables_say_so() -> None:
     assert display.steps_table([]).text().endswith("no steps in this session yet")
     assert "no events yet" in display.events_table([])._repr_html_()

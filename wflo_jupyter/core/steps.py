@@ -11,6 +11,7 @@ import math
 import re
 import shlex
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from wflo_jupyter.core.errors import SpecError
 from wflo_jupyter.core.money import usd_to_micros
@@ -286,3 +287,11 @@ def parse_step_spec(line: str, code: str, defaults: StepDefaults | None = None) 
         estimate=args.estimate,
         queue=queue,
     )
+
+
+def workflow_link(ui: str | None, namespace: str, workflow_id: str | None) -> str | None:
+    """A step's workflow in the Temporal web UI at ``ui``, when both are known."""
+    if not ui or not workflow_id:
+        return None
+    safe_namespace, safe_id = quote(namespace, safe=""), quote(workflow_id, safe="")
+    return f"{ui.rstrip('/')}/namespaces/{safe_namespace}/workflows/{safe_id}"

@@ -186,7 +186,8 @@ class WfloMagics(Magics):
             return None
         session = self.session
         if command.name == "runs":
-            return display.steps_table(session.steps()[-command.options["limit"] :])
+            steps = session.steps()[-command.options["limit"] :]
+            return display.steps_table(steps, *session.temporal_ui())
         if command.name == "events":
             events = session.events(command.options["limit"], command.options["all_sessions"])
             endpoints = session.endpoints  # set by session.events (it starts the session)

@@ -248,6 +248,17 @@ class WfloSession(SessionSteps):
             ("session", self.session_id),
         ]
 
+    def temporal_ui(self) -> tuple[str | None, str]:
+        """The Temporal web UI's address (None when unknown) and the namespace."""
+        from wflo_jupyter.stack.settings import temporal_ui_url
+
+        try:
+            ui = temporal_ui_url(self.settings)
+        except Exception as exc:  # the stack file unreadable: no links, nothing else lost
+            log.info("Temporal UI address unknown: %s", exc)
+            ui = None
+        return ui, self.settings.temporal_namespace
+
     def doctor(self, timeout_s: float) -> DoctorReport:
         """``%wflo doctor``: what this machine has and lacks, from this kernel's settings;
         nothing is started (the session's own engines need not be up)."""
