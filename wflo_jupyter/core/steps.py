@@ -104,6 +104,9 @@ class StepInput:
     # the lean path: one local activity opens, runs and closes the step (no --retries,
     # not a dry run); see ``CellWorkflow``
     lean: bool = False
+    # how long the step's close is retried while the ledger is unreachable (its record,
+    # sandbox seconds included, is written when the ledger is back)
+    close_retry_s: float = 600.0
 
     @property
     def workflow_id(self) -> str:

@@ -27,7 +27,9 @@ from wflo_jupyter.session.queries import SessionQueries
 
 if TYPE_CHECKING:
     from wflo_jupyter.gateway.service import LlmGateway
+    from wflo_jupyter.ledger.health import LedgerHealth
     from wflo_jupyter.orchestration.worker import StepRunner
+    from wflo_jupyter.stack.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +49,12 @@ class SessionSteps(SessionQueries):
     step_io: StepIORegistry
     runner: StepRunner | None
     gateway: LlmGateway | None
+    ledger_health: LedgerHealth | None
+    settings: Settings
     compute_price_micros: int
     confirm_above_micros: int | None
     _note_sink: Callable[[str], None] | None
+    _outage_notices: list[str]
     _attempts: dict[int, int]
 
     def run_step(
@@ -73,6 +78,7 @@ class SessionSteps(SessionQueries):
         ``cancelled``. A second interrupt stops waiting."""
         self.start()
         assert self.runner is not None
+        self._refuse_without_ledger()
         step_id = str(uuid.uuid4())
         dry = spec.estimate
         step = StepInput(
@@ -94,6 +100,7 @@ class SessionSteps(SessionQueries):
             execution_count=execution_count,
             submit_attempt=self._submit_attempt(execution_count),
             lean=not dry and spec.retries == 0,
+            close_retry_s=self.settings.close_retry_s,
         )
         io = self.step_io.open(
             step_id,
@@ -113,6 +120,8 @@ class SessionSteps(SessionQueries):
             gateway = self.gateway
             io.llm_cancel = lambda: gateway.cancel_step(step_id)
         self._note_sink = io.notice
+        while self._outage_notices:  # said while no cell ran (e.g. the ledger is back)
+            io.notice(self._outage_notices.pop(0))
         if not dry:
             self.meter_step = (step_id, step.name)
         deliver = on_event or (lambda _event: None)
@@ -142,6 +151,19 @@ class SessionSteps(SessionQueries):
             self.refresh_meters()
         result.duration_s = time.monotonic() - started
         return result, io
+
+    def _refuse_without_ledger(self) -> None:
+        """``LedgerUnavailable`` (one line) when the ledger does not answer: the cell
+        would run unbudgeted. That line is the outage's notice for this cell."""
+        from wflo_jupyter.core.errors import LedgerUnavailable
+
+        if self.ledger_health is None:
+            return
+        try:
+            self.ledger_health.check()
+        except LedgerUnavailable:
+            self._outage_notices.clear()
+            raise
 
     def _submit_attempt(self, execution_count: int | None) -> int:
         """How many steps this session started for ``execution_count``, this one included
