@@ -9,10 +9,7 @@ A refused reservation never reaches the provider: the cell's SDK gets an error i
 provider's own shape carrying the ``BudgetExceeded`` line, and the cell shows it too; so
 does a ``max_tokens`` above the model's limit (``OutputLimitExceeded``, a 400). The free
 endpoints (``count_tokens``, ``models``) skip all of it: ``gateway.free``.
-
-With the ledger unreachable a call cannot be budgeted, so it is not sent: the cell's SDK
-gets HTTP 503 with ``Retry-After`` and an error naming the ledger, which the official SDKs
-retry by themselves (``on_ledger_outage`` hears of it, for the notebook's one notice).
+With the ledger unreachable a call is not sent: a 503 the SDKs retry (``gateway.outage``).
 """
 
 from __future__ import annotations
@@ -35,6 +32,7 @@ from wflo_jupyter.core.money import format_usd
 from wflo_jupyter.core.pricing import Usage, normalise_usage
 from wflo_jupyter.gateway.free import FreeCalls
 from wflo_jupyter.gateway.inflight import CallCancelled, InflightCalls
+from wflo_jupyter.gateway.outage import ledger_down_reply
 from wflo_jupyter.gateway.recorder import HitRecorder
 from wflo_jupyter.gateway.streams import SseEvent, SseParser, assemble, synthesise
 from wflo_jupyter.gateway.upstream import ProviderRoutes, UpstreamResponse, error_body, scrub
@@ -49,8 +47,6 @@ log = logging.getLogger(__name__)
 BUDGET_STATUS = 402
 NOT_CONFIRMED_STATUS = 403
 CANCELLED_STATUS = 499  # the client closed the request (nginx's code): the step was cancelled
-LEDGER_DOWN_STATUS = 503
-LEDGER_RETRY_AFTER_S = 5  # what the SDKs wait before their next attempt
 
 
 class UpstreamLike(Protocol):
@@ -214,23 +210,24 @@ class LlmGateway:
             line = f"CallNotConfirmed: {refused}"
             ctx.notice(line)
             self._error(responder, provider, NOT_CONFIRMED_STATUS, line)
+        except OutputLimitExceeded as refused:
+            line = f"OutputLimitExceeded: {refused}"
+            ctx.notice(line)
+            send_error(responder, provider, 400, line, param=refused.field, code="invalid_value")
         except ConnectionError as exc:
             self._error(responder, provider, 502, scrub(str(exc), self.routes.secrets()))
         except _StreamBroken:
             pass  # the stream's end frame already carried the error
         except CallCancelled:
             self._error(responder, provider, CANCELLED_STATUS, "the step was cancelled")
-        except OutputLimitExceeded as refused:
-            line = f"OutputLimitExceeded: {refused}"
-            ctx.notice(line)
-            send_error(responder, provider, 400, line, param=refused.field, code="invalid_value")
         except Exception as exc:
-            if not is_ledger_outage(exc):
-                if isinstance(exc, WfloError | ValueError | LockTimeout):
-                    self._error(responder, provider, 400, f"{type(exc).__name__}: {exc}")
-                    return
+            if is_ledger_outage(exc):  # not budgeted, so not sent: a 503 the SDK retries
+                self.on_ledger_outage()  # the notebook's one notice
+                responder.full(*ledger_down_reply(provider))
+            elif isinstance(exc, WfloError | ValueError | LockTimeout):
+                self._error(responder, provider, 400, f"{type(exc).__name__}: {exc}")
+            else:
                 raise
-            self._ledger_down(responder, provider)
 
     # -- the cache path ---------------------------------------------------------------------
     def _cached_call(self, request: GatewayRequest, ctx: CallContext, responder: Responder) -> None:
@@ -460,22 +457,6 @@ class LlmGateway:
         return assemble(endpoint, events)
 
     # -- answers ---------------------------------------------------------------------------
-    def _ledger_down(self, responder: Responder, provider: str) -> None:
-        """The ledger is unreachable: not sent, 503 with ``Retry-After`` (the SDK retries)."""
-        self.on_ledger_outage()
-        message = (
-            "LedgerUnavailable: the wflo ledger (PostgreSQL) is unreachable, so this call "
-            "cannot be budgeted and was not sent; retry once it is back "
-            "(`wflo up` starts it)"
-        )
-        body = error_body(provider, LEDGER_DOWN_STATUS, message, code="ledger_unavailable")
-        headers = {
-            "content-type": "application/json",
-            "retry-after": str(LEDGER_RETRY_AFTER_S),
-            "x-should-retry": "true",
-        }
-        responder.full(LEDGER_DOWN_STATUS, headers, json.dumps(body).encode())
-
     @staticmethod
     def _error(responder: Responder, provider: str, status: int, message: str) -> None:
         send_error(responder, provider, status, message)
