@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -244,7 +245,7 @@ class WfloSession(SessionSteps):
         assert endpoints is not None
         return [
             ("wflo-jupyter", __version__),
-            ("postgres", endpoints.database_url.split("@")[-1]),
+            ("postgres", self._ledger_status(endpoints.database_url.split("@")[-1])),
             ("temporal", endpoints.temporal_address),
             ("redis", endpoints.redis_url or "not configured"),
             ("kafka", endpoints.kafka_bootstrap or "not configured (events stay in the outbox)"),
@@ -252,6 +253,14 @@ class WfloSession(SessionSteps):
             ("image", endpoints.runtime_image),
             ("session", self.session_id),
         ]
+
+    def _ledger_status(self, where: str) -> str:
+        """The ledger's address, and since when it is unreachable during an outage."""
+        health = self.ledger_health
+        since = health.down_since if health is not None else None
+        if since is None:
+            return where
+        return f"{where}: unreachable since {time.strftime('%H:%M:%S', time.localtime(since))}"
 
     def doctor(self, timeout_s: float) -> DoctorReport:
         """``%wflo doctor``: what this machine has and lacks, from this kernel's settings;
