@@ -5,7 +5,9 @@ notebook hears one notice when it goes and one when it is back, nothing else."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -48,7 +50,12 @@ class PrivateLedger:
         self.address = ledger_address(self.url)
 
     def stop(self) -> None:
+        """A clean stop (``wflo down``)."""
         self.stack.down()
+
+    def kill(self) -> None:
+        """SIGKILL the server: its clients' connections break off mid-flight."""
+        os.kill(self.stack.engines()["postgres"].pid, signal.SIGKILL)
 
     def start(self) -> None:
         started = self.stack.up(only=["postgres"])["postgres"].url
@@ -223,7 +230,7 @@ def test_llm_call_during_outage_is_retried_by_the_sdk(
     )
     marker = uuid.uuid4().hex[:8]
     code = (
-        "%%wflo --name llm-outage --no-cache\n"
+        "%%wflo --name llm-outage\n"
         "import time\n"
         "from openai import OpenAI\n"
         "client = OpenAI(max_retries=10)\n"
@@ -237,7 +244,7 @@ def test_llm_call_during_outage_is_retried_by_the_sdk(
     before = len(fake.requests)
     running = kernel.submit(code)
     wait_until(lambda: len(fake.requests) > before, 120, what="the first call")
-    private.stop()
+    private.kill()
     time.sleep(10)  # the second call meets the outage: 503, the SDK waits and retries
     private.start()
     run = kernel.collect(running, timeout=180)
@@ -270,7 +277,7 @@ def test_step_closed_when_the_ledger_is_back_with_one_notice_each_way(
         )
     finally:
         ledger.close()
-    private.stop()
+    private.kill()
     time.sleep(10)  # the cell ends while the ledger is away: its close is retried
     private.start()
     returned = time.monotonic()
