@@ -111,6 +111,9 @@ class StepInput:
     # the task queue of the ``wflo worker`` that runs it ("": the kernel's own worker)
     task_queue: str = ""
     no_cache: bool = False  # --no-cache, for a worker that answers the cell's LLM calls
+    # how long the step's close is retried while the ledger is unreachable (its record,
+    # sandbox seconds included, is written when the ledger is back)
+    close_retry_s: float = 600.0
 
     @property
     def workflow_id(self) -> str:

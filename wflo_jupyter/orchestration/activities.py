@@ -24,6 +24,7 @@ from wflo_jupyter.core.budget import threshold_notice
 from wflo_jupyter.core.errors import SandboxError
 from wflo_jupyter.core.steps import StepInput, StepResult
 from wflo_jupyter.ledger.budgets import BudgetLedger
+from wflo_jupyter.ledger.health import is_ledger_outage
 from wflo_jupyter.ledger.store import Ledger
 from wflo_jupyter.orchestration.heartbeat import Heartbeat
 from wflo_jupyter.orchestration.stepio import StepIO, StepIORegistry
@@ -223,7 +224,14 @@ class StepActivities:
 
     @activity.defn(name="close_step")
     def close_step(self, result: StepResult) -> None:
-        self.ledger.finish_step(result)
+        """Record the step's outcome (idempotent); the workflow retries it while the
+        ledger is unreachable, which fails each attempt with one line."""
+        try:
+            self.ledger.finish_step(result)
+        except Exception as exc:
+            if not is_ledger_outage(exc):
+                raise
+            raise ApplicationError(str(exc).splitlines()[0], type="LedgerUnavailable") from None
         self.on_change()
 
 

@@ -1,9 +1,11 @@
 """The kernel's log file, ``WFLO_HOME/logs/kernel.log``: every record of the
 ``wflo_jupyter`` logger (the relay, feeds, watchdogs, the session's background threads)
-and of ``temporalio`` (the SDK's worker warnings, and the Rust core's lines, forwarded by
-``quiet_runtime``) goes there and nowhere else, so background work never prints into a
-cell. Several kernels may share the file: each line names its process. A ``wflo worker``
-routes the same loggers to ``worker.log``."""
+goes there and nowhere else, so background work never prints into a cell. So do the
+records of the libraries that work in the background for it (``LIBRARY_LOGGERS``: the
+Temporal worker's activity failures and its Rust core's lines, forwarded by
+``quiet_runtime``; SQLAlchemy's pool), which would otherwise reach the running cell's
+stderr through Python's last-resort handler. Several kernels may share the file: each
+line names its process. A ``wflo worker`` routes the same loggers to ``worker.log``."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import logging
 from pathlib import Path
 
 _FORMAT = "%(asctime)s pid=%(process)d %(threadName)s %(name)s %(levelname)s %(message)s"
-ROUTED_LOGGERS = ("wflo_jupyter", "temporalio")
+LIBRARY_LOGGERS = ("temporalio", "sqlalchemy")  # at their own levels (WARNING by default)
 
 
 class KernelLogHandler(logging.FileHandler):
@@ -19,18 +21,18 @@ class KernelLogHandler(logging.FileHandler):
 
 
 def route_to_kernel_log(home: Path, file_name: str = "kernel.log") -> Path:
-    """Send the ``ROUTED_LOGGERS``' records (INFO and up for ours, WARNING and up for
-    Temporal's) to ``home/logs/<file_name>`` only (idempotent); returns the file's path."""
-    for handler in logging.getLogger(ROUTED_LOGGERS[0]).handlers:
+    """Send the ``wflo_jupyter`` logger's records (INFO and up) and the background
+    libraries' to ``home/logs/<file_name>`` only (idempotent); returns the file's path."""
+    logger = logging.getLogger("wflo_jupyter")
+    for handler in logger.handlers:
         if isinstance(handler, KernelLogHandler):
             return Path(handler.baseFilename)
     path = home / "logs" / file_name
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = KernelLogHandler(path, encoding="utf-8", delay=True)
     handler.setFormatter(logging.Formatter(_FORMAT))
-    for name, level in zip(ROUTED_LOGGERS, (logging.INFO, logging.WARNING), strict=True):
-        logger = logging.getLogger(name)
-        logger.addHandler(handler)
-        logger.setLevel(level)
-        logger.propagate = False  # ipykernel's root handlers would print into the cell
+    logger.setLevel(logging.INFO)
+    for routed in (logger, *map(logging.getLogger, LIBRARY_LOGGERS)):
+        routed.addHandler(handler)
+        routed.propagate = False  # ipykernel's root handlers would print into the cell
     return path

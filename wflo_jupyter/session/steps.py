@@ -30,7 +30,9 @@ if TYPE_CHECKING:
     from wflo_jupyter.cache.llm_cache import LlmCache
     from wflo_jupyter.cache.step_output import StepOutputSubscription
     from wflo_jupyter.gateway.service import LlmGateway
+    from wflo_jupyter.ledger.health import LedgerHealth
     from wflo_jupyter.orchestration.worker import StepRunner
+    from wflo_jupyter.stack.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,12 @@ class SessionSteps(SessionQueries):
     runner: StepRunner | None
     gateway: LlmGateway | None
     cache: LlmCache | None
+    ledger_health: LedgerHealth | None
+    settings: Settings
     compute_price_micros: int
     confirm_above_micros: int | None
     _note_sink: Callable[[str], None] | None
+    _outage_notices: list[str]
     _attempts: dict[int, int]
     _remote_queues: dict[str, str]  # --queue name -> the worker that holds our sandbox
 
@@ -80,6 +85,7 @@ class SessionSteps(SessionQueries):
         ``cancelled``. A second interrupt stops waiting."""
         self.start()
         assert self.runner is not None
+        self._refuse_without_ledger()
         step_id = str(uuid.uuid4())
         dry = spec.estimate
         step = StepInput(
@@ -103,6 +109,7 @@ class SessionSteps(SessionQueries):
             lean=not dry and spec.retries == 0,
             task_queue="" if dry else self._remote_queues.get(spec.queue, spec.queue),
             no_cache=spec.no_cache,
+            close_retry_s=self.settings.close_retry_s,
         )
         io = self.step_io.open(
             step_id,
@@ -122,6 +129,8 @@ class SessionSteps(SessionQueries):
             gateway = self.gateway
             io.llm_cancel = lambda: gateway.cancel_step(step_id)
         self._note_sink = io.notice
+        while self._outage_notices:  # said while no cell ran (e.g. the ledger is back)
+            io.notice(self._outage_notices.pop(0))
         if not dry:
             self.meter_step = (step_id, step.name)
         deliver = on_event or (lambda _event: None)
@@ -180,6 +189,19 @@ class SessionSteps(SessionQueries):
                 io.notice(str(first))
 
         return StepOutputChannel(self.cache.client).subscribe(step.step_id, deliver)
+
+    def _refuse_without_ledger(self) -> None:
+        """``LedgerUnavailable`` (one line) when the ledger does not answer: the cell
+        would run unbudgeted. That line is the outage's notice for this cell."""
+        from wflo_jupyter.core.errors import LedgerUnavailable
+
+        if self.ledger_health is None:
+            return
+        try:
+            self.ledger_health.check()
+        except LedgerUnavailable:
+            self._outage_notices.clear()
+            raise
 
     def _submit_attempt(self, execution_count: int | None) -> int:
         """How many steps this session started for ``execution_count``, this one included
