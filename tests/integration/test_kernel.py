@@ -89,7 +89,7 @@ def test_runs_table_lists_steps(kernel: Kernel) -> None:
     assert "failed" in text
     assert text.splitlines()[-1].startswith("workflows in the Temporal UI: http://127.0.0.1:")
     # each step's workflow id links to its page in the UI
-    assert '/namespaces/default/workflows/wflo-step-' in run.data[-1]["text/html"]
+    assert "/namespaces/default/workflows/wflo-step-" in run.data[-1]["text/html"]
 
 
 def test_status_names_every_engine(kernel: Kernel) -> None:

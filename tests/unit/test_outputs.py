@@ -65,9 +65,7 @@ def test_runs_link_each_workflow_to_the_temporal_ui() -> None:
     url = "http://127.0.0.1:8233/namespaces/team%20ns/workflows/wflo-step-a"
     assert f'<a href="{url}" target="_blank" rel="noopener">wflo-step-a</a>' in html
     assert html.count("<a href=") == 1  # the second step has no workflow: no link
-    assert table.text().splitlines()[-1] == (
-        "workflows in the Temporal UI: http://127.0.0.1:8233/"
-    )
+    assert table.text().splitlines()[-1] == ("workflows in the Temporal UI: http://127.0.0.1:8233/")
     assert "<a " not in display.steps_table(_steps())._repr_html_()  # no UI known: no links
 
 
