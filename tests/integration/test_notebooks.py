@@ -1,7 +1,7 @@
 """The example notebooks run end to end in a real kernel: nbval compares every output
 with the one saved in the notebook (ids, per-run names, times and shared-cache counts
-sanitised by tests/fixtures/nbval-sanitize.cfg), and `wflo demo` runs each. They are package
-data (wflo_jupyter/examples): the wheel ships them, `wflo examples DIR` copies them out."""
+sanitised by tests/fixtures/nbval-sanitize.cfg), and `wflo demo` runs each. The wheel
+ships them as wflo_jupyter/examples; `wflo examples DIR` copies them out."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tests.marks import KERNEL
 pytestmark = KERNEL
 
 NOTEBOOKS = ["quickstart", "budgets", "cache", "sandbox-safety", "team"]
-HERE = REPO_ROOT / "wflo_jupyter" / "examples"
+HERE = REPO_ROOT / "notebooks"
 SANITIZE = REPO_ROOT / "tests" / "fixtures" / "nbval-sanitize.cfg"
 
 

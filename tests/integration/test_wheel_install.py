@@ -28,7 +28,7 @@ from tests.conftest import REPO_ROOT
 UV = REPO_ROOT / ".venv" / "bin" / "uv"
 SHARE = "share/jupyter/labextensions/wflo-jupyter"
 VERSION = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
-EXAMPLES = sorted(p.name for p in (REPO_ROOT / "wflo_jupyter/examples").glob("*.ipynb"))
+EXAMPLES = sorted(p.name for p in (REPO_ROOT / "notebooks").glob("*.ipynb"))
 
 
 def _run(*argv: str | Path, env: dict[str, str] | None = None) -> str:
@@ -242,6 +242,7 @@ def test_the_sdist_holds_every_tracked_file(sdist: Path) -> None:
         names = {n.split("/", 1)[1] for n in built.getnames() if "/" in n}
     tracked = _git_files()
     assert {"pyproject.toml", "README.md", "PKG-INFO", "labextension/src/index.ts"} <= names
+    assert {f"notebooks/{n}" for n in EXAMPLES} <= names
     assert [n for n in tracked if n not in names] == []
 
 
@@ -270,7 +271,7 @@ def test_the_installed_cli_copies_the_examples_out(clean_venv: Path, tmp_path: P
     assert copied.returncode == 0, copied.stderr
     assert copied.stdout.splitlines() == [f"wrote nb/{n}" for n in EXAMPLES]
     for name in EXAMPLES:
-        shipped = (REPO_ROOT / "wflo_jupyter" / "examples" / name).read_bytes()
+        shipped = (REPO_ROOT / "notebooks" / name).read_bytes()
         assert (tmp_path / "nb" / name).read_bytes() == shipped
     (tmp_path / "nb" / "quickstart.ipynb").write_text("mine")
     refused = wflo("examples", "nb")

@@ -1,6 +1,8 @@
-"""The example notebooks that ship in the package (``wflo_jupyter/examples``): finding them
-with ``importlib.resources``, ``wflo examples DIR`` (copy them out), and running one headless
-for ``wflo demo`` (its kernel on Unix sockets)."""
+"""The example notebooks that ship in the package (``wflo_jupyter/examples`` in the wheel,
+copied there from the repository's ``notebooks/`` at build time; an editable install
+reads ``notebooks/`` itself): finding them with ``importlib.resources``, ``wflo examples
+DIR`` (copy them out), and running one headless for ``wflo demo`` (its kernel on Unix
+sockets)."""
 
 from __future__ import annotations
 
@@ -22,9 +24,18 @@ from wflo_jupyter.cli.common import console, err, progress
 QUICKSTART = "quickstart.ipynb"
 
 
+def examples_folder() -> Traversable:
+    """Where the example notebooks are: in the installed wheel, else (an editable install
+    of a checkout) the repository's ``notebooks/``."""
+    packaged = files("wflo_jupyter").joinpath("examples")
+    if packaged.is_dir():
+        return packaged
+    return files("wflo_jupyter").joinpath("..", "notebooks")
+
+
 def example_notebooks() -> list[Traversable]:
     """The packaged example notebooks, by name."""
-    folder = files("wflo_jupyter").joinpath("examples")
+    folder = examples_folder()
     return sorted(
         (entry for entry in folder.iterdir() if entry.name.endswith(".ipynb")),
         key=lambda entry: entry.name,
@@ -34,7 +45,7 @@ def example_notebooks() -> list[Traversable]:
 @contextmanager
 def packaged_quickstart() -> Iterator[Path]:
     """The packaged quickstart notebook as a file on disk (for ``wflo demo``)."""
-    with as_file(files("wflo_jupyter").joinpath("examples", QUICKSTART)) as path:
+    with as_file(examples_folder().joinpath(QUICKSTART)) as path:
         yield path
 
 
