@@ -7,7 +7,9 @@ the step there, and SIGTERM stops the worker cleanly."""
 
 from __future__ import annotations
 
+import base64
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -163,6 +166,49 @@ def test_an_interrupt_cancels_the_step_on_the_worker(
     after = kernel.run(f"%%wflo --queue {QUEUE}\nprint('after', state)")
     assert after.status == "ok", after.error
     assert after.stdout == "after 41\n"
+
+
+def test_in_and_out_values_travel_by_reference(
+    kernel: Kernel, worker: subprocess.Popen[str]
+) -> None:
+    kernel.run("import numpy as np\nrows = {'xs': [1, 2, 3]}\narr = np.arange(4)")
+    run = kernel.run(
+        f"%%wflo --queue {QUEUE} --in rows,arr --out total,doubled\n"
+        "total = sum(rows['xs'])\n"
+        "doubled = arr * 2\n"
+    )
+    assert run.status == "ok", run.error
+    check = kernel.run("print(total, doubled.tolist(), type(doubled).__name__)")
+    assert check.stdout == "6 [0, 2, 4, 6] ndarray\n"
+
+
+def test_a_forged_pickle_from_a_workers_sandbox_is_never_unpickled(
+    kernel: Kernel, worker: subprocess.Popen[str], tmp_path: Path
+) -> None:
+    """The cell forges its agent's result frame with a pickled ``--out`` value that would
+    create a file if it were ever loaded, on the worker or in the kernel."""
+    marker = tmp_path / "pwned"
+
+    class Pwn:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (os.system, (f"touch {marker}",))
+
+    evil = base64.b64encode(pickle.dumps(Pwn())).decode()
+    run = kernel.run(
+        f"%%wflo --queue {QUEUE} --out secret\n"
+        "import gc, json, os, struct\n"
+        "kernel = next(o for o in gc.get_objects() if type(o).__name__ == 'Kernel')\n"
+        "fd = kernel.sender._sock.fileno()\n"
+        f"evil = {{'format': 'pickle', 'type': 'dict', 'data': {evil!r}}}\n"
+        "frame = {'type': 'result', 'id': kernel.current_id, 'ok': True, 'error': None,\n"
+        "         'execution_count': 1, 'outputs': {'secret': evil}}\n"
+        "body = json.dumps(frame).encode()\n"
+        "os.write(fd, struct.pack('>I', len(body)) + body)\n"
+    )
+    shown = run.stdout + run.stderr + run.text + run.error_line
+    assert "refused secret (dict): format 'pickle' is not a safe format" in shown
+    assert not marker.exists()
+    assert "secret" not in kernel.run("print(sorted(globals()))").stdout
 
 
 def test_sigterm_stops_the_worker_cleanly(

@@ -110,7 +110,6 @@ def test_defaults_apply() -> None:
         ("--name 'x", "cannot parse options"),
         ("--budg 1", "unrecognized arguments"),
         ("--queue 'gpu box'", "--queue: 'gpu box' is not a task queue name"),
-        ("--queue gpu --in x", "--queue gpu: --in/--out values stay in this kernel"),
     ],
 )
 def test_bad_options_are_one_line(line: str, message: str) -> None:

@@ -111,6 +111,9 @@ class StepInput:
     # the task queue of the ``wflo worker`` that runs it ("": the kernel's own worker)
     task_queue: str = ""
     no_cache: bool = False  # --no-cache, for a worker that answers the cell's LLM calls
+    # a worker's step: its --in values wait in Redis (``StepValues``); its --out names
+    inputs_by_reference: bool = False
+    output_names: list[str] = field(default_factory=list)
     # how long the step's close is retried while the ledger is unreachable (its record,
     # sandbox seconds included, is written when the ledger is back)
     close_retry_s: float = 600.0
@@ -268,11 +271,6 @@ def parse_step_spec(line: str, code: str, defaults: StepDefaults | None = None) 
     if not code.strip():
         raise SpecError("%%wflo: the cell has no code to run")
     queue = _queue(args.queue if args.queue is not None else defaults.queue)
-    if queue and (args.inputs or args.outputs):
-        raise SpecError(
-            f"--queue {queue}: --in/--out values stay in this kernel; a worker's cell "
-            "cannot receive or return them"
-        )
     return StepSpec(
         code=code,
         budget_micros=budget,

@@ -21,7 +21,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from wflo_jupyter.core.budget import threshold_notice
-from wflo_jupyter.core.errors import SandboxError
+from wflo_jupyter.core.errors import SandboxError, WfloError
 from wflo_jupyter.core.steps import StepInput, StepResult
 from wflo_jupyter.ledger.budgets import BudgetLedger
 from wflo_jupyter.ledger.health import is_ledger_outage
@@ -132,7 +132,11 @@ class StepActivities:
         io = self.step_io.get(step.step_id)
         if io is not None or self.make_io is None:
             return self._execute(step, io or StepIO())
-        io = self.step_io.open(step.step_id, self.make_io(step))  # a worker's step
+        try:
+            made = self.make_io(step)  # a worker's step
+        except WfloError as exc:  # e.g. its --in values could not be read: one line
+            raise ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True) from None
+        io = self.step_io.open(step.step_id, made)
         try:
             result = self._execute(step, io)
             result.worker_queue = self.worker_queue
@@ -173,6 +177,7 @@ class StepActivities:
                 result = run(
                     step.code,
                     inputs=io.inputs,
+                    encoded_inputs=io.encoded_inputs,
                     outputs=io.outputs,
                     timeout_s=step.timeout_s,
                     on_stream=io.stream,
@@ -202,6 +207,7 @@ class StepActivities:
         for notice in result.notices:
             io.notice(notice)
         io.values.update(result.outputs)
+        io.output_payloads.update(result.output_payloads)
         io.value_errors.update(result.output_errors)
         io.state_lost = io.state_lost or result.state_lost
         charged = not step.estimate and step.compute_price_micros > 0  # a dry run is free

@@ -67,6 +67,10 @@ class StepIO:
     """The in-kernel side of one running step."""
 
     inputs: dict[str, Any] = field(default_factory=dict)
+    # a worker's step: the inputs as the kernel encoded them, and the --out payloads as
+    # the sandbox sent them (both handed on, never decoded here)
+    encoded_inputs: dict[str, dict[str, str]] | None = None
+    output_payloads: dict[str, Any] = field(default_factory=dict)
     outputs: tuple[str, ...] = ()
     fresh: bool = False
     output_cap: int = 10 * 1024 * 1024

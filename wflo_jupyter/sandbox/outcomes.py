@@ -59,6 +59,7 @@ def finish(
     result.execution_count = count if isinstance(count, int) else None
     payloads = frame.get("outputs")
     if isinstance(payloads, dict):
+        result.output_payloads = dict(payloads)
         result.outputs, result.output_errors = decode_outputs(payloads)
     if frame.get("ok") is True:
         result.ok = True

@@ -97,6 +97,7 @@ class SandboxSession(SandboxLifecycle):
         code: str,
         *,
         inputs: Mapping[str, Any] | None = None,
+        encoded_inputs: Mapping[str, Mapping[str, str]] | None = None,
         outputs: Sequence[str] = (),
         timeout_s: float = 60.0,
         on_stream: StreamCallback | None = None,
@@ -109,8 +110,13 @@ class SandboxSession(SandboxLifecycle):
         Never raises for what the code does (errors, timeouts, limits, a dead agent are in
         the result). Raises ``SandboxError`` when no container could be started and
         ``ValueTransferError`` when an ``inputs`` value cannot be pickled.
+        ``encoded_inputs``: the inputs already encoded (``encode_inputs``) elsewhere: the
+        kernel of a step a ``wflo worker`` runs.
         """
-        payload = encode_inputs(inputs or {})
+        if encoded_inputs is not None:
+            payload = {name: dict(value) for name, value in encoded_inputs.items()}
+        else:
+            payload = encode_inputs(inputs or {})
         with self._lock:
             self._busy = True
             try:

@@ -66,6 +66,9 @@ class ExecResult:
     traceback: str = ""
     outputs: dict[str, Any] = field(default_factory=dict)
     output_errors: dict[str, str] = field(default_factory=dict)
+    # the agent's ``--out`` payloads as sent (safe formats, still encoded): what a
+    # ``wflo worker`` hands on to the kernel, which decodes them itself
+    output_payloads: dict[str, Any] = field(default_factory=dict)
     stdout: str = ""
     stderr: str = ""
     displays: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)

@@ -28,15 +28,13 @@ from wflo_jupyter.session.queries import SessionQueries
 
 if TYPE_CHECKING:
     from wflo_jupyter.cache.llm_cache import LlmCache
-    from wflo_jupyter.cache.step_output import StepOutputSubscription
     from wflo_jupyter.gateway.service import LlmGateway
     from wflo_jupyter.ledger.health import LedgerHealth
     from wflo_jupyter.orchestration.worker import StepRunner
+    from wflo_jupyter.session.remote_steps import RemoteStep
     from wflo_jupyter.stack.settings import Settings
 
 log = logging.getLogger(__name__)
-
-REMOTE_OUTPUT_SETTLE_S = 2.0  # at most this long for a worker's output after its result
 
 LlmHandler = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], None]
 LlmFastPath = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], bool]
@@ -88,6 +86,7 @@ class SessionSteps(SessionQueries):
         self._refuse_without_ledger()
         step_id = str(uuid.uuid4())
         dry = spec.estimate
+        queue = "" if dry else self._remote_queues.get(spec.queue, spec.queue)
         step = StepInput(
             step_id=step_id,
             session_id=self.session_id,
@@ -107,8 +106,10 @@ class SessionSteps(SessionQueries):
             execution_count=execution_count,
             submit_attempt=self._submit_attempt(execution_count),
             lean=not dry and spec.retries == 0,
-            task_queue="" if dry else self._remote_queues.get(spec.queue, spec.queue),
+            task_queue=queue,
             no_cache=spec.no_cache,
+            inputs_by_reference=bool(queue and inputs),
+            output_names=list(spec.outputs) if queue else [],
             close_retry_s=self.settings.close_retry_s,
         )
         io = self.step_io.open(
@@ -135,7 +136,7 @@ class SessionSteps(SessionQueries):
             self.meter_step = (step_id, step.name)
         deliver = on_event or (lambda _event: None)
         started = time.monotonic()
-        remote = self._follow_output(step, io) if step.task_queue else None
+        remote = self._remote(step, io, dict(inputs or {})) if queue else None
         future = self.runner.submit(step)
         future.add_done_callback(lambda _done: io.wake())  # no polling delay at the end
         try:
@@ -145,7 +146,7 @@ class SessionSteps(SessionQueries):
                     io.pump(deliver, ask, wait_s=0.05)
                     if future.done():
                         if remote is not None:  # the worker's last output may trail
-                            remote.close(settle_s=REMOTE_OUTPUT_SETTLE_S)
+                            remote.settle()
                         io.pump(deliver, ask, wait_s=0)
                         break
                 except KeyboardInterrupt:
@@ -154,6 +155,8 @@ class SessionSteps(SessionQueries):
                     interrupted = True  # stop the cell; its result still gets recorded
                     self._cancel(step, io)
             result = self._result(step, io, future)
+            if remote is not None:
+                remote.finish(result)
             if spec.queue and result.worker_queue:  # the session's next steps go there too
                 self._remote_queues[spec.queue] = result.worker_queue
         finally:
@@ -168,27 +171,16 @@ class SessionSteps(SessionQueries):
         result.duration_s = time.monotonic() - started
         return result, io
 
-    def _follow_output(self, step: StepInput, io: StepIO) -> StepOutputSubscription:
-        """Subscribe to the output a ``wflo worker`` publishes for ``step`` (before the
-        step starts, so none is missed); it lands in ``io`` like a local step's."""
-        from wflo_jupyter.cache.step_output import StepOutputChannel
+    def _remote(self, step: StepInput, io: StepIO, inputs: dict[str, Any]) -> RemoteStep:
+        """The kernel's side of a step a ``wflo worker`` runs (before it starts)."""
+        from wflo_jupyter.session.remote_steps import RemoteStep
 
         if self.cache is None:
             raise WfloError(
-                f"--queue {step.task_queue}: a worker's output travels over Redis, and this "
-                "kernel has none (set WFLO_REDIS_URL)"
+                f"--queue {step.task_queue}: a worker's output and values travel over Redis, "
+                "and this kernel has none (set WFLO_REDIS_URL)"
             )
-
-        def deliver(event: tuple[Any, ...]) -> None:
-            kind, first, second = event
-            if kind == "stream":
-                io.stream(str(first), str(second))
-            elif kind == "display":
-                io.display(dict(first), dict(second or {}))
-            elif kind == "notice":
-                io.notice(str(first))
-
-        return StepOutputChannel(self.cache.client).subscribe(step.step_id, deliver)
+        return RemoteStep(self.cache.client, step, io, inputs)
 
     def _refuse_without_ledger(self) -> None:
         """``LedgerUnavailable`` (one line) when the ledger does not answer: the cell

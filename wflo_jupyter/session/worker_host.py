@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from temporalio.worker import Worker
 
     from wflo_jupyter.cache.step_output import StepOutputPublisher
+    from wflo_jupyter.cache.step_values import StepValues
     from wflo_jupyter.gateway.service import LlmGateway
     from wflo_jupyter.sandbox.session import SandboxSession
 
@@ -49,6 +50,8 @@ class PublishedStepIO(StepIO):
     """A worker's ``StepIO``: output events go to the kernel over Redis as they happen."""
 
     publisher: StepOutputPublisher | None = None
+    values_store: StepValues | None = None  # where the --out payloads go back
+    step_id: str = ""
     _ended: bool = field(default=False, repr=False)
 
     def stream(self, name: str, text: str) -> None:
@@ -64,10 +67,27 @@ class PublishedStepIO(StepIO):
             self.publisher.publish("notice", text, None)
 
     def close(self) -> None:
+        """The attempt is over: its ``--out`` payloads go back (before the ``end``)."""
         super().close()
-        if self.publisher is not None and not self._ended:
-            self._ended = True
+        if self._ended:
+            return
+        self._ended = True
+        if self.values_store is not None and self.outputs:
+            self._send_outputs(self.values_store)
+        if self.publisher is not None:
             self.publisher.end()
+
+    def _send_outputs(self, store: StepValues) -> None:
+        from wflo_jupyter.cache.step_values import StepValuesError
+
+        try:
+            store.put_outputs(self.step_id, self.output_payloads)
+        except StepValuesError as exc:  # each value says why it did not come back
+            refused = {name: {"error": str(exc)} for name in self.outputs}
+            try:
+                store.put_outputs(self.step_id, refused)
+            except StepValuesError:
+                log.warning("--out values of step %s not sent: %s", self.step_id, exc)
 
 
 class WorkerHost:
@@ -111,6 +131,7 @@ class WorkerHost:
         """Connect the engines, serve both queues until ``stop``, then shut down."""
         from wflo_jupyter.cache.redis_client import connect_redis
         from wflo_jupyter.cache.step_output import StepOutputChannel
+        from wflo_jupyter.cache.step_values import StepValues
         from wflo_jupyter.gateway.wiring import build_gateway
         from wflo_jupyter.ledger.budgets import BudgetLedger
         from wflo_jupyter.ledger.store import Ledger
@@ -132,12 +153,15 @@ class WorkerHost:
             on_missing=log.warning,
         )
         output = StepOutputChannel(connect_redis(endpoints.redis_url))
+        values = StepValues(output.client)
         activities = StepActivities(
             ledger,
             self.sandbox_for,
             StepIORegistry(),
             budgets=budgets,
-            make_io=lambda step: self._make_io(step, gateway, output.publisher(step.step_id)),
+            make_io=lambda step: self._make_io(
+                step, gateway, output.publisher(step.step_id), values
+            ),
             worker_queue=self.own_queue,
         )
         loop = BackgroundLoop("wflo-worker")
@@ -187,11 +211,21 @@ class WorkerHost:
                     each.close()
 
     @staticmethod
-    def _make_io(step: StepInput, gateway: LlmGateway, publisher: StepOutputPublisher) -> StepIO:
-        """The step's IO here: output published, LLM calls answered by this gateway."""
+    def _make_io(
+        step: StepInput, gateway: LlmGateway, publisher: StepOutputPublisher, values: StepValues
+    ) -> StepIO:
+        """The step's IO here: output published, LLM calls answered by this gateway, its
+        --in values read from Redis (a failure is raised: the step fails in one line)."""
         from wflo_jupyter.gateway.wiring import step_handlers
 
-        io = PublishedStepIO(publisher=publisher)
+        io = PublishedStepIO(
+            publisher=publisher,
+            values_store=values,
+            step_id=step.step_id,
+            outputs=tuple(step.output_names),
+        )
+        if step.inputs_by_reference:
+            io.encoded_inputs = values.take_inputs(step.step_id)
         handle, fast = step_handlers(
             gateway,
             step_id=step.step_id,
