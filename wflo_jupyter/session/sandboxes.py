@@ -85,6 +85,14 @@ class KernelSandboxes:
         with self._lock:
             return self._sandboxes.setdefault(image, created)
 
+    def discard(self, image: str) -> None:
+        """Remove the sandbox for ``image``, if any (its state is dropped)."""
+        with self._lock:
+            sandbox = self._sandboxes.pop(image, None)
+        if sandbox is not None:
+            with contextlib.suppress(Exception):
+                sandbox.close()
+
     def ids(self) -> list[str]:
         """The ids of the running sandboxes (container ids, ``bwrap-<pid>``, ...)."""
         with self._lock:
