@@ -68,10 +68,9 @@ def _parsers() -> dict[str, OptionParser]:
     cache.add_argument("--model", default=None)
     cache.add_argument("--notebook", action="store_true")
     image = add("image")
-    image.add_argument("action", nargs="?", choices=("add",), default=None)
-    image.add_argument("packages", nargs="*", default=[])
+    image.add_argument("words", nargs="*", default=[])
     image.add_argument("-r", dest="requirements", default=None)
-    image.add_argument("--find-links", action="append", default=[], dest="find_links")
+    image.add_argument("--find-links", action="append", default=None, dest="find_links")
     image.add_argument("--no-index", action="store_true", dest="no_index")
     return parsers
 
@@ -103,7 +102,9 @@ def parse_line_command(line: str) -> LineCommand:
     name, rest = words[0], words[1:]
     if name not in parsers:
         raise SpecError(f"%wflo: unknown command {name!r}; use one of: {', '.join(COMMANDS)}")
-    options = vars(parsers[name].parse(rest))
+    parser = parsers[name]
+    # image: package names may come after options (add --find-links DIR pkg)
+    options = vars(parser.parse_intermixed_args(rest) if name == "image" else parser.parse(rest))
     if name == "budget":
         _check_budget(options)
     if name == "team":
@@ -120,6 +121,12 @@ def parse_line_command(line: str) -> LineCommand:
 
 
 def _check_image(options: dict[str, Any]) -> None:
+    options["find_links"] = options["find_links"] or []
+    words = options.pop("words")
+    if words and words[0] != "add":
+        raise SpecError(f"%wflo image: unknown action {words[0]!r}; use %wflo image add PKG...")
+    options["action"] = words[0] if words else None
+    options["packages"] = words[1:]
     given = options["packages"] or options["requirements"] or options["find_links"]
     if options["action"] is None and (given or options["no_index"]):
         raise SpecError("%wflo image: packages go after add: %wflo image add PKG... | -r FILE")

@@ -250,7 +250,7 @@ class DerivedImages:
 
 def pip_failure(output: str, platform: Platform) -> str:
     """One line from pip's failure: the package and why."""
-    lines = [line.strip() for line in output.splitlines()]
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in output.splitlines()]
     where = f"{platform.pytag}, {platform.arch}, glibc {platform.glibc}"
     for line in lines:
         missing = re.match(

@@ -110,12 +110,14 @@ def _has_pip(python: str) -> bool:
 
 
 def pip_env() -> dict[str, str]:
-    """The host pip's environment: no virtualenv or --user requirement, no version check."""
+    """The host pip's environment: no virtualenv or --user requirement, no version check,
+    no colours (its lines are read and shown)."""
     return {
         **os.environ,
         "PIP_REQUIRE_VIRTUALENV": "0",
         "PIP_USER": "0",
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_NO_COLOR": "1",
     }
 
 
