@@ -8,6 +8,7 @@ line. A missing runtime image is built by the first cell, or named with its comm
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -69,8 +70,10 @@ def test_add_switches_records_and_is_reused(
     other = make_kernel()
     started = time.monotonic()
     reuse = other.run(f"%wflo image add --no-index --find-links {wheels} {name}")
-    assert time.monotonic() - started < 1.0, (time.monotonic() - started, reuse.notices)
-    assert f"sandbox image {tag} (reused in" in reuse.notices
+    took = time.monotonic() - started  # a new kernel's whole cell: its session starts too
+    assert took < 3.0, (took, reuse.notices)
+    reused = re.search(rf"sandbox image {tag} \(reused in ([0-9.]+) s\)", reuse.notices)
+    assert reused is not None and float(reused[1]) < 1.0, reuse.notices
     assert other.run(f"%%wflo\nimport {name}\nprint({name}.VALUE)").stdout == (
         "from-a-local-wheel\n"
     )

@@ -192,8 +192,9 @@ COMMAND_HELP: tuple[tuple[str, str], ...] = (
     ("image", "this notebook's sandbox image and the packages added to it"),
     (
         "image add PKG... | -r FILE",
-        "a derived image with these packages (wheels fetched on the host; state is dropped)",
+        "a derived image with these packages, built on the host (state dropped)",
     ),
+    ("image add ... --find-links DIR --no-index", "also take wheels from DIR (--no-index: only)"),
     ("help", "this list (also %wflo with no command, %wflo? and %%wflo?)"),
 )
 """``%wflo`` commands, one line each (a unit test checks them against the parsers)."""
