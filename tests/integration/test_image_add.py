@@ -7,13 +7,11 @@ image's own numpy is kept, not downloaded into the layer)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -47,18 +45,11 @@ def probe(client: docker.DockerClient, image: str, code: str) -> str:
     return bytes(output).decode().strip()
 
 
-@pytest.fixture
-def built(docker_client: docker.DockerClient) -> Iterator[list[str]]:
-    """Tags the test built; removed afterwards, newest first."""
-    tags: list[str] = []
-    yield tags
-    for tag in reversed(tags):
-        with contextlib.suppress(docker.errors.ImageNotFound, docker.errors.APIError):
-            docker_client.images.remove(tag)
-
-
 def test_add_builds_labels_imports_and_reuses(
-    docker_client: docker.DockerClient, runtime_image: str, tmp_path: Path, built: list[str]
+    docker_client: docker.DockerClient,
+    runtime_image: str,
+    tmp_path: Path,
+    removed_images: list[str],
 ) -> None:
     wheels = tmp_path / "wheels"
     wheels.mkdir()
@@ -69,7 +60,7 @@ def test_add_builds_labels_imports_and_reuses(
     request = PackageRequest((f"{name}==0.*",), (str(wheels),), no_index=True)
 
     first = images.add(runtime_image, request)
-    built.append(first.tag)
+    removed_images.append(first.tag)
     assert first.built and first.tag.startswith("wflo-pkgs:")
     assert first.added == first.packages == (f"{name}==0.3",)
     labels = docker_client.images.get(first.tag).labels
@@ -96,7 +87,7 @@ def test_add_builds_labels_imports_and_reuses(
     second_name = f"{name}b"
     make_wheel(wheels, second_name, "1.0", "second", requires=(name,))
     stacked = images.add(first.tag, PackageRequest((second_name,), (str(wheels),), True))
-    built.append(stacked.tag)
+    removed_images.append(stacked.tag)
     assert stacked.added == (f"{second_name}==1.0",)
     assert stacked.packages == tuple(sorted((f"{name}==0.3", f"{second_name}==1.0")))
     assert docker_client.images.get(stacked.tag).labels[ADDED_LABEL] == f"{second_name}==1.0"
@@ -136,7 +127,10 @@ def test_no_wheel_conflict_and_nothing_new_are_one_line(
 
 
 def test_list_and_prune_keep_what_a_container_uses(
-    docker_client: docker.DockerClient, runtime_image: str, tmp_path: Path, built: list[str]
+    docker_client: docker.DockerClient,
+    runtime_image: str,
+    tmp_path: Path,
+    removed_images: list[str],
 ) -> None:
     wheels = tmp_path / "wheels"
     wheels.mkdir()
@@ -145,7 +139,7 @@ def test_list_and_prune_keep_what_a_container_uses(
     for name in (f"wflokeep{uuid.uuid4().hex[:6]}", f"wflogone{uuid.uuid4().hex[:6]}"):
         make_wheel(wheels, name, "1.0", name)
         tags.append(images.add(runtime_image, PackageRequest((name,), (str(wheels),), True)).tag)
-    built.extend(tags)
+    removed_images.extend(tags)
     keep, gone = tags
     env = {**os.environ, "WFLO_HOME": str(tmp_path / "home"), "COLUMNS": "250"}
     cli = [sys.executable, "-m", "wflo_jupyter.cli", "image"]
@@ -170,12 +164,15 @@ def test_list_and_prune_keep_what_a_container_uses(
 
 
 def test_a_pypi_package_with_binary_wheels_keeps_the_images_numpy(
-    docker_client: docker.DockerClient, runtime_image: str, tmp_path: Path, built: list[str]
+    docker_client: docker.DockerClient,
+    runtime_image: str,
+    tmp_path: Path,
+    removed_images: list[str],
 ) -> None:
     result = DerivedImages(docker_client, tmp_path / "home", lambda _line: None).add(
         runtime_image, PackageRequest(("numexpr",), (), False)
     )
-    built.append(result.tag)
+    removed_images.append(result.tag)
     assert [p.split("==")[0] for p in result.added] == ["numexpr"]  # numpy: the image's
     numpy = recipe.pinned(recipe.recipe_dir())["numpy"]
     out = probe(

@@ -7,11 +7,10 @@ line. A missing runtime image is built by the first cell, or named with its comm
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import docker
@@ -32,17 +31,8 @@ def wheels(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.fixture
-def removed_after(docker_client: docker.DockerClient) -> Iterator[list[str]]:
-    tags: list[str] = []
-    yield tags
-    for tag in reversed(tags):
-        with contextlib.suppress(docker.errors.ImageNotFound, docker.errors.APIError):
-            docker_client.images.remove(tag, force=True)
-
-
 def test_add_switches_records_and_is_reused(
-    make_kernel: Callable[..., Kernel], wheels: Path, removed_after: list[str]
+    make_kernel: Callable[..., Kernel], wheels: Path, removed_images: list[str]
 ) -> None:
     name = f"wflonb{uuid.uuid4().hex[:8]}"
     make_wheel(wheels, name, "2.1", "from-a-local-wheel")
@@ -58,7 +48,7 @@ def test_add_switches_records_and_is_reused(
     recorded = switched[0]["wflo"]
     assert recorded["packages"] == [f"{name}==2.1"] and recorded["requested"] == [name]
     tag = recorded["image"]
-    removed_after.append(tag)
+    removed_images.append(tag)
     assert tag.startswith("wflo-pkgs:")
     assert "state from earlier cells was dropped" in add.notices
     assert f"sandbox image {tag} (built in" in add.notices
@@ -103,7 +93,7 @@ def test_bad_requests_are_one_line(
 
 
 def test_requirements_file(
-    make_kernel: Callable[..., Kernel], wheels: Path, tmp_path: Path, removed_after: list[str]
+    make_kernel: Callable[..., Kernel], wheels: Path, tmp_path: Path, removed_images: list[str]
 ) -> None:
     names = [f"wflorq{uuid.uuid4().hex[:6]}" for _ in range(2)]
     for name in names:
@@ -113,7 +103,7 @@ def test_requirements_file(
     kernel = make_kernel()
     add = kernel.run(f"%wflo image add --no-index --find-links {wheels} -r {requirements}")
     assert add.status == "ok", add.error_line
-    removed_after.append(next(d["wflo"]["image"] for d in add.metadata if "wflo" in d))
+    removed_images.append(next(d["wflo"]["image"] for d in add.metadata if "wflo" in d))
     run = kernel.run(f"%%wflo\nimport {names[0]}, {names[1]}\nprint({names[1]}.VALUE)")
     assert run.stdout == f"{names[1]}\n"
 
@@ -122,10 +112,10 @@ def test_missing_runtime_image_is_built_or_named(
     make_kernel: Callable[..., Kernel],
     docker_client: docker.DockerClient,
     runtime_image: str,
-    removed_after: list[str],
+    removed_images: list[str],
 ) -> None:
     tag = f"wflo-test-autobuild:{uuid.uuid4().hex[:8]}"
-    removed_after.append(tag)
+    removed_images.append(tag)
     base = docker_client.images.get(runtime_image).labels[recipe.BASE_LABEL]
     kernel = make_kernel({"WFLO_RUNTIME_IMAGE": tag, "WFLO_RUNTIME_BASE": base})
     kernel.run("%config WfloMagics.auto_build_image = False")

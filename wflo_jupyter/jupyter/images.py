@@ -31,7 +31,9 @@ def show_image(session: WfloSession, image: str) -> None:
     display.notice(f"sandbox image {tag}; added packages: {added}")
 
 
-def add_packages(session: WfloSession, base: str, options: dict[str, Any]) -> str:
+def add_packages(
+    session: WfloSession, base: str, options: dict[str, Any], *, auto_build: bool
+) -> str:
     """``%wflo image add``: the derived image's tag, the session switched to it."""
     try:
         result = session.images.add(
@@ -40,6 +42,7 @@ def add_packages(session: WfloSession, base: str, options: dict[str, Any]) -> st
             requirements=options["requirements"],
             find_links=list(options["find_links"]),
             no_index=options["no_index"],
+            auto_build=auto_build,
         )
     except WfloError as exc:
         raise UsageError(str(exc)) from None

@@ -219,7 +219,12 @@ class WfloMagics(Magics):
             if command.options["action"] is None:
                 images.show_image(session, self.defaults().image)
             else:
-                self.image = images.add_packages(session, self.defaults().image, command.options)
+                self.image = images.add_packages(
+                    session,
+                    self.defaults().image,
+                    command.options,
+                    auto_build=self.auto_build_image,
+                )
             return None
         if command.name == "restart":
             session.restart_sandbox()

@@ -80,8 +80,10 @@ class SessionImages:
         requirements: str | None = None,
         find_links: list[str] | None = None,
         no_index: bool = False,
+        auto_build: bool = True,
     ) -> DerivedImage:
-        """``base`` plus these packages (found or built); the caller switches to its tag."""
+        """``base`` plus these packages (found or built); the caller switches to its tag.
+        ``auto_build``: a missing runtime ``base`` is built first (see ``ensure``)."""
         from wflo_jupyter.runtime.packages import DerivedImages, PackageRequest
 
         self._docker_only("%wflo image add")
@@ -94,7 +96,7 @@ class SessionImages:
             tuple(str(Path(f).expanduser().resolve()) for f in find_links or []),
             no_index,
         )
-        self.ensure(base, auto_build=True)
+        self.ensure(base, auto_build=auto_build)
         builder = DerivedImages(self.sandboxes.docker_client(), self.settings.home, self.progress)
         return builder.add(base, request)
 
