@@ -23,6 +23,7 @@ class CellRun:
     error: dict[str, Any] | None = None
     reply: dict[str, Any] = field(default_factory=dict)  # execute_reply (ename of a UsageError)
     data: list[dict[str, Any]] = field(default_factory=list)
+    metadata: list[dict[str, Any]] = field(default_factory=list)  # of each entry of data
     timeline: list[tuple[float, str, str]] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)  # input() prompts the cell showed
 
@@ -95,6 +96,7 @@ class Kernel:
                 result.error = content
             elif kind in ("execute_result", "display_data"):
                 result.data.append(content["data"])
+                result.metadata.append(content.get("metadata") or {})
             elif kind == "status" and content["execution_state"] == "idle":
                 break
         while True:  # the execute_reply of THIS request (skip any stale reply)

@@ -9,10 +9,12 @@ and checks, once they are closed, that nothing of them is left on the host."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import docker
 import pytest
 
 from tests.helpers import wait_until
@@ -65,6 +67,16 @@ def make_kernel(stack_env: dict[str, str], runtime_image: str) -> Iterator[Calla
     yield make
     for kernel in kernels:
         kernel.close()
+
+
+@pytest.fixture
+def removed_images(docker_client: docker.DockerClient) -> Iterator[list[str]]:
+    """Image tags a test adds here are removed after it, the last added first."""
+    tags: list[str] = []
+    yield tags
+    for tag in reversed(tags):
+        with contextlib.suppress(docker.errors.ImageNotFound, docker.errors.APIError):
+            docker_client.images.remove(tag, force=True)
 
 
 @pytest.fixture(scope="module")

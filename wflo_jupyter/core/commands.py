@@ -67,6 +67,11 @@ def _parsers() -> dict[str, OptionParser]:
     cache.add_argument("action", choices=("stats", "clear"))
     cache.add_argument("--model", default=None)
     cache.add_argument("--notebook", action="store_true")
+    image = add("image")
+    image.add_argument("words", nargs="*", default=[])
+    image.add_argument("-r", dest="requirements", default=None)
+    image.add_argument("--find-links", action="append", default=None, dest="find_links")
+    image.add_argument("--no-index", action="store_true", dest="no_index")
     return parsers
 
 
@@ -85,7 +90,8 @@ def parse_line_command(line: str) -> LineCommand:
     """Parse ``help`` (also an empty line), ``status``, ``runs [-n N]``,
     ``events [-n N] [--all]``, ``restart``, ``budget [USD] [--team NAME [--period day|month]]``,
     ``team NAME``, ``report [--all]``, ``meter``, ``doctor [--timeout S]``,
-    ``cache stats|clear [--model M | --notebook]``."""
+    ``cache stats|clear [--model M | --notebook]``,
+    ``image [add PKG... | add -r FILE] [--find-links DIR] [--no-index]``."""
     try:
         words = shlex.split(line)
     except ValueError as exc:
@@ -96,7 +102,9 @@ def parse_line_command(line: str) -> LineCommand:
     name, rest = words[0], words[1:]
     if name not in parsers:
         raise SpecError(f"%wflo: unknown command {name!r}; use one of: {', '.join(COMMANDS)}")
-    options = vars(parsers[name].parse(rest))
+    parser = parsers[name]
+    # image: package names may come after options (add --find-links DIR pkg)
+    options = vars(parser.parse_intermixed_args(rest) if name == "image" else parser.parse(rest))
     if name == "budget":
         _check_budget(options)
     if name == "team":
@@ -105,9 +113,28 @@ def parse_line_command(line: str) -> LineCommand:
         for flag in ("model", "notebook"):
             if options[flag] not in (None, False):
                 raise SpecError(f"%wflo cache stats: --{flag} applies to clear only")
+    if name == "image":
+        _check_image(options)
     if name == "cache" and options["model"] is not None and options["notebook"]:
         raise SpecError("%wflo cache clear: use --model M or --notebook, not both")
     return LineCommand(name, options)
+
+
+def _check_image(options: dict[str, Any]) -> None:
+    options["find_links"] = options["find_links"] or []
+    words = options.pop("words")
+    if words and words[0] != "add":
+        raise SpecError(f"%wflo image: unknown action {words[0]!r}; use %wflo image add PKG...")
+    options["action"] = words[0] if words else None
+    options["packages"] = words[1:]
+    given = options["packages"] or options["requirements"] or options["find_links"]
+    if options["action"] is None and (given or options["no_index"]):
+        raise SpecError("%wflo image: packages go after add: %wflo image add PKG... | -r FILE")
+    if options["action"] == "add" and not (options["packages"] or options["requirements"]):
+        raise SpecError("%wflo image add: name at least one package, or -r requirements.txt")
+    for spec in options["packages"]:
+        if spec.startswith("-"):
+            raise SpecError(f"%wflo image add: unknown option {spec!r}")
 
 
 def _check_team_name(prog: str, team: str) -> None:
@@ -163,6 +190,12 @@ COMMAND_HELP: tuple[tuple[str, str], ...] = (
     ("meter", "the live budget widget"),
     ("doctor [--timeout S]", "what this machine has and lacks for wflo, each with its remedy"),
     ("restart", "a new sandbox session: state from earlier cells is dropped"),
+    ("image", "this notebook's sandbox image and the packages added to it"),
+    (
+        "image add PKG... | -r FILE",
+        "a derived image with these packages, built on the host (state dropped)",
+    ),
+    ("image add ... --find-links DIR --no-index", "also take wheels from DIR (--no-index: only)"),
     ("help", "this list (also %wflo with no command, %wflo? and %%wflo?)"),
 )
 """``%wflo`` commands, one line each (a unit test checks them against the parsers)."""

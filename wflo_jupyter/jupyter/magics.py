@@ -21,6 +21,7 @@ from wflo_jupyter.core.errors import (
     StepCancelled,
     StepFailed,
     UnsafeOutput,
+    WfloError,
 )
 from wflo_jupyter.core.money import usd_to_micros
 from wflo_jupyter.core.steps import StepDefaults, parse_step_spec
@@ -38,6 +39,11 @@ class WfloMagics(Magics):
     cpus = Float(1.0, help="Default sandbox CPUs.").tag(config=True)
     pids_limit = Int(128, help="Sandbox process limit.").tag(config=True)
     image = Unicode("", help="Sandbox image (default: WFLO_RUNTIME_IMAGE).").tag(config=True)
+    auto_build_image = Bool(
+        True,
+        help="When the first %%wflo cell finds no runtime image, build it (progress in the "
+        "cell); False: the cell fails with the command to run instead.",
+    ).tag(config=True)
     retries = Int(
         0,
         help="Default --retries: infrastructure failures (a sandbox that would not start, "
@@ -143,6 +149,10 @@ class WfloMagics(Magics):
             session.set_price_overrides(dict(self.prices))
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
+        try:
+            session.images.ensure(spec.image, auto_build=self.auto_build_image)
+        except WfloError as exc:
+            raise UsageError(str(exc)) from None
         count = getattr(self.shell, "execution_count", None)
         result, io = session.run_step(
             spec,
@@ -211,6 +221,19 @@ class WfloMagics(Magics):
             return self._show_meter(session, compact=False)
         if command.name == "doctor":
             return display.doctor(session.doctor(command.options["timeout"]))
+        if command.name == "image":
+            from wflo_jupyter.jupyter import images
+
+            if command.options["action"] is None:
+                images.show_image(session, self.defaults().image)
+            else:
+                self.image = images.add_packages(
+                    session,
+                    self.defaults().image,
+                    command.options,
+                    auto_build=self.auto_build_image,
+                )
+            return None
         if command.name == "restart":
             session.restart_sandbox()
             display.notice("new sandbox session: state from earlier cells was dropped")

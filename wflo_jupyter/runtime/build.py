@@ -12,11 +12,8 @@ container uses it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +24,7 @@ from docker.errors import DockerException, ImageNotFound
 from wflo_jupyter.runtime import recipe
 from wflo_jupyter.runtime.base import choose_base, image_id
 from wflo_jupyter.runtime.site import prepare_site
-from wflo_jupyter.runtime.steps import BuildError, Progress
-
-LOCK_WAIT_S = 600.0
-BUILD_TIMEOUT_S = 3600
+from wflo_jupyter.runtime.steps import BuildError, Progress, build_lock, docker_build
 
 
 @dataclass(frozen=True)
@@ -67,7 +61,7 @@ class ImageBuilder:
         fast = self._up_to_date(tag, base, source)
         if fast is not None:
             return BuildResult(tag, fast[0], fast[1], False, time.monotonic() - started)
-        with _build_lock(self.progress):
+        with build_lock(self.progress):
             current = self._current(tag)  # another builder may have finished meanwhile
             chosen = choose_base(self.client, base, current.base, self.progress)
             chosen_id = image_id(self.client, chosen)
@@ -84,7 +78,14 @@ class ImageBuilder:
                 self.context / ".build",
                 self.progress,
             )
-            self._docker_build(tag, chosen, digest)
+            docker_build(
+                self.client,
+                self.context,
+                tag,
+                {"BASE": chosen},
+                {recipe.RECIPE_LABEL: digest, recipe.BASE_LABEL: chosen},
+                self.progress,
+            )
             new_id = image_id(self.client, tag)
             if current.id is not None and current.id != new_id:
                 with contextlib.suppress(DockerException, requests.RequestException):
@@ -131,56 +132,6 @@ class ImageBuilder:
             target = self.context / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / relative, target)
-
-    def _docker_build(self, tag: str, base: str, digest: str) -> None:
-        self.progress(f"building {tag} from {base}...")
-        started = time.monotonic()
-        try:
-            for chunk in self.client.api.build(
-                path=str(self.context),
-                tag=tag,
-                buildargs={"BASE": base},
-                labels={recipe.RECIPE_LABEL: digest, recipe.BASE_LABEL: base},
-                network_mode="none",
-                rm=True,
-                forcerm=True,
-                decode=True,
-                timeout=BUILD_TIMEOUT_S,
-            ):
-                if "error" in chunk:
-                    raise BuildError(f"docker build of {tag} failed: {str(chunk['error']).strip()}")
-                line = str(chunk.get("stream", "")).strip()
-                if line.startswith("Step "):  # one line per step: the long ones show as they start
-                    self.progress(f"  docker build: {line[:100]}")
-        except (DockerException, requests.RequestException) as exc:
-            raise BuildError(f"docker build of {tag} failed: {exc}") from None
-        self.progress(f"  docker build: done in {time.monotonic() - started:.0f} s")
-
-
-@contextlib.contextmanager
-def _build_lock(progress: Progress) -> Iterator[None]:
-    """One builder at a time on this machine; whoever waited re-checks afterwards."""
-    path = Path(tempfile.gettempdir()) / "wflo-build-runtime-image.lock"
-    with path.open("a") as handle:
-        deadline = time.monotonic() + LOCK_WAIT_S
-        said = False
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise BuildError(
-                        f"another image build is still running (lock {path})"
-                    ) from None
-                if not said:
-                    progress("waiting for another image build to finish...")
-                    said = True
-                time.sleep(0.5)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 __all__ = ["BuildResult", "ImageBuilder"]

@@ -109,6 +109,33 @@ def _has_pip(python: str) -> bool:
     return done.returncode == 0
 
 
+def pip_env() -> dict[str, str]:
+    """The host pip's environment: no virtualenv or --user requirement, no version check,
+    no colours (its lines are read and shown)."""
+    return {
+        **os.environ,
+        "PIP_REQUIRE_VIRTUALENV": "0",
+        "PIP_USER": "0",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_NO_COLOR": "1",
+    }
+
+
+def platform_options(platform: Platform) -> list[str]:
+    """pip's options for wheels of ``platform`` only (nothing compiled on the host)."""
+    platforms = [arg for tag in platform.manylinux() for arg in ("--platform", tag)]
+    return [
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        "3.11",
+        "--abi",
+        platform.pytag,
+        *platforms,
+    ]
+
+
 def prepare_site(
     client: docker.DockerClient, base: str, requirements: Path, build_dir: Path, progress: Progress
 ) -> None:
@@ -131,13 +158,6 @@ def prepare_site(
     )
     started = time.monotonic()
     build_dir.mkdir(parents=True, exist_ok=True)
-    platforms = [arg for tag in platform.manylinux() for arg in ("--platform", tag)]
-    env = {
-        **os.environ,
-        "PIP_REQUIRE_VIRTUALENV": "0",
-        "PIP_USER": "0",
-        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-    }
     # --target keeps the host's environments untouched (and is allowed on an externally
     # managed Python); --only-binary: wheels only, nothing compiled.
     log = run_logged(
@@ -153,25 +173,18 @@ def prepare_site(
             "--no-warn-script-location",
             "--target",
             str(new),
-            "--only-binary=:all:",
-            "--implementation",
-            "cp",
-            "--python-version",
-            "3.11",
-            "--abi",
-            platform.pytag,
-            *platforms,
+            *platform_options(platform),
             "-r",
             str(requirements),
         ],
         "pip install",
         progress,
-        env=env,
+        env=pip_env(),
     )
     cached = sum(
         1 for line in log.splitlines() if line.lstrip().startswith(("Using cached", "Processing /"))
     )
-    _trim(new)
+    trim_site(new)
     shutil.rmtree(site, ignore_errors=True)
     key_file.unlink(missing_ok=True)
     new.rename(site)
@@ -183,7 +196,7 @@ def prepare_site(
     )
 
 
-def _trim(site: Path) -> None:
+def trim_site(site: Path) -> None:
     """Drop what a sandbox never uses: console scripts (their #! names the host's python),
     the libraries' own test suites, C/C++ headers and sources; readable by uid 1000 whatever
     the host's umask, writable by nobody else."""
@@ -204,4 +217,13 @@ def _trim(site: Path) -> None:
             os.chmod(path, wanted)
 
 
-__all__ = ["Platform", "prepare_site", "probe_platform", "site_key"]
+__all__ = [
+    "Platform",
+    "pip_env",
+    "pip_python",
+    "platform_options",
+    "prepare_site",
+    "probe_platform",
+    "site_key",
+    "trim_site",
+]

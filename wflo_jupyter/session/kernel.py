@@ -25,6 +25,7 @@ from wflo_jupyter.core.budget import BudgetNotFound
 from wflo_jupyter.core.doctor import DoctorReport
 from wflo_jupyter.core.reports import StepSummary
 from wflo_jupyter.orchestration.stepio import StepIORegistry
+from wflo_jupyter.session.images import SessionImages
 from wflo_jupyter.session.sandboxes import KernelSandboxes
 from wflo_jupyter.session.steps import SessionSteps
 from wflo_jupyter.stack.settings import Endpoints, Settings, resolve_endpoints
@@ -78,6 +79,7 @@ class WfloSession(SessionSteps):
             docker_host=settings.docker_host,
             idle_timeout_s=idle_timeout_s,
         )
+        self.images = SessionImages(settings, self.sandboxes, self.progress)
         self.endpoints: Endpoints | None = None
         self.ledger: Ledger | None = None
         self.ledger_health: LedgerHealth | None = None

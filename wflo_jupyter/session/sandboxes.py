@@ -85,6 +85,22 @@ class KernelSandboxes:
         with self._lock:
             return self._sandboxes.setdefault(image, created)
 
+    def discard(self, image: str) -> None:
+        """Forget the sandbox for ``image``, if any (its state is dropped); its container
+        is removed in the background (``close`` waits for that)."""
+        with self._lock:
+            sandbox = self._sandboxes.pop(image, None)
+        if sandbox is None:
+            return
+
+        def remove() -> None:
+            with contextlib.suppress(Exception):
+                sandbox.close()
+
+        thread = threading.Thread(target=remove, name="wflo-sandbox-discard", daemon=True)
+        thread.start()
+        self._prewarm_threads.append(thread)
+
     def ids(self) -> list[str]:
         """The ids of the running sandboxes (container ids, ``bwrap-<pid>``, ...)."""
         with self._lock:
