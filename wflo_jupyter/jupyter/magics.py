@@ -149,8 +149,9 @@ class WfloMagics(Magics):
             session.set_price_overrides(dict(self.prices))
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
-        try:
-            session.images.ensure(spec.image, auto_build=self.auto_build_image)
+        try:  # a worker's step (--queue) finds its image on the worker's engine
+            if not spec.queue:
+                session.images.ensure(spec.image, auto_build=self.auto_build_image)
         except WfloError as exc:
             raise UsageError(str(exc)) from None
         count = getattr(self.shell, "execution_count", None)
