@@ -76,6 +76,7 @@ bench: install docker runtime-image
 	$(BENCH_VENV)/bin/python bench/orchestration.py
 	$(BENCH_VENV)/bin/python bench/events.py
 	$(BENCH_VENV)/bin/python bench/cancel.py
+	$(BENCH_VENV)/bin/python bench/worker.py
 
 ## LiteLLM's proxy in its own environment (requirements-litellm.lock): the third-party
 ## OpenAI-compatible server of tests/integration/test_third_party_server.py
