@@ -292,16 +292,22 @@ def test_the_installed_cli_copies_the_examples_out(clean_venv: Path, tmp_path: P
 
 @pytest.mark.docker
 @pytest.mark.kernel
-def test_the_installed_demo_runs_the_packaged_quickstart(
-    clean_venv: Path, stack_env: dict[str, str], runtime_image: str, tmp_path: Path
+def test_the_installed_wflo_up_and_demo_run_the_packaged_quickstart(
+    clean_venv: Path, runtime_image: str, tmp_path: Path
 ) -> None:
-    """``wflo demo`` with no argument, from the clean venv outside the checkout: it runs the
-    quickstart that the wheel installed, headless (its kernel on Unix sockets: no plain-TCP
-    warning; stopped at the end), then prints the step table with the simulated calls and
-    their saving."""
-    engines = {k: v for k, v in stack_env.items() if k != "WFLO_HOME"}
-    extra_env = {**engines, "WFLO_PROVIDER": "mock"}
-    run = _wflo(clean_venv, "demo", cwd=tmp_path, extra_env=extra_env, timeout=600)
+    """As a pip user's first hour, from the clean venv outside the checkout, with no
+    ``WFLO_*`` engine settings: ``wflo up`` starts the local stack from the installed
+    package, and ``wflo demo`` with no argument runs the quickstart the wheel installed,
+    headless (its kernel on Unix sockets: no plain-TCP warning; stopped at the end), then
+    prints the step table with the simulated calls and their saving."""
+    mock = {"WFLO_PROVIDER": "mock"}
+    up = _wflo(clean_venv, "up", cwd=tmp_path, timeout=300)
+    try:
+        assert up.returncode == 0, up.stderr[-3000:]
+        run = _wflo(clean_venv, "demo", cwd=tmp_path, extra_env=mock, timeout=600)
+    finally:
+        down = _wflo(clean_venv, "down", cwd=tmp_path, timeout=120)
+    assert down.returncode == 0, down.stderr[-2000:]
     assert run.returncode == 0, run.stderr[-3000:]
     ran = "".join(run.stderr.split())  # the progress line, however the console wrapped it
     assert f"running{clean_venv}/lib/" in ran and "/wflo_jupyter/examples/quickstart.ipynb" in ran
