@@ -6,6 +6,9 @@ layer turns these into events (``session.events``); the sandbox package knows no
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from typing import Any
 
 import docker
@@ -13,8 +16,10 @@ import pytest
 
 from tests.sandboxes import MB, ok
 from wflo_jupyter.events.schemas import EventSchemas
+from wflo_jupyter.sandbox.docker_engine import LABEL_PREFIX
 from wflo_jupyter.sandbox.session import SandboxLimits, SandboxSession
 from wflo_jupyter.session.events import SessionEvents
+from wflo_jupyter.session.sandboxes import KernelSandboxes
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -116,3 +121,38 @@ def test_session_events_wait_for_a_ledger_and_validate(make_session: Any) -> Non
         assert (body["session"], body["key"], body["version"]) == (session.session_id,) * 2 + (1,)
         assert event.topic == "wflo.sandbox"
         schemas.validate(body)
+
+
+def test_a_dead_kernels_container_reaped_by_the_session_is_told(
+    runtime_image: str, docker_client: docker.DockerClient
+) -> None:
+    """``KernelSandboxes`` reaps once, when it first connects to Docker, and tells each
+    removed container (another kernel on this host may reap it first: it looks then)."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    leftover = docker_client.containers.create(  # never started
+        runtime_image,
+        command=["true"],
+        labels={
+            f"{LABEL_PREFIX}.kernel-pid": str(gone.pid),
+            f"{LABEL_PREFIX}.hostname": socket.gethostname(),
+            f"{LABEL_PREFIX}.session": "a-dead-kernel",
+        },
+    )
+    told: list[tuple[str, dict[str, Any]]] = []
+    sandboxes = KernelSandboxes(
+        "reaping",
+        isolation="docker",
+        docker_host=None,
+        idle_timeout_s=60,
+        on_change=lambda what, details: told.append((what, details)),
+    )
+    try:
+        sandboxes.docker_client()
+        sandboxes.docker_client()  # once per session
+    finally:
+        sandboxes.close()
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(leftover.id or "")
+    assert ("reaped", {"sandbox_id": leftover.id}) in told
+    assert {what for what, _ in told} == {"reaped"}

@@ -241,5 +241,5 @@ def test_an_unknown_or_broken_envelope_is_one_line(broken: dict[str, Any], messa
         SCHEMAS.validate(broken)
     with pytest.raises(EventSchemaError, match="v7"):
         SCHEMAS.load("step.started", 7)
-    with pytest.raises(EventSchemaError, match="no schema for event type 'step.started' v7"):
+    with pytest.raises(EventSchemaError, match=r"no schema for event type 'step\.started' v7"):
         SCHEMAS.validate({**envelope("step.started", STEP), "version": 7})
