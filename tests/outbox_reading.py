@@ -100,10 +100,11 @@ def of_sessions(seen: list[Seen], sessions: set[str]) -> list[Seen]:
     return [s for s in seen if s.session_id in sessions]
 
 
-def outbox_ids(ledger: Ledger, sessions: set[str]) -> set[str]:
+def outbox_ids(ledger: Ledger, sessions: set[str], topic: str = TOPIC_STEPS) -> set[str]:
+    """The ids of the outbox's events of ``sessions`` bound for ``topic``."""
     with ledger.engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT event_id, envelope FROM outbox"),
+            text("SELECT event_id, envelope FROM outbox WHERE topic = :topic"), {"topic": topic}
         ).all()
     return {r[0] for r in rows if r[1]["payload"].get("session_id") in sessions}
 

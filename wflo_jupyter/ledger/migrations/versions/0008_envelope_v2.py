@@ -3,7 +3,8 @@
 Every outbox envelope now carries ``version`` (its type's schema version), ``session``
 and ``step`` (``core.events``). Envelopes built in Python set them; the ones Postgres
 builds (``wflo_reserve``, ``wflo_finish``, cached calls) do not, so a row trigger,
-``outbox_envelope`` (BEFORE INSERT), fills what an envelope lacks:
+``outbox_envelope`` (BEFORE INSERT, on rows without ``version`` or ``session``), fills
+what an envelope lacks (about 40 us a row on a 2-core machine):
 
 - ``version``: 2 (every type those functions write, ``llm.call`` and ``budget.*``, is at
   version 2; a writer of another version sets it itself);
@@ -56,8 +57,9 @@ def upgrade() -> None:
         """
     )
     op.execute(
-        "CREATE TRIGGER outbox_envelope BEFORE INSERT ON outbox "
-        "FOR EACH ROW EXECUTE FUNCTION wflo_outbox_envelope()"
+        "CREATE TRIGGER outbox_envelope BEFORE INSERT ON outbox FOR EACH ROW "
+        "WHEN (NOT NEW.envelope ? 'version' OR NEW.envelope ->> 'session' IS NULL) "
+        "EXECUTE FUNCTION wflo_outbox_envelope()"
     )
     op.execute(
         """
