@@ -250,6 +250,24 @@ def steps_table(steps: Sequence[StepSummary]) -> Table:
     return Table.of(headers, rows, empty="no steps in this session yet")
 
 
+EVENT_DETAILS = frozenset(
+    [
+        "name",
+        "status",
+        "exit_reason",
+        "cost_micros",
+        "seq",
+        "op",
+        "reason",
+        "scope",
+        "removed",
+        "team",
+        "model",
+    ]
+)
+"""The payload fields ``%wflo events`` shows (steps, budget ops, sandboxes, cache, teams)."""
+
+
 def events_table(events: Sequence[dict[str, Any]]) -> Table:
     rows = [
         (
@@ -257,9 +275,7 @@ def events_table(events: Sequence[dict[str, Any]]) -> Table:
             e.get("type", ""),
             e.get("key", "")[:8],
             ", ".join(
-                f"{k}={v}"
-                for k, v in sorted(e.get("payload", {}).items())
-                if k in ("name", "status", "exit_reason", "cost_micros", "seq")
+                f"{k}={v}" for k, v in sorted(e.get("payload", {}).items()) if k in EVENT_DETAILS
             ),
             "yes" if e.get("sent") else "pending",
         )
