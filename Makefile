@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 ## install + start the local stack + run the quickstart notebook + print its cost report
 demo: install docker runtime-image
 	$(BIN)/wflo up --with-kafka
-	$(BIN)/wflo demo notebooks/quickstart.ipynb
+	$(BIN)/wflo demo
 	@echo "[wflo] the local stack keeps running (Temporal UI: see 'wflo status'); stop it with: $(BIN)/wflo down"
 
 ## install + start every engine + lint + the whole suite

@@ -92,6 +92,9 @@ def stack_env(
         "WFLO_RUNTIME_IMAGE": RUNTIME_IMAGE,
         "WFLO_VALIDATE_EVENTS": "1",
     }
+    ui = engines["temporal"].extra.get("ui") if "temporal" in engines else None
+    if ui:  # the dev server's web UI: step links in %wflo runs and the lab panel
+        env["WFLO_TEMPORAL_UI"] = ui
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

@@ -1,6 +1,6 @@
 /**
  * The wflo server extension's API, as the browser sees it: the JSON shapes of
- * `/wflo/api/{budgets,steps}` and a reader for the `/wflo/api/events` stream of
+ * `/wflo/api/{budgets,steps}`, the cancel of a running step, and a reader for the `/wflo/api/events` stream of
  * server-sent events. Every request goes through `ServerConnection`, so it carries
  * the server's token and XSRF cookie like any other JupyterLab request.
  */
@@ -122,6 +122,23 @@ export async function fetchSteps(
     limit: String(limit)
   });
   return body.steps;
+}
+
+/** Ask the server to cancel the notebook's running step `stepId` (through Temporal, as
+ * the notebook's interrupt does); the step's end arrives on the event stream. */
+export async function cancelStep(
+  settings: ServerConnection.ISettings,
+  path: string,
+  stepId: string
+): Promise<void> {
+  const response = await ServerConnection.makeRequest(
+    endpointUrl(settings, 'steps/cancel', { path, step: stepId }),
+    { method: 'POST', cache: 'no-store' },
+    settings
+  );
+  if (!response.ok) {
+    throw await refusal(response);
+  }
 }
 
 /** The `data:` of one server-sent message block, or null for a comment or retry. */

@@ -20,6 +20,7 @@ import {
   LedgerEvent,
   UNREACHABLE,
   WfloApiError,
+  cancelStep,
   fetchBudgets,
   fetchSteps,
   followEvents
@@ -95,6 +96,17 @@ export class NotebookLedger implements IDisposable {
     this._abort.abort();
     window.clearTimeout(this._stepTimer);
     Signal.clearData(this);
+  }
+
+  /** Cancel the running step `stepId`; resolves to null when the server asked Temporal,
+   * else to the server's one-line refusal. */
+  async cancel(stepId: string): Promise<string | null> {
+    try {
+      await cancelStep(this._settings, this.path, stepId);
+      return null;
+    } catch (error) {
+      return error instanceof Error ? error.message : String(error);
+    }
   }
 
   /** Refetch budgets and steps now. */

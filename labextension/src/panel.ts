@@ -2,7 +2,8 @@
  * `RunsPanel`: the "wflo runs" side panel. For the active notebook it shows its
  * budgets (a bar each, spent / limit, reserved, available) and a table of its steps,
  * newest first: name, status, cost, cached calls and what they saved, duration, and a
- * link to the step's workflow in the Temporal UI. It re-renders on every change of
+ * link to the step's workflow in the Temporal UI, and a Cancel button on a running step
+ * (the server asks Temporal, as the notebook's interrupt does). It re-renders on every change of
  * the notebook's ledger. Plain DOM with text content only (no HTML from the ledger),
  * JupyterLab's theme variables for colour, native links and a captioned table for
  * keyboard and screen-reader use.
@@ -66,9 +67,17 @@ function budgetRow(budget: IBudget): HTMLElement {
   return row;
 }
 
+/** What the panel knows of a cancel it asked for: pending, or the server's refusal. */
+type CancelState = { pending: true } | { pending: false; refusal: string };
+
 /** One step as three cells, two lines each: name and status, cost and cache use,
- * duration and the workflow link (a narrow sidebar still shows all of them). */
-function stepRow(step: IStep): HTMLTableRowElement {
+ * duration and the workflow link (a narrow sidebar still shows all of them). A running
+ * step also gets a Cancel button (`onCancel`). */
+function stepRow(
+  step: IStep,
+  cancel: CancelState | undefined,
+  onCancel: (step: IStep) => void
+): HTMLTableRowElement {
   const row = element('tr', 'wflo-Step');
   row.dataset.status = step.status;
   row.dataset.stepId = step.id;
@@ -80,7 +89,22 @@ function stepRow(step: IStep): HTMLTableRowElement {
     : stepName(step);
   const status = element('div', 'wflo-Step-status');
   status.append(element('span', `wflo-Status wflo-Status-${step.status}`, step.status));
+  if (step.status === 'running') {
+    const button = element(
+      'button',
+      'jp-Button jp-mod-styled jp-mod-warn wflo-Step-cancel',
+      cancel?.pending ? 'Cancelling…' : 'Cancel'
+    );
+    button.type = 'button';
+    button.disabled = cancel?.pending === true;
+    button.setAttribute('aria-label', `Cancel step ${stepName(step)}`);
+    button.addEventListener('click', () => onCancel(step));
+    status.append(button);
+  }
   what.append(name, status);
+  if (cancel && !cancel.pending) {
+    what.append(element('div', 'wflo-Step-refusal', cancel.refusal));
+  }
 
   const money = element('td', '');
   const cost = element('div', 'wflo-Step-cost', step.cost_usd);
@@ -175,10 +199,29 @@ export class RunsPanel extends LedgerView {
     }
     head.append(headRow);
     const rows = element('tbody', '');
-    rows.append(...steps.map(stepRow));
+    const onCancel = (step: IStep): void => void this._cancel(step);
+    rows.append(
+      ...steps.map(step => stepRow(step, this._cancels.get(step.id), onCancel))
+    );
     table.append(head, rows);
     return table;
   }
+
+  private async _cancel(step: IStep): Promise<void> {
+    const ledger = this.ledger;
+    if (!ledger || this._cancels.get(step.id)?.pending) {
+      return;
+    }
+    this._cancels.set(step.id, { pending: true });
+    this.render();
+    const refusal = await ledger.cancel(step.id);
+    if (refusal !== null) {
+      this._cancels.set(step.id, { pending: false, refusal });
+      this.render();
+    } // else it stays pending: the step's end arrives on the event stream
+  }
+
+  private readonly _cancels = new Map<string, CancelState>();
 
   private _replace(body: HTMLElement): void {
     this.node.replaceChildren(body);

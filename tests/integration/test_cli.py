@@ -208,20 +208,3 @@ def test_report_writes_csv_and_json(stack_env: dict[str, str], tmp_path: Path) -
     assert row["step_id"] == step_id and row["cost_micros"] == 0 and row["cost_usd"] == "0"
     header = csv_path.read_text().splitlines()[0].split(",")
     assert {"step_id", "name", "cost_micros", "saved_micros", "input_tokens"} <= set(header)
-
-
-@pytest.mark.docker
-@pytest.mark.kernel
-def test_demo_runs_the_quickstart_over_ipc_and_prints_its_report(
-    stack_env: dict[str, str], runtime_image: str, tmp_path: Path
-) -> None:
-    """`wflo demo` runs the notebook headless (its kernel on Unix sockets: no plain-TCP
-    warning), then prints the step table with the simulated calls and their saving."""
-    notebook = Path(__file__).resolve().parents[2] / "notebooks" / "quickstart.ipynb"
-    engines = {k: v for k, v in stack_env.items() if k != "WFLO_HOME"}
-    run = wflo("demo", str(notebook), home=tmp_path, extra_env={**engines, "WFLO_PROVIDER": "mock"})
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "without encryption" not in run.stdout + run.stderr
-    assert "Parent appears to have exited" not in run.stdout + run.stderr  # kernel stopped
-    assert "summarise" in run.stdout and "(simulated)" in run.stdout
-    assert "5 steps" in run.stdout

@@ -87,6 +87,9 @@ def test_runs_table_lists_steps(kernel: Kernel) -> None:
     text = run.data[-1]["text/plain"]
     assert "completed" in text
     assert "failed" in text
+    assert text.splitlines()[-1].startswith("workflows in the Temporal UI: http://127.0.0.1:")
+    # each step's workflow id links to its page in the UI
+    assert "/namespaces/default/workflows/wflo-step-" in run.data[-1]["text/html"]
 
 
 def test_status_names_every_engine(kernel: Kernel) -> None:
@@ -147,5 +150,6 @@ def test_events_lists_this_sessions_events(kernel: Kernel) -> None:
     assert "step.started" in text
     assert "step.completed" in text
     assert f"name=ev-{marker}" in text
+    assert "on Kafka" in text  # the footer: which of them are not on Kafka yet, if any
     bad = kernel.run("%wflo events -n 0")
     assert "UsageError: %wflo events: argument -n: must be positive, got 0" in bad.stderr

@@ -1,6 +1,7 @@
 """The example notebooks run end to end in a real kernel: nbval compares every output
 with the one saved in the notebook (ids, per-run names, times and shared-cache counts
-sanitised by notebooks/nbval-sanitize.cfg), and `wflo demo` runs each."""
+sanitised by tests/fixtures/nbval-sanitize.cfg), and `wflo demo` runs each. They are package
+data (wflo_jupyter/examples): the wheel ships them, `wflo examples DIR` copies them out."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from tests.marks import KERNEL
 pytestmark = KERNEL
 
 NOTEBOOKS = ["quickstart", "budgets", "cache", "sandbox-safety", "team"]
-HERE = REPO_ROOT / "notebooks"
+HERE = REPO_ROOT / "wflo_jupyter" / "examples"
+SANITIZE = REPO_ROOT / "tests" / "fixtures" / "nbval-sanitize.cfg"
 
 
 def test_the_examples_pass_nbval_with_their_saved_outputs(
@@ -31,7 +33,7 @@ def test_the_examples_pass_nbval_with_their_saved_outputs(
             "no:cacheprovider",
             "--nbval",
             "--nbval-sanitize-with",
-            str(HERE / "nbval-sanitize.cfg"),
+            str(SANITIZE),
             "--rootdir",
             str(HERE),
             "-q",
@@ -53,7 +55,7 @@ def test_the_examples_pass_nbval_with_their_saved_outputs(
 def test_wflo_demo_runs_each_example(
     stack_env: dict[str, str], runtime_image: str, name: str
 ) -> None:
-    """(The quickstart's `wflo demo` run is in test_cli.)"""
+    """(The quickstart's, with no argument from an installed wheel: test_wheel_install.)"""
     result = subprocess.run(
         [sys.executable, "-m", "wflo_jupyter.cli", "demo", str(HERE / f"{name}.ipynb")],
         env={**os.environ, **stack_env, "WFLO_PROVIDER": "mock"},

@@ -46,7 +46,7 @@ def env(
     sandbox = SandboxSession(docker_client, session_id, image=runtime_image)
     fresh_images: dict[str, SandboxSession] = {}
 
-    def sandbox_for(image: str) -> SandboxSession:
+    def sandbox_for(image: str, _session_id: str) -> SandboxSession:
         if image == runtime_image:
             return sandbox
         return fresh_images.setdefault(

@@ -109,6 +109,8 @@ def test_defaults_apply() -> None:
         ("--out class", "--out: 'class' is not a Python variable name"),
         ("--name 'x", "cannot parse options"),
         ("--budg 1", "unrecognized arguments"),
+        ("--queue 'gpu box'", "--queue: 'gpu box' is not a task queue name"),
+        ("--queue gpu --in x", "--queue gpu: --in/--out values stay in this kernel"),
     ],
 )
 def test_bad_options_are_one_line(line: str, message: str) -> None:
@@ -116,6 +118,14 @@ def test_bad_options_are_one_line(line: str, message: str) -> None:
         parse_step_spec(line, "print(1)")
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_queue_comes_from_the_cell_or_the_default() -> None:
+    assert parse_step_spec("", "pass").queue == ""
+    assert parse_step_spec("--queue gpu-box.1", "pass").queue == "gpu-box.1"
+    defaults = StepDefaults(queue="shared")
+    assert parse_step_spec("", "pass", defaults).queue == "shared"
+    assert parse_step_spec("--queue other", "pass", defaults).queue == "other"
 
 
 def test_empty_cell_is_refused() -> None:

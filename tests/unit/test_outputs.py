@@ -59,6 +59,16 @@ def test_table_html_escapes_dollars_and_is_math_ignored() -> None:
     assert not DOLLAR_PAIR.search(hostile)
 
 
+def test_runs_link_each_workflow_to_the_temporal_ui() -> None:
+    table = display.steps_table(_steps(), "http://127.0.0.1:8233/", "team ns")
+    html = table._repr_html_()
+    url = "http://127.0.0.1:8233/namespaces/team%20ns/workflows/wflo-step-a"
+    assert f'<a href="{url}" target="_blank" rel="noopener">wflo-step-a</a>' in html
+    assert html.count("<a href=") == 1  # the second step has no workflow: no link
+    assert table.text().splitlines()[-1] == ("workflows in the Temporal UI: http://127.0.0.1:8233/")
+    assert "<a " not in display.steps_table(_steps())._repr_html_()  # no UI known: no links
+
+
 def test_empty_tables_say_so() -> None:
     assert display.steps_table([]).text().endswith("no steps in this session yet")
     assert "no events yet" in display.events_table([])._repr_html_()
@@ -167,3 +177,16 @@ def test_every_config_trait_has_help() -> None:
     assert {"budget", "timeout", "memory", "cpus", "image", "retries"} <= set(traits)
     for name, trait in traits.items():
         assert trait.help and len(trait.help.strip()) > 10, f"WfloMagics.{name} has no help"
+
+
+def test_events_table_says_which_events_are_not_on_kafka_yet() -> None:
+    sent = {"type": "step.started", "key": "s1", "payload": {}, "sent": True}
+    pending = {**sent, "type": "step.completed", "sent": False}
+    table = display.events_table([sent, pending])
+    assert table.rows[0][-1] == "yes" and table.rows[1][-1] == "pending"
+    assert table.text().endswith("1 of these 2 not on Kafka yet (the relay sends them)")
+    assert display.events_table([sent, sent]).footer == "all 2 on Kafka"
+    assert display.events_table([pending], kafka=False).footer == (
+        "no Kafka configured (WFLO_KAFKA_BOOTSTRAP): events stay in the ledger's outbox"
+    )
+    assert display.events_table([]).footer == ""

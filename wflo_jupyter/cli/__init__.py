@@ -1,12 +1,9 @@
-"""The ``wflo`` command line: local stack, doctor, runtime image, migrations, demo, report,
-relay."""
+"""The ``wflo`` command line: local stack, doctor, runtime image, migrations, demo and
+examples, report, relay, events, worker."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +14,10 @@ from rich.table import Table
 
 from wflo_jupyter.cli.common import console, err, progress, settings_or_exit
 from wflo_jupyter.cli.doctor import doctor
+from wflo_jupyter.cli.events import events_app
+from wflo_jupyter.cli.examples import examples, packaged_quickstart, print_outputs, run_notebook
 from wflo_jupyter.cli.image import image_app
+from wflo_jupyter.cli.worker import worker
 from wflo_jupyter.core.errors import WfloError
 from wflo_jupyter.core.money import format_usd
 from wflo_jupyter.core.reports import StepCostRow
@@ -106,6 +106,7 @@ def status() -> None:
 
 
 app.command()(doctor)
+app.command()(worker)
 
 
 @app.command()
@@ -215,66 +216,41 @@ def report(
 
 @app.command()
 def demo(
-    notebook: Annotated[Path, typer.Argument(help="Notebook to run.")] = Path(
-        "notebooks/quickstart.ipynb"
-    ),
+    notebook: Annotated[
+        Path | None,
+        typer.Argument(help="Notebook to run (default: the packaged quickstart)."),
+    ] = None,
     timeout: Annotated[int, typer.Option(help="Per-cell timeout in seconds.")] = 600,
 ) -> None:
-    """Run a notebook headless on the local stack, then print its steps and costs."""
-    import nbformat
-    from jupyter_client.manager import AsyncKernelManager
-    from jupyter_core.utils import run_sync
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    """Run a notebook headless on the local stack, then print its steps and costs.
 
-    from wflo_jupyter.ledger.store import Ledger
-
-    if not notebook.exists():
+    With no NOTEBOOK, runs the quickstart that ships in the package."""
+    if notebook is None:
+        with packaged_quickstart() as quickstart:
+            _demo(quickstart, timeout)
+        return
+    if not notebook.is_file():
         err.print(f"[red]error:[/red] no notebook at {notebook}")
         raise typer.Exit(2)
+    _demo(notebook, timeout)
+
+
+def _demo(notebook: Path, timeout: int) -> None:
+    from wflo_jupyter.ledger.store import Ledger
+
     try:
         resolve_endpoints(settings_or_exit(), need_kafka=False, progress=progress)
     except WfloError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
-    nb = nbformat.read(notebook, as_version=4)
     notebook_key = str(notebook.resolve())
     since = datetime.now(UTC)
     started = time.monotonic()
-    progress(f"running {notebook} ({len(nb.cells)} cells)...")
     os.environ["WFLO_NOTEBOOK_PATH"] = notebook_key  # the kernel records it on its session
     if not os.environ.get("OPENAI_API_KEY") and not os.environ.get("WFLO_PROVIDER"):
         os.environ["WFLO_PROVIDER"] = "mock"
         progress("no OPENAI_API_KEY: LLM answers are simulated (WFLO_PROVIDER=mock)")
-    # IPC transport (Unix sockets in a private runtime dir): nothing listens on TCP, and
-    # ipykernel has no reason to warn about plain-text TCP
-    sockets = Path(tempfile.mkdtemp(prefix="wflo-demo-kernel-"))  # 0700, ours alone
-    kernel = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(sockets / "ipc"))
-    client = NotebookClient(
-        nb,
-        km=kernel,
-        timeout=timeout,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(notebook.parent)}},
-    )
-    try:
-        client.execute()
-    except CellExecutionError as exc:
-        err.print(f"[red]the notebook failed:[/red] {str(exc).strip().splitlines()[-1]}")
-        raise typer.Exit(1) from None
-    finally:
-        if run_sync(kernel.is_alive)():  # ours to stop: nbclient leaves a given kernel up
-            run_sync(kernel.shutdown_kernel)(now=False)
-        shutil.rmtree(sockets, ignore_errors=True)
-    for cell in nb.cells:
-        for output in cell.get("outputs", []):
-            if output.get("output_type") == "stream":
-                sys.stdout.write(output.get("text", ""))
-            elif output.get("output_type") == "display_data":  # wflo's notices
-                text = output.get("data", {}).get("text/plain", "")
-                text = "".join(text) if isinstance(text, list) else str(text)
-                if text.startswith("[wflo] "):
-                    sys.stdout.write(text.rstrip("\n") + "\n")
+    print_outputs(run_notebook(notebook, timeout))
     progress(f"notebook done in {time.monotonic() - started:.1f} s")
     endpoints = resolve_endpoints(settings_or_exit())
     ledger = Ledger.connect(endpoints.database_url)
@@ -283,6 +259,9 @@ def demo(
     finally:
         ledger.close()
     console.print(_steps_table(_cost_rows(sessions)))
+
+
+app.command()(examples)
 
 
 @app.command()
@@ -354,52 +333,7 @@ def sandbox_prune() -> None:
         console.print(f"  {container_id[:12]}")
 
 
-events_app = typer.Typer(help="The event stream on Kafka.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
-
-
-@events_app.command("tail")
-def events_tail(
-    topic: Annotated[
-        list[str] | None, typer.Option(help="Topics (default: all wflo topics).")
-    ] = None,
-    from_beginning: Annotated[bool, typer.Option("--from-beginning")] = False,
-    count: Annotated[int, typer.Option("-n", help="Stop after N events (0: follow).")] = 0,
-    idle: Annotated[float, typer.Option(help="Stop after this many idle seconds (0: never).")] = 0,
-) -> None:
-    """Print events from Kafka as they arrive, one JSON line each."""
-    import json
-    import uuid
-
-    from wflo_jupyter.core.events import TOPIC_BY_PREFIX
-    from wflo_jupyter.events import EventConsumer, TopicAdmin
-
-    endpoints = resolve_endpoints(settings_or_exit(), need_kafka=True, progress=progress)
-    assert endpoints.kafka_bootstrap is not None
-    topics = topic or sorted(set(TOPIC_BY_PREFIX.values()))
-    try:
-        TopicAdmin(endpoints.kafka_bootstrap).ensure(topics)
-    except WfloError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
-    seen = 0
-    group = f"wflo-tail-{uuid.uuid4().hex[:8]}"
-    with EventConsumer(
-        endpoints.kafka_bootstrap, group, topics, from_beginning=from_beginning
-    ) as consumer:
-        try:
-            while True:
-                got_any = False
-                for event in consumer.events(idle or 3600):
-                    got_any = True
-                    print(json.dumps(json.loads(event.to_json())), flush=True)
-                    seen += 1
-                    if count and seen >= count:
-                        return
-                if idle and not got_any:
-                    return
-        except KeyboardInterrupt:
-            return
 
 
 def main() -> None:

@@ -140,6 +140,7 @@ CELL_OPTIONS: tuple[tuple[str, str], ...] = (
     ("--no-cache", "send every LLM call to the provider (no cached answers)"),
     ("--fresh", "run in a new, empty sandbox: no state from earlier cells"),
     ("--estimate", "a dry run: what the cell's LLM calls could cost; nothing sent or spent"),
+    ("--queue NAME", "run on the `wflo worker --task-queue NAME` (another machine); state kept"),
 )
 """``%%wflo`` options, one line each (a unit test checks them against the parser)."""
 

@@ -28,6 +28,11 @@ class EngineUnavailable(WfloError):
     """An engine the step needs (Postgres, Temporal, Docker, ...) does not answer."""
 
 
+class LedgerUnavailable(EngineUnavailable):
+    """The ledger's PostgreSQL does not answer: nothing that spends money may run (a
+    ``%%wflo`` cell is refused, an LLM call gets HTTP 503 and is retried by its SDK)."""
+
+
 class SandboxError(WfloError):
     """The sandbox could not run the cell (missing image, engine failure, limit)."""
 

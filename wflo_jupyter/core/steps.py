@@ -11,6 +11,7 @@ import math
 import re
 import shlex
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from wflo_jupyter.core.errors import SpecError
 from wflo_jupyter.core.money import usd_to_micros
@@ -24,6 +25,7 @@ MAX_RETRIES = 100
 STEP_STATUSES = ("running", "completed", "failed", "cancelled")
 FINISHED_STATUSES = ("completed", "failed", "cancelled")
 MAX_NAME = 255  # the ledger's steps.name and steps.image
+QUEUE_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmg]?)(?:i?b)?\s*$", re.IGNORECASE)
 
 
@@ -58,6 +60,7 @@ class StepDefaults:
     pids_limit: int = 128
     image: str = "wflo-runtime:python3.11"
     retries: int = 0
+    queue: str = ""  # a ``wflo worker``'s task queue ("": this kernel runs its steps)
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class StepSpec:
     no_cache: bool = False
     fresh: bool = False
     estimate: bool = False
+    queue: str = ""  # run on the ``wflo worker`` serving this task queue ("": here)
 
 
 @dataclass
@@ -104,6 +108,12 @@ class StepInput:
     # the lean path: one local activity opens, runs and closes the step (no --retries,
     # not a dry run); see ``CellWorkflow``
     lean: bool = False
+    # the task queue of the ``wflo worker`` that runs it ("": the kernel's own worker)
+    task_queue: str = ""
+    no_cache: bool = False  # --no-cache, for a worker that answers the cell's LLM calls
+    # how long the step's close is retried while the ledger is unreachable (its record,
+    # sandbox seconds included, is written when the ledger is back)
+    close_retry_s: float = 600.0
 
     @property
     def workflow_id(self) -> str:
@@ -147,6 +157,7 @@ class StepResult:
     events: list[str] = field(default_factory=list)
     attempts: int = 1  # how many times ``execute`` ran (infrastructure retries)
     recorded: bool = False  # the lean path closed the step in the ledger itself
+    worker_queue: str = ""  # the own task queue of the ``wflo worker`` that ran it
 
     @property
     def ok(self) -> bool:
@@ -192,6 +203,7 @@ def _build_parser() -> OptionParser:
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--estimate", action="store_true")
+    parser.add_argument("--queue", default=None)
     return parser
 
 
@@ -201,6 +213,17 @@ def _names(option: str, text: str) -> tuple[str, ...]:
         if not name.isidentifier() or keyword.iskeyword(name):
             raise SpecError(f"{option}: {name!r} is not a Python variable name")
     return names
+
+
+def _queue(name: str) -> str:
+    """A task queue name as given (``""``: none); one line when it cannot be one."""
+    name = name.strip()
+    if name and not QUEUE_NAME.fullmatch(name):
+        raise SpecError(
+            f"--queue: {name!r} is not a task queue name (letters, digits, '.', '_', '-', "
+            "at most 100)"
+        )
+    return name
 
 
 def parse_step_spec(line: str, code: str, defaults: StepDefaults | None = None) -> StepSpec:
@@ -244,6 +267,12 @@ def parse_step_spec(line: str, code: str, defaults: StepDefaults | None = None) 
         raise SpecError(f"--image: at most {MAX_NAME} characters, got {len(args.image)}")
     if not code.strip():
         raise SpecError("%%wflo: the cell has no code to run")
+    queue = _queue(args.queue if args.queue is not None else defaults.queue)
+    if queue and (args.inputs or args.outputs):
+        raise SpecError(
+            f"--queue {queue}: --in/--out values stay in this kernel; a worker's cell "
+            "cannot receive or return them"
+        )
     return StepSpec(
         code=code,
         budget_micros=budget,
@@ -259,4 +288,13 @@ def parse_step_spec(line: str, code: str, defaults: StepDefaults | None = None) 
         no_cache=args.no_cache,
         fresh=args.fresh,
         estimate=args.estimate,
+        queue=queue,
     )
+
+
+def workflow_link(ui: str | None, namespace: str, workflow_id: str | None) -> str | None:
+    """A step's workflow in the Temporal web UI at ``ui``, when both are known."""
+    if not ui or not workflow_id:
+        return None
+    safe_namespace, safe_id = quote(namespace, safe=""), quote(workflow_id, safe="")
+    return f"{ui.rstrip('/')}/namespaces/{safe_namespace}/workflows/{safe_id}"

@@ -1,7 +1,7 @@
 """Kafka side of the event stream: topics, producer, consumer and the outbox relay."""
 
+from wflo_jupyter.events.consumer import ConsumedEvent, EventConsumer, InvalidMessage
 from wflo_jupyter.events.kafka import (
-    EventConsumer,
     EventDeliveryError,
     EventProducer,
     KafkaConfigError,
@@ -11,9 +11,11 @@ from wflo_jupyter.events.kafka import (
 from wflo_jupyter.events.relay import OutboxRelay
 
 __all__ = [
+    "ConsumedEvent",
     "EventConsumer",
     "EventDeliveryError",
     "EventProducer",
+    "InvalidMessage",
     "KafkaConfigError",
     "OutboxRelay",
     "TopicAdmin",

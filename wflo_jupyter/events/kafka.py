@@ -1,4 +1,5 @@
-"""Small classes over confluent-kafka: ``TopicAdmin``, ``EventProducer``, ``EventConsumer``.
+"""Small classes over confluent-kafka: ``TopicAdmin`` and ``EventProducer`` (the consumer is
+``events.consumer.EventConsumer``).
 
 Each is built with a bootstrap address, validates its librdkafka configuration up
 front (unknown property names are a ``KafkaConfigError``, not a silent no-op), and
@@ -8,19 +9,19 @@ closes cleanly as a context manager.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     ConfigResource,
     NewTopic,
 )
 
-from wflo_jupyter.core.errors import EngineUnavailable, WfloError
+from wflo_jupyter.core.errors import EngineUnavailable, WfloError, one_line
 from wflo_jupyter.core.events import Event
 
 EVENT_ID_HEADER = "wflo-event-id"  # the event's id, for consumers to deduplicate by
@@ -38,14 +39,18 @@ class EventDeliveryError(WfloError):
     """The broker did not confirm delivery of one or more messages."""
 
 
-def _client(factory: Any, config: Mapping[str, Any]) -> Any:
+def kafka_client(factory: Any, config: Mapping[str, Any]) -> Any:
+    """``factory(config)`` (a confluent-kafka client class); a configuration librdkafka
+    rejects is a ``KafkaConfigError`` whose one line names the property."""
     try:
         return factory(dict(config))
     except (KafkaException, ValueError, TypeError) as exc:
-        raise KafkaConfigError(f"Kafka configuration rejected: {exc}") from None
+        reason = exc.args[0] if exc.args else exc
+        text = reason.str() if isinstance(reason, KafkaError) else str(reason)
+        raise KafkaConfigError(f"Kafka configuration rejected: {one_line(text)}") from None
 
 
-def _quiet(config: dict[str, Any]) -> dict[str, Any]:
+def quiet_config(config: dict[str, Any]) -> dict[str, Any]:
     # Connection errors are reported through our exceptions, not librdkafka's stderr log.
     config.setdefault("log_level", 0)
     return config
@@ -85,7 +90,7 @@ class TopicAdmin:
     def __init__(self, bootstrap: str, *, timeout_s: float = 10.0) -> None:
         self.bootstrap = bootstrap
         self.timeout_s = timeout_s
-        self._admin = _client(AdminClient, _quiet({"bootstrap.servers": bootstrap}))
+        self._admin = kafka_client(AdminClient, quiet_config({"bootstrap.servers": bootstrap}))
 
     def names(self) -> list[str]:
         """Names of the user topics (internal ``__*`` topics left out)."""
@@ -191,7 +196,7 @@ class EventProducer(_ClosesOnExit):
     """Publishes messages and confirms their delivery (acks=all, idempotent)."""
 
     def __init__(self, bootstrap: str, **overrides: Any) -> None:
-        config: dict[str, Any] = _quiet(
+        config: dict[str, Any] = quiet_config(
             {
                 "bootstrap.servers": bootstrap,
                 "acks": "all",
@@ -202,7 +207,7 @@ class EventProducer(_ClosesOnExit):
         )
         config.update({k.replace("_", "."): v for k, v in overrides.items()})
         self.bootstrap = bootstrap
-        self._producer: Any = _client(Producer, config)
+        self._producer: Any = kafka_client(Producer, config)
         self._closed = False
 
     def send(
@@ -295,61 +300,3 @@ class EventProducer(_ClosesOnExit):
             self._closed = True
             if self._producer.flush(timeout_s):
                 self.purge()
-
-
-class EventConsumer(_ClosesOnExit):
-    """Reads events from topics as a member of a consumer group; always close it
-    (a consumer killed without leaving its group wedges the group)."""
-
-    def __init__(
-        self,
-        bootstrap: str,
-        group_id: str,
-        topics: Sequence[str],
-        *,
-        from_beginning: bool = True,
-        **overrides: Any,
-    ) -> None:
-        config: dict[str, Any] = _quiet(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": group_id,
-                "auto.offset.reset": "earliest" if from_beginning else "latest",
-                "enable.auto.commit": True,
-                "session.timeout.ms": 10_000,
-            }
-        )
-        config.update({k.replace("_", "."): v for k, v in overrides.items()})
-        self._consumer: Any = _client(Consumer, config)
-        self._consumer.subscribe(list(topics))
-        self._closed = False
-
-    def messages(self, timeout_s: float) -> Iterator[Message]:
-        """Yield raw messages until ``timeout_s`` passes with the stream idle."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            message = self._consumer.poll(0.2)
-            if message is None:
-                continue
-            if message.error() is not None:
-                if message.error().code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise EngineUnavailable(f"Kafka consumer: {message.error().str()}")
-            yield message
-
-    def events(self, timeout_s: float) -> Iterator[Event]:
-        """Yield parsed events (messages that are not events raise ``ValueError``)."""
-        for message in self.messages(timeout_s):
-            yield Event.from_json(message.value() or b"")
-
-    def wait_for(self, predicate: Any, timeout_s: float = 30.0) -> Event:
-        """The first event for which ``predicate(event)`` is true, else ``TimeoutError``."""
-        for event in self.events(timeout_s):
-            if predicate(event):
-                return event
-        raise TimeoutError(f"no matching event within {timeout_s:g} s")
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._consumer.close()

@@ -9,6 +9,7 @@ A refused reservation never reaches the provider: the cell's SDK gets an error i
 provider's own shape carrying the ``BudgetExceeded`` line, and the cell shows it too; so
 does a ``max_tokens`` above the model's limit (``OutputLimitExceeded``, a 400). The free
 endpoints (``count_tokens``, ``models``) skip all of it: ``gateway.free``.
+With the ledger unreachable a call is not sent: a 503 the SDKs retry (``gateway.outage``).
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ from wflo_jupyter.core.money import format_usd
 from wflo_jupyter.core.pricing import Usage, normalise_usage
 from wflo_jupyter.gateway.free import FreeCalls
 from wflo_jupyter.gateway.inflight import CallCancelled, InflightCalls
+from wflo_jupyter.gateway.outage import ledger_down_reply
 from wflo_jupyter.gateway.recorder import HitRecorder
 from wflo_jupyter.gateway.streams import SseEvent, SseParser, assemble, synthesise
 from wflo_jupyter.gateway.upstream import ProviderRoutes, UpstreamResponse, error_body, scrub
 from wflo_jupyter.ledger.budgets import BudgetLedger
 from wflo_jupyter.ledger.calls import LlmCall
+from wflo_jupyter.ledger.health import is_ledger_outage
 from wflo_jupyter.ledger.pricing import PriceBook, WorstCase
 from wflo_jupyter.sandbox.agent.llm_routes import FREE_ENDPOINTS
 
@@ -158,6 +161,7 @@ class LlmGateway:
         self.inflight = inflight or InflightCalls()
         self.hits = HitRecorder(budgets, cache)
         self.free = FreeCalls(routes, upstream, budgets, prices.counter, simulated=simulated)
+        self.on_ledger_outage: Callable[[], None] = lambda: None
 
     def close(self) -> None:
         """Write the cache hits still queued and stop their writer thread."""
@@ -210,14 +214,20 @@ class LlmGateway:
             line = f"OutputLimitExceeded: {refused}"
             ctx.notice(line)
             send_error(responder, provider, 400, line, param=refused.field, code="invalid_value")
-        except (WfloError, ValueError, LockTimeout) as exc:
-            self._error(responder, provider, 400, f"{type(exc).__name__}: {exc}")
         except ConnectionError as exc:
             self._error(responder, provider, 502, scrub(str(exc), self.routes.secrets()))
         except _StreamBroken:
             pass  # the stream's end frame already carried the error
         except CallCancelled:
             self._error(responder, provider, CANCELLED_STATUS, "the step was cancelled")
+        except Exception as exc:
+            if is_ledger_outage(exc):  # not budgeted, so not sent: a 503 the SDK retries
+                self.on_ledger_outage()  # the notebook's one notice
+                responder.full(*ledger_down_reply(provider))
+            elif isinstance(exc, WfloError | ValueError | LockTimeout):
+                self._error(responder, provider, 400, f"{type(exc).__name__}: {exc}")
+            else:
+                raise
 
     # -- the cache path ---------------------------------------------------------------------
     def _cached_call(self, request: GatewayRequest, ctx: CallContext, responder: Responder) -> None:

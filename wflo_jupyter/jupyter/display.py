@@ -23,7 +23,7 @@ from wflo_jupyter.core.budget import BudgetState
 from wflo_jupyter.core.doctor import DoctorReport
 from wflo_jupyter.core.money import format_usd
 from wflo_jupyter.core.reports import CacheReport, OutputEvent, StepSummary
-from wflo_jupyter.core.steps import StepResult
+from wflo_jupyter.core.steps import StepResult, workflow_link
 
 if TYPE_CHECKING:
     from IPython.lib.pretty import PrettyPrinter
@@ -148,6 +148,7 @@ class Table(TextOutput):
     title: str = ""
     empty: str = "(none)"
     footer: str = ""
+    links: tuple[tuple[str, ...], ...] = ()  # per row and column: a URL, or "" (HTML only)
 
     @classmethod
     def of(
@@ -157,10 +158,17 @@ class Table(TextOutput):
         title: str = "",
         empty: str = "(none)",
         footer: str = "",
+        links: Iterable[Sequence[str | None]] = (),
     ) -> Table:
         """A table of any cell values (``None`` shows as empty)."""
         cells = tuple(tuple("" if c is None else str(c) for c in row) for row in rows)
-        return cls(tuple(headers), cells, title, empty, footer)
+        urls = tuple(tuple(u or "" for u in row) for row in links)
+        return cls(tuple(headers), cells, title, empty, footer, urls)
+
+    def _link(self, row: int, column: int) -> str:
+        if row < len(self.links) and column < len(self.links[row]):
+            return self.links[row][column]
+        return ""
 
     def _right_aligned(self) -> list[bool]:
         """Columns of numbers, amounts and durations align right."""
@@ -196,9 +204,13 @@ class Table(TextOutput):
     def _repr_html_(self) -> str:
         right = self._right_aligned()
 
-        def cell(tag: str, text: str, i: int) -> str:
+        def cell(tag: str, text: str, i: int, url: str = "") -> str:
             align = "right" if right[i] else "left"
-            return f'<{tag} style="text-align:{align}">{escape_html(text)}</{tag}>'
+            shown = escape_html(text)
+            if url:
+                href = escape_html(url)
+                shown = f'<a href="{href}" target="_blank" rel="noopener">{shown}</a>'
+            return f'<{tag} style="text-align:{align}">{shown}</{tag}>'
 
         caption = f"<caption>{escape_html(self.title)}</caption>" if self.title else ""
         head = (
@@ -209,8 +221,10 @@ class Table(TextOutput):
             else ""
         )
         body = "".join(
-            "<tr>" + "".join(cell("td", c, i) for i, c in enumerate(row)) + "</tr>"
-            for row in self.rows
+            "<tr>"
+            + "".join(cell("td", c, i, self._link(r, i)) for i, c in enumerate(row))
+            + "</tr>"
+            for r, row in enumerate(self.rows)
         )
         if not self.rows:
             body = f'<tr><td colspan="{len(self.headers)}">{escape_html(self.empty)}</td></tr>'
@@ -233,7 +247,15 @@ class Lines(TextOutput):
         return html_block("<br>".join(escape_html(line) for line in self.lines))
 
 
-def steps_table(steps: Sequence[StepSummary]) -> Table:
+def steps_table(
+    steps: Sequence[StepSummary], temporal_ui: str | None = None, namespace: str = "default"
+) -> Table:
+    """``%wflo runs``: each step's workflow id links to its page in the Temporal UI (HTML);
+    the text form names the UI's address once, under the table."""
+    links = [
+        ("",) * 6 + (workflow_link(temporal_ui, namespace, s.workflow_id) or "",) for s in steps
+    ]
+    footer = f"workflows in the Temporal UI: {temporal_ui}" if temporal_ui and steps else ""
     rows = [
         (
             s.seq,
@@ -247,7 +269,7 @@ def steps_table(steps: Sequence[StepSummary]) -> Table:
         for s in steps
     ]
     headers = ("#", "name", "status", "exit", "duration", "cost", "workflow")
-    return Table.of(headers, rows, empty="no steps in this session yet")
+    return Table.of(headers, rows, empty="no steps in this session yet", footer=footer, links=links)
 
 
 EVENT_DETAILS = frozenset(
@@ -268,7 +290,18 @@ EVENT_DETAILS = frozenset(
 """The payload fields ``%wflo events`` shows (steps, budget ops, sandboxes, cache, teams)."""
 
 
-def events_table(events: Sequence[dict[str, Any]]) -> Table:
+def events_table(events: Sequence[dict[str, Any]], *, kafka: bool = True) -> Table:
+    """``%wflo events``: the outbox's newest events; the footer says which of them are not
+    on Kafka yet (or that no Kafka is configured, so they stay in the outbox)."""
+    pending = sum(1 for e in events if not e.get("sent"))
+    if not events:
+        footer = ""
+    elif not kafka:
+        footer = "no Kafka configured (WFLO_KAFKA_BOOTSTRAP): events stay in the ledger's outbox"
+    elif pending:
+        footer = f"{pending} of these {len(events)} not on Kafka yet (the relay sends them)"
+    else:
+        footer = f"all {len(events)} on Kafka"
     rows = [
         (
             str(e.get("occurred_at", ""))[:23].replace("T", " "),
@@ -282,7 +315,7 @@ def events_table(events: Sequence[dict[str, Any]]) -> Table:
         for e in events
     ]
     headers = ("time", "type", "subject", "details", "in Kafka")
-    return Table.of(headers, rows, empty="no events yet")
+    return Table.of(headers, rows, empty="no events yet", footer=footer)
 
 
 def status(rows: Sequence[tuple[str, str]]) -> Table:

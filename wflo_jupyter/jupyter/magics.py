@@ -43,6 +43,11 @@ class WfloMagics(Magics):
         help="Default --retries: infrastructure failures (a sandbox that would not start, "
         "a lost worker) retried with backoff; a cell's own error never is.",
     ).tag(config=True)
+    task_queue = Unicode(
+        "",
+        help="Default --queue: the task queue of a `wflo worker` (on another machine) that "
+        "runs this notebook's steps; empty: this kernel runs them.",
+    ).tag(config=True)
     prices = Dict(
         help="Price overrides in USD per million tokens: "
         "{'my-model': {'input': 0.15, 'output': 0.60, 'cache_read': 0.075}}; "
@@ -114,6 +119,7 @@ class WfloMagics(Magics):
             pids_limit=self.pids_limit,
             image=self.image or self._runtime_image(),
             retries=self.retries,
+            queue=self.task_queue,
         )
 
     @line_cell_magic
@@ -180,11 +186,13 @@ class WfloMagics(Magics):
             return None
         session = self.session
         if command.name == "runs":
-            return display.steps_table(session.steps()[-command.options["limit"] :])
+            steps = session.steps()[-command.options["limit"] :]
+            return display.steps_table(steps, *session.temporal_ui())
         if command.name == "events":
-            return display.events_table(
-                session.events(command.options["limit"], command.options["all_sessions"])
-            )
+            events = session.events(command.options["limit"], command.options["all_sessions"])
+            endpoints = session.endpoints  # set by session.events (it starts the session)
+            kafka = endpoints is not None and endpoints.kafka_bootstrap is not None
+            return display.events_table(events, kafka=kafka)
         if command.name == "budget":
             return self._budget(session, command.options)
         if command.name == "team":

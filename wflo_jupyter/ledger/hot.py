@@ -19,8 +19,8 @@ cores with Postgres (bench/ledger.py).
 A connection that failed is closed, never reused. An idle connection that turns out to
 be dead when it is next used (Postgres restarted meanwhile) is replaced and the
 statement retried once on a fresh one: that statement never reached a live server.
-Errors that remain are ``EngineUnavailable`` with one line; SQL errors (a refusal's
-``WB001``) pass through as ``psycopg.Error``.
+Errors that remain are ``LedgerUnavailable`` (an ``EngineUnavailable``) with one line;
+SQL errors (a refusal's ``WB001``) pass through as ``psycopg.Error``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from psycopg.pq import ConnStatus, DiagnosticField, ExecStatus
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Engine
 
-from wflo_jupyter.core.errors import EngineUnavailable, WfloError
+from wflo_jupyter.core.errors import LedgerUnavailable, WfloError
 
 __all__ = ["HotConnections", "HotStatement", "StatementFailed", "text_array"]
 
@@ -106,7 +106,7 @@ class HotConnections:
 
     def run(self, action: Callable[[psycopg.Connection[Any]], T]) -> T:
         """``action(connection)`` on an idle connection (retried once on a fresh one if
-        that connection was dead), or ``EngineUnavailable``."""
+        that connection was dead), or ``LedgerUnavailable``."""
         reused = True
         while True:
             try:
@@ -116,12 +116,12 @@ class HotConnections:
                 if reused and _connection_was_dead(exc):
                     reused = False
                     continue
-                raise EngineUnavailable(f"PostgreSQL: {_first_line(exc)}") from None
+                raise LedgerUnavailable(f"PostgreSQL: {_first_line(exc)}") from None
 
     def run_prepared(self, statement: HotStatement, params: Sequence[str | None]) -> list[Row]:
         """``statement`` with ``params`` (text; None is NULL): its rows, each value decoded
         by its declared column type (None for NULL). ``StatementFailed`` for an SQL error,
-        ``EngineUnavailable`` when the database cannot be reached."""
+        ``LedgerUnavailable`` when the database cannot be reached."""
         return self.run(lambda conn: self._execute(conn, statement, params))
 
     def _execute(

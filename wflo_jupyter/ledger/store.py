@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from wflo_jupyter.core.errors import EngineUnavailable
+from wflo_jupyter.core.errors import EngineUnavailable, LedgerUnavailable
 from wflo_jupyter.core.events import (
     STEP_CANCELLED,
     STEP_COMPLETED,
@@ -53,7 +53,7 @@ def ensure_database(url: str) -> bool:
             conn.execute(text(f"CREATE DATABASE {quoted}"))
             return True
     except OperationalError as exc:
-        raise EngineUnavailable(
+        raise LedgerUnavailable(
             f"PostgreSQL at {target.render_as_string()}: {_first_line(exc)}"
         ) from None
     finally:
@@ -149,7 +149,7 @@ class Ledger:
                 config.attributes["connection"] = conn
                 action(config)
         except OperationalError as exc:
-            raise EngineUnavailable(f"PostgreSQL: {_first_line(exc)}") from None
+            raise LedgerUnavailable(f"PostgreSQL: {_first_line(exc)}") from None
 
     # -- sessions and steps -----------------------------------------------------------------
     def open_session(

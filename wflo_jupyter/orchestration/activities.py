@@ -24,6 +24,7 @@ from wflo_jupyter.core.budget import threshold_notice
 from wflo_jupyter.core.errors import SandboxError
 from wflo_jupyter.core.steps import StepInput, StepResult
 from wflo_jupyter.ledger.budgets import BudgetLedger
+from wflo_jupyter.ledger.health import is_ledger_outage
 from wflo_jupyter.ledger.store import Ledger
 from wflo_jupyter.orchestration.heartbeat import Heartbeat
 from wflo_jupyter.orchestration.stepio import StepIO, StepIORegistry
@@ -35,7 +36,11 @@ log = logging.getLogger(__name__)
 TRACEBACK_LIMIT = 64 * 1024  # what travels through the workflow history
 RUNS_KEPT = 64  # run_step results kept for a run of the same step again
 
-SandboxFor = Callable[[str], SandboxSession]
+SandboxFor = Callable[[str, str], SandboxSession]
+"""The sandbox for ``(image, session_id)``: a kernel has one per image, a ``wflo worker``
+one per session and image."""
+MakeIO = Callable[[StepInput], StepIO]
+"""A ``wflo worker``'s ``StepIO`` for a step started elsewhere (its output published)."""
 
 
 class StepActivities:
@@ -48,12 +53,16 @@ class StepActivities:
         step_io: StepIORegistry,
         on_change: Callable[[], None] | None = None,
         budgets: BudgetLedger | None = None,
+        make_io: MakeIO | None = None,
+        worker_queue: str = "",
     ) -> None:
         self.ledger = ledger
         self.budgets = budgets
         self.sandbox_for = sandbox_for
         self.step_io = step_io
         self.on_change = on_change or (lambda: None)
+        self.make_io = make_io
+        self.worker_queue = worker_queue
         self._runs: OrderedDict[str, Future[StepResult]] = OrderedDict()
         self._runs_lock = threading.Lock()
 
@@ -120,14 +129,26 @@ class StepActivities:
 
     @activity.defn(name="execute", no_thread_cancel_exception=True)
     def execute(self, step: StepInput) -> StepResult:
+        io = self.step_io.get(step.step_id)
+        if io is not None or self.make_io is None:
+            return self._execute(step, io or StepIO())
+        io = self.step_io.open(step.step_id, self.make_io(step))  # a worker's step
+        try:
+            result = self._execute(step, io)
+            result.worker_queue = self.worker_queue
+            return result
+        finally:
+            self.step_io.close(step.step_id)
+            io.close()
+
+    def _execute(self, step: StepInput, io: StepIO) -> StepResult:
         begun = time.monotonic()
         info = activity.info()
         attempt = info.attempt
-        io = self.step_io.get(step.step_id) or StepIO()
         io.attempt = max(io.attempt, attempt)
         if attempt == 1:  # which sandbox the step found: a retry says if it still has it
             with contextlib.suppress(Exception):
-                io.sandbox_before = self.sandbox_for(step.image).container_id
+                io.sandbox_before = self.sandbox_for(step.image, step.session_id).container_id
         io.deadline = time.monotonic() + step.timeout_s  # questions to the analyst expire
         if io.before_run is not None:
             io.before_run(step)
@@ -141,7 +162,7 @@ class StepActivities:
             memory_bytes=step.memory_bytes, cpus=step.cpus, pids_limit=step.pids_limit
         )
         try:
-            sandbox = self.sandbox_for(step.image)
+            sandbox = self.sandbox_for(step.image, step.session_id)
             sandbox.llm_handler = io.llm_handler
             sandbox.llm_fast_path = io.llm_fast_path
             run = sandbox.run_fresh if io.fresh else sandbox.execute
@@ -203,7 +224,14 @@ class StepActivities:
 
     @activity.defn(name="close_step")
     def close_step(self, result: StepResult) -> None:
-        self.ledger.finish_step(result)
+        """Record the step's outcome (idempotent); the workflow retries it while the
+        ledger is unreachable, which fails each attempt with one line."""
+        try:
+            self.ledger.finish_step(result)
+        except Exception as exc:
+            if not is_ledger_outage(exc):
+                raise
+            raise ApplicationError(str(exc).splitlines()[0], type="LedgerUnavailable") from None
         self.on_change()
 
 

@@ -22,9 +22,44 @@ from wflo_jupyter.core.errors import EngineUnavailable, WfloError
 from wflo_jupyter.core.steps import StepInput, StepResult
 from wflo_jupyter.orchestration.activities import StepActivities
 from wflo_jupyter.orchestration.loop import BackgroundLoop
+from wflo_jupyter.orchestration.runtime import quiet_runtime
 from wflo_jupyter.orchestration.workflows import CellWorkflow
 
 OUTAGE_PATIENCE = 60.0  # seconds past the step's own timeout
+
+
+async def connect(address: str, namespace: str) -> Client:
+    """A Temporal client whose core logs go to Python logging (``quiet_runtime``)."""
+    return await Client.connect(address, namespace=namespace, runtime=quiet_runtime())
+
+
+def build_worker(
+    client: Client,
+    task_queue: str,
+    activities: StepActivities,
+    executor: ThreadPoolExecutor,
+    *,
+    graceful_shutdown_s: float = 0.0,
+) -> Worker:
+    """A worker of ``CellWorkflow`` and its activities on ``task_queue`` (built on the loop
+    it will run on). ``graceful_shutdown_s``: how long running activities may go on after
+    a shutdown began before they are cancelled."""
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[CellWorkflow],
+        activities=[
+            activities.open_step,
+            activities.execute,
+            activities.close_step,
+            activities.run_step,
+        ],
+        activity_executor=executor,
+        # heartbeats reach the server (and its cancel reaches the activity) this often
+        max_heartbeat_throttle_interval=timedelta(milliseconds=500),
+        default_heartbeat_throttle_interval=timedelta(milliseconds=500),
+        graceful_shutdown_timeout=timedelta(seconds=graceful_shutdown_s),
+    )
 
 
 class CancelledStep(Exception):
@@ -48,28 +83,14 @@ class StepRunner:
         self.task_queue = task_queue
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="wflo-activity")
         try:
-            self.client: Client = loop.run(Client.connect(address, namespace=namespace), 30)
+            self.client: Client = loop.run(connect(address, namespace), 30)
         except Exception as exc:
             raise EngineUnavailable(f"Temporal at {address}: {exc}") from None
         self.worker: Worker = loop.run(self._start_worker(activities), 30)
 
     async def _start_worker(self, activities: StepActivities) -> Worker:
         # A Worker must be built on the loop it runs on.
-        worker = Worker(
-            self.client,
-            task_queue=self.task_queue,
-            workflows=[CellWorkflow],
-            activities=[
-                activities.open_step,
-                activities.execute,
-                activities.close_step,
-                activities.run_step,
-            ],
-            activity_executor=self._executor,
-            # heartbeats reach the server (and its cancel reaches the activity) this often
-            max_heartbeat_throttle_interval=timedelta(milliseconds=500),
-            default_heartbeat_throttle_interval=timedelta(milliseconds=500),
-        )
+        worker = build_worker(self.client, self.task_queue, activities, self._executor)
         self._worker_task = asyncio.get_running_loop().create_task(worker.run())
         return worker
 
@@ -84,10 +105,11 @@ class StepRunner:
                     CellWorkflow.run,
                     step,
                     id=step.workflow_id,
-                    task_queue=self.task_queue,
+                    task_queue=step.task_queue or self.task_queue,
                     id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                     id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                    request_eager_start=True,
+                    # eager: this kernel's worker takes it at once; a worker elsewhere polls
+                    request_eager_start=not step.task_queue,
                 )
             except WorkflowAlreadyStartedError:
                 handle = self.client.get_workflow_handle_for(CellWorkflow.run, step.workflow_id)

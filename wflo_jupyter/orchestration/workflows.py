@@ -14,6 +14,10 @@ server round trips of three activities. A cancel reaches it through the kernel (
 worker is the kernel's own) and through the local activity's cancellation. If its close
 failed (the ledger went away), ``close_step`` runs with retries, as on the full path.
 
+Closing a step is idempotent and is retried until the ledger answers (``CLOSE_RETRY``,
+for up to the step's ``close_retry_s``, ``WFLO_CLOSE_RETRY_S``): a step whose ledger went
+away mid-cell ends ``completed`` or ``failed`` with its sandbox seconds once it is back.
+
 Retries: ``execute`` heartbeats, so a lost worker is noticed within
 ``EXECUTE_HEARTBEAT``; infrastructure failures (the sandbox would not start, a heartbeat
 timeout) are retried with backoff up to ``--retries``. What the cell's code did (an
@@ -44,11 +48,26 @@ with workflow.unsafe.imports_passed_through():
     from wflo_jupyter.core.steps import StepInput, StepResult
 
 LEDGER_RETRY = RetryPolicy(maximum_attempts=5, initial_interval=timedelta(milliseconds=200))
+# a step's close is retried until the ledger answers (unlimited attempts, at most 5 s
+# apart) for up to the step's ``close_retry_s``: a step is never left ``running``
+CLOSE_RETRY = RetryPolicy(
+    maximum_attempts=0,
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=5),
+)
 EXECUTE_HEARTBEAT = timedelta(seconds=5)
-CLOSE_OPTIONS: dict[str, Any] = {
-    "start_to_close_timeout": timedelta(seconds=30),
-    "retry_policy": LEDGER_RETRY,
-}
+
+
+def close_options(step: StepInput) -> dict[str, Any]:
+    """``close_step``'s options: each attempt up to 30 s, retried for ``close_retry_s``."""
+    return {
+        "start_to_close_timeout": timedelta(seconds=30),
+        "schedule_to_close_timeout": timedelta(seconds=max(step.close_retry_s, 30.0)),
+        "retry_policy": CLOSE_RETRY,
+    }
+
+
 NON_RETRYABLE = ["ValueTransferError", "StepCancelled"]
 
 
@@ -94,7 +113,7 @@ class CellWorkflow:
         result = await self._execute(step)
         result.workflow_id = workflow.info().workflow_id
         if not step.estimate:
-            await _shielded(workflow.execute_activity("close_step", result, **CLOSE_OPTIONS))
+            await _shielded(workflow.execute_activity("close_step", result, **close_options(step)))
         return _ended(result)
 
     async def _run_lean(self, step: StepInput) -> StepResult:
@@ -115,7 +134,9 @@ class CellWorkflow:
             result = StepResult.of_cancel(step.step_id, state_lost=False)
         result.workflow_id = workflow.info().workflow_id
         if not result.recorded:
-            await _shielded(workflow.execute_local_activity("close_step", result, **CLOSE_OPTIONS))
+            await _shielded(
+                workflow.execute_local_activity("close_step", result, **close_options(step))
+            )
         return _ended(result)
 
     async def _execute(self, step: StepInput) -> StepResult:

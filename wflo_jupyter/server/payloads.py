@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
 from wflo_jupyter.core.budget import BudgetState
 from wflo_jupyter.core.money import format_usd
+from wflo_jupyter.core.steps import workflow_link
 from wflo_jupyter.ledger.notebooks import NotebookStep
 
 
@@ -35,13 +35,6 @@ def budget_json(state: BudgetState) -> dict[str, Any]:
         "period_start": _when(state.period_start),
         "thresholds_emitted": list(state.thresholds_emitted),
     }
-
-
-def workflow_link(ui: str | None, namespace: str, workflow_id: str | None) -> str | None:
-    """The step's workflow in the Temporal web UI, when both are known."""
-    if not ui or not workflow_id:
-        return None
-    return f"{ui}/namespaces/{quote(namespace, safe='')}/workflows/{quote(workflow_id, safe='')}"
 
 
 def step_json(step: NotebookStep, ui: str | None, namespace: str) -> dict[str, Any]:

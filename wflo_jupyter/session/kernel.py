@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from wflo_jupyter.events.relay import OutboxRelay
     from wflo_jupyter.gateway.service import LlmGateway
     from wflo_jupyter.ledger.budgets import BudgetLedger
+    from wflo_jupyter.ledger.health import LedgerHealth
     from wflo_jupyter.ledger.store import Ledger
     from wflo_jupyter.orchestration.loop import BackgroundLoop
     from wflo_jupyter.orchestration.worker import StepRunner
@@ -81,6 +83,7 @@ class WfloSession(SessionSteps):
         )
         self.endpoints: Endpoints | None = None
         self.ledger: Ledger | None = None
+        self.ledger_health: LedgerHealth | None = None
         self.runner: StepRunner | None = None
         self.relay: OutboxRelay | None = None
         self.loop: BackgroundLoop | None = None
@@ -93,7 +96,9 @@ class WfloSession(SessionSteps):
         self.price_overrides: dict[str, Any] = {}
         self._noted: set[str] = set()
         self._note_sink: Callable[[str], None] | None = None
+        self._outage_notices: list[str] = []  # said while no cell ran: shown by the next
         self._attempts: dict[int, int] = {}  # execution count -> steps started for it
+        self._remote_queues: dict[str, str] = {}
 
     @property
     def task_queue(self) -> str:
@@ -137,7 +142,7 @@ class WfloSession(SessionSteps):
                 return
             from wflo_jupyter.events.relay import OutboxRelay
             from wflo_jupyter.ledger.budgets import BudgetLedger
-            from wflo_jupyter.ledger.store import Ledger
+            from wflo_jupyter.ledger.health import LedgerHealth
             from wflo_jupyter.orchestration.activities import StepActivities
             from wflo_jupyter.orchestration.loop import BackgroundLoop
             from wflo_jupyter.orchestration.worker import StepRunner
@@ -145,7 +150,8 @@ class WfloSession(SessionSteps):
             endpoints = resolve_endpoints(self.settings, progress=self.progress)
             if self.sandboxes.isolation() == "docker":
                 self.sandboxes.docker_client()
-            ledger = Ledger.connect(endpoints.database_url)
+            ledger = _connect_ledger(endpoints.database_url)
+            health = LedgerHealth(ledger.engine, self._outage_notice)
             ledger.open_session(
                 self.session_id,
                 kernel_id=self.kernel_id,
@@ -179,9 +185,10 @@ class WfloSession(SessionSteps):
                 price_overrides=self.price_overrides,
                 on_missing=self._note_once,
             )
+            self.gateway.on_ledger_outage = health.suspect
             activities = StepActivities(
                 ledger,
-                self.sandbox_for,
+                lambda image, _session: self.sandbox_for(image),
                 self.step_io,
                 on_change=relay.wake if relay else None,
                 budgets=budgets,
@@ -197,6 +204,7 @@ class WfloSession(SessionSteps):
                 )
             except Exception:
                 loop.stop()
+                health.close()
                 ledger.close()
                 raise
             if relay is not None:
@@ -210,7 +218,7 @@ class WfloSession(SessionSteps):
                 relay,
                 loop,
             )
-            self.budgets = budgets
+            self.budgets, self.ledger_health = budgets, health
             self._started = True
 
     # -- steps ------------------------------------------------------------------------------
@@ -242,7 +250,7 @@ class WfloSession(SessionSteps):
         assert endpoints is not None
         return [
             ("wflo-jupyter", __version__),
-            ("postgres", endpoints.database_url.split("@")[-1]),
+            ("postgres", self._ledger_status(endpoints.database_url.split("@")[-1])),
             ("temporal", endpoints.temporal_address),
             ("redis", endpoints.redis_url or "not configured"),
             ("kafka", endpoints.kafka_bootstrap or "not configured (events stay in the outbox)"),
@@ -250,6 +258,25 @@ class WfloSession(SessionSteps):
             ("image", endpoints.runtime_image),
             ("session", self.session_id),
         ]
+
+    def temporal_ui(self) -> tuple[str | None, str]:
+        """The Temporal web UI's address (None when unknown) and the namespace."""
+        from wflo_jupyter.stack.settings import temporal_ui_url
+
+        try:
+            ui = temporal_ui_url(self.settings)
+        except Exception as exc:  # the stack file unreadable: no links, nothing else lost
+            log.info("Temporal UI address unknown: %s", exc)
+            ui = None
+        return ui, self.settings.temporal_namespace
+
+    def _ledger_status(self, where: str) -> str:
+        """The ledger's address, and since when it is unreachable during an outage."""
+        health = self.ledger_health
+        since = health.down_since if health is not None else None
+        if since is None:
+            return where
+        return f"{where}: unreachable since {time.strftime('%H:%M:%S', time.localtime(since))}"
 
     def doctor(self, timeout_s: float) -> DoctorReport:
         """``%wflo doctor``: what this machine has and lacks, from this kernel's settings;
@@ -276,6 +303,16 @@ class WfloSession(SessionSteps):
             sink(text)
         else:
             log.warning("%s", text)
+
+    def _outage_notice(self, text: str) -> None:
+        """An engine outage's notice (any thread): into the running cell, else kept for
+        the next one."""
+        log.warning("%s", text)
+        sink = self._note_sink
+        if sink is not None:
+            sink(text)
+        else:
+            self._outage_notices.append(text)
 
     def set_price_overrides(self, overrides: dict[str, Any]) -> None:
         """``%config WfloMagics.prices``: used for the next calls (ConfigError if bad)."""
@@ -310,9 +347,23 @@ class WfloSession(SessionSteps):
                 if self.relay is not None:  # drains for up to WFLO_RELAY_DRAIN_S
                     with contextlib.suppress(Exception):
                         self.relay.stop()
+                if self.ledger_health is not None:
+                    self.ledger_health.close()
                 if self.ledger is not None:
                     with contextlib.suppress(Exception):
                         self.ledger.close_session(self.session_id)
                     self.ledger.close()
                 if self.loop is not None:
                     self.loop.stop()
+
+
+def _connect_ledger(url: str) -> Ledger:
+    """The session's ledger; unreachable, the one line a refused cell shows."""
+    from wflo_jupyter.core.errors import LedgerUnavailable
+    from wflo_jupyter.ledger.health import ledger_address, refusal_line
+    from wflo_jupyter.ledger.store import Ledger
+
+    try:
+        return Ledger.connect(url)
+    except LedgerUnavailable:
+        raise LedgerUnavailable(refusal_line(ledger_address(url))) from None

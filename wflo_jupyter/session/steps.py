@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from wflo_jupyter.core.errors import WfloError
 from wflo_jupyter.core.estimates import EstimateTally
 from wflo_jupyter.core.reports import OutputEvent
 from wflo_jupyter.core.steps import StepInput, StepResult, StepSpec
@@ -26,10 +27,16 @@ from wflo_jupyter.orchestration.stepio import Ask, StepIO, StepIORegistry
 from wflo_jupyter.session.queries import SessionQueries
 
 if TYPE_CHECKING:
+    from wflo_jupyter.cache.llm_cache import LlmCache
+    from wflo_jupyter.cache.step_output import StepOutputSubscription
     from wflo_jupyter.gateway.service import LlmGateway
+    from wflo_jupyter.ledger.health import LedgerHealth
     from wflo_jupyter.orchestration.worker import StepRunner
+    from wflo_jupyter.stack.settings import Settings
 
 log = logging.getLogger(__name__)
+
+REMOTE_OUTPUT_SETTLE_S = 2.0  # at most this long for a worker's output after its result
 
 LlmHandler = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], None]
 LlmFastPath = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], bool]
@@ -47,10 +54,15 @@ class SessionSteps(SessionQueries):
     step_io: StepIORegistry
     runner: StepRunner | None
     gateway: LlmGateway | None
+    cache: LlmCache | None
+    ledger_health: LedgerHealth | None
+    settings: Settings
     compute_price_micros: int
     confirm_above_micros: int | None
     _note_sink: Callable[[str], None] | None
+    _outage_notices: list[str]
     _attempts: dict[int, int]
+    _remote_queues: dict[str, str]  # --queue name -> the worker that holds our sandbox
 
     def run_step(
         self,
@@ -73,6 +85,7 @@ class SessionSteps(SessionQueries):
         ``cancelled``. A second interrupt stops waiting."""
         self.start()
         assert self.runner is not None
+        self._refuse_without_ledger()
         step_id = str(uuid.uuid4())
         dry = spec.estimate
         step = StepInput(
@@ -94,6 +107,9 @@ class SessionSteps(SessionQueries):
             execution_count=execution_count,
             submit_attempt=self._submit_attempt(execution_count),
             lean=not dry and spec.retries == 0,
+            task_queue="" if dry else self._remote_queues.get(spec.queue, spec.queue),
+            no_cache=spec.no_cache,
+            close_retry_s=self.settings.close_retry_s,
         )
         io = self.step_io.open(
             step_id,
@@ -113,10 +129,13 @@ class SessionSteps(SessionQueries):
             gateway = self.gateway
             io.llm_cancel = lambda: gateway.cancel_step(step_id)
         self._note_sink = io.notice
+        while self._outage_notices:  # said while no cell ran (e.g. the ledger is back)
+            io.notice(self._outage_notices.pop(0))
         if not dry:
             self.meter_step = (step_id, step.name)
         deliver = on_event or (lambda _event: None)
         started = time.monotonic()
+        remote = self._follow_output(step, io) if step.task_queue else None
         future = self.runner.submit(step)
         future.add_done_callback(lambda _done: io.wake())  # no polling delay at the end
         try:
@@ -125,6 +144,8 @@ class SessionSteps(SessionQueries):
                 try:
                     io.pump(deliver, ask, wait_s=0.05)
                     if future.done():
+                        if remote is not None:  # the worker's last output may trail
+                            remote.close(settle_s=REMOTE_OUTPUT_SETTLE_S)
                         io.pump(deliver, ask, wait_s=0)
                         break
                 except KeyboardInterrupt:
@@ -133,7 +154,11 @@ class SessionSteps(SessionQueries):
                     interrupted = True  # stop the cell; its result still gets recorded
                     self._cancel(step, io)
             result = self._result(step, io, future)
+            if spec.queue and result.worker_queue:  # the session's next steps go there too
+                self._remote_queues[spec.queue] = result.worker_queue
         finally:
+            if remote is not None:
+                remote.close()
             self._note_sink = None
             io.close()
             self.step_io.close(step_id)
@@ -142,6 +167,41 @@ class SessionSteps(SessionQueries):
             self.refresh_meters()
         result.duration_s = time.monotonic() - started
         return result, io
+
+    def _follow_output(self, step: StepInput, io: StepIO) -> StepOutputSubscription:
+        """Subscribe to the output a ``wflo worker`` publishes for ``step`` (before the
+        step starts, so none is missed); it lands in ``io`` like a local step's."""
+        from wflo_jupyter.cache.step_output import StepOutputChannel
+
+        if self.cache is None:
+            raise WfloError(
+                f"--queue {step.task_queue}: a worker's output travels over Redis, and this "
+                "kernel has none (set WFLO_REDIS_URL)"
+            )
+
+        def deliver(event: tuple[Any, ...]) -> None:
+            kind, first, second = event
+            if kind == "stream":
+                io.stream(str(first), str(second))
+            elif kind == "display":
+                io.display(dict(first), dict(second or {}))
+            elif kind == "notice":
+                io.notice(str(first))
+
+        return StepOutputChannel(self.cache.client).subscribe(step.step_id, deliver)
+
+    def _refuse_without_ledger(self) -> None:
+        """``LedgerUnavailable`` (one line) when the ledger does not answer: the cell
+        would run unbudgeted. That line is the outage's notice for this cell."""
+        from wflo_jupyter.core.errors import LedgerUnavailable
+
+        if self.ledger_health is None:
+            return
+        try:
+            self.ledger_health.check()
+        except LedgerUnavailable:
+            self._outage_notices.clear()
+            raise
 
     def _submit_attempt(self, execution_count: int | None) -> int:
         """How many steps this session started for ``execution_count``, this one included

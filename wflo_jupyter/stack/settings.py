@@ -137,6 +137,7 @@ class Settings:
     kafka_replication: int = 1  # WFLO_KAFKA_REPLICATION: of each event topic
     kafka_retention_ms: int = 7 * 24 * 3600 * 1000  # WFLO_KAFKA_RETENTION_MS (7 days)
     validate_events: bool = False  # WFLO_VALIDATE_EVENTS=1: relays check envelopes (tests)
+    close_retry_s: float = 600.0  # WFLO_CLOSE_RETRY_S: a step's close waits for the ledger
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -184,6 +185,7 @@ class Settings:
                 "WFLO_KAFKA_RETENTION_MS", get("WFLO_KAFKA_RETENTION_MS"), 7 * 24 * 3600 * 1000
             ),
             validate_events=_switch("WFLO_VALIDATE_EVENTS", get("WFLO_VALIDATE_EVENTS")),
+            close_retry_s=_seconds("WFLO_CLOSE_RETRY_S", get("WFLO_CLOSE_RETRY_S"), 600.0),
         )
 
     def configured(self, engine: str) -> str | None:
