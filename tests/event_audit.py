@@ -2,8 +2,10 @@
 
 ``EventAudit`` reads the whole outbox of a database (the session's ledger database and
 each test's own one, just before they are dropped) and validates every envelope with
-``wflo_jupyter.events.schemas``; ``tests/conftest.py`` turns any violation into a failed
-run at the end of the session."""
+``wflo_jupyter.events.schemas`` at the version it names, which must be its type's current
+one (``core.events.SCHEMA_VERSION``); a body that names none is a version 1 body (a test
+that ran the ledger at a revision before 0008 wrote it) and is checked against v1;
+``tests/conftest.py`` turns any violation into a failed run at the end of the session."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from wflo_jupyter.core.events import SCHEMA_VERSION
 from wflo_jupyter.events.schemas import EventSchemaError, EventSchemas
 
 
@@ -51,6 +54,12 @@ class EventAudit:
             try:
                 if not isinstance(envelope, dict) or envelope.get("type") != event_type:
                     raise EventSchemaError(f"envelope type is not the row's {event_type!r}")
+                current = SCHEMA_VERSION.get(str(event_type))
+                if "version" in envelope and envelope["version"] != current:
+                    raise EventSchemaError(
+                        f"{event_type} written at version {envelope.get('version')!r}, "
+                        f"not the current {current!r}"
+                    )
                 self.schemas.validate(envelope)
             except EventSchemaError as exc:
                 self.violations.append(f"{name} outbox row {row_id}: {exc}")

@@ -16,6 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 from sqlalchemy import text
@@ -41,9 +42,10 @@ class Seen:
     type: str
 
 
-def read_topic(bootstrap: str, topic: str = TOPIC_STEPS) -> list[Seen]:
-    """Every message now in ``topic``: each partition read from its start to its high
-    watermark (no consumer group membership, nothing committed)."""
+def read_messages(bootstrap: str, topic: str) -> list[tuple[str, dict[str, Any], Any]]:
+    """Every message now in ``topic`` as (key, headers, decoded body): each partition read
+    from its start to its high watermark (no consumer group membership, nothing committed).
+    """
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -60,7 +62,7 @@ def read_topic(bootstrap: str, topic: str = TOPIC_STEPS) -> list[Seen]:
             if high > low:
                 ends[p] = high
         consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        seen: list[Seen] = []
+        read: list[tuple[str, dict[str, Any], Any]] = []
         deadline = time.monotonic() + 60
         while ends and time.monotonic() < deadline:
             message = consumer.poll(0.5)
@@ -68,32 +70,41 @@ def read_topic(bootstrap: str, topic: str = TOPIC_STEPS) -> list[Seen]:
                 continue
             if message.offset() >= ends.get(message.partition(), -1) - 1:
                 ends.pop(message.partition(), None)
-            body = json.loads(message.value())
             headers = dict(message.headers() or [])
-            header = headers.get(EVENT_ID_HEADER)
-            seen.append(
-                Seen(
-                    header_id=header.decode() if header else None,
-                    body_id=body["id"],
-                    key=(message.key() or b"").decode(),
-                    session_id=str(body["payload"].get("session_id")),
-                    type=body["type"],
-                )
-            )
+            key = (message.key() or b"").decode()
+            read.append((key, headers, json.loads(message.value() or b"null")))
         assert not ends, f"partitions not read to their end: {ends}"
-        return seen
+        return read
     finally:
         consumer.close()
+
+
+def read_topic(bootstrap: str, topic: str = TOPIC_STEPS) -> list[Seen]:
+    """Every message now in ``topic`` (``read_messages``), as ``Seen``."""
+    seen: list[Seen] = []
+    for key, headers, body in read_messages(bootstrap, topic):
+        header = headers.get(EVENT_ID_HEADER)
+        seen.append(
+            Seen(
+                header_id=header.decode() if header else None,
+                body_id=body["id"],
+                key=key,
+                session_id=str(body["payload"].get("session_id")),
+                type=body["type"],
+            )
+        )
+    return seen
 
 
 def of_sessions(seen: list[Seen], sessions: set[str]) -> list[Seen]:
     return [s for s in seen if s.session_id in sessions]
 
 
-def outbox_ids(ledger: Ledger, sessions: set[str]) -> set[str]:
+def outbox_ids(ledger: Ledger, sessions: set[str], topic: str = TOPIC_STEPS) -> set[str]:
+    """The ids of the outbox's events of ``sessions`` bound for ``topic``."""
     with ledger.engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT event_id, envelope FROM outbox"),
+            text("SELECT event_id, envelope FROM outbox WHERE topic = :topic"), {"topic": topic}
         ).all()
     return {r[0] for r in rows if r[1]["payload"].get("session_id") in sessions}
 

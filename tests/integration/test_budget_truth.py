@@ -304,7 +304,7 @@ def _reserve(
                 text(
                     "SELECT payload, lease_expires_at FROM wflo_reserve(CAST(:kinds AS text[]), "
                     "CAST(:keys AS text[]), CAST(:amount AS bigint), 'truth-r', "
-                    "CAST(:lease AS double precision), NULL, NULL, 'truth', 'wflo.budgets', "
+                    "CAST(:lease AS double precision), NULL, NULL, 'truth', 'wflo.costs', "
                     "false)"
                 ),
                 {

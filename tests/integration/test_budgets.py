@@ -83,15 +83,17 @@ def _events(ledger: Ledger, event_type: str) -> list[dict[str, Any]]:
 
 
 # -- schema ------------------------------------------------------------------------------------
-def test_migrations_0002_to_0007_upgrade_and_downgrade(fresh_database_url: str) -> None:
+def test_migrations_0002_to_0008_upgrade_and_downgrade(fresh_database_url: str) -> None:
     ledger = Ledger.connect(fresh_database_url)
     try:
-        assert ledger.current_revision() == "0007_outbox_notify"
+        assert ledger.current_revision() == "0008_envelope_v2"
         tables = set(inspect(ledger.engine).get_table_names())
         new = {"budgets", "reservations", "llm_calls", "compute_charges"}
         assert new <= tables and "reservation_budgets" not in tables
         assert "outbox_relay" in tables
         functions = "SELECT count(*) FROM pg_proc WHERE proname LIKE 'wflo\\_%'"
+        assert _scalar(ledger, functions) == 10  # 0008 adds wflo_outbox_envelope
+        ledger.downgrade("0007_outbox_notify")
         assert _scalar(ledger, functions) == 9  # 0007 adds wflo_outbox_notify
         ledger.downgrade("0006")
         assert ledger.current_revision() == "0006"
@@ -113,7 +115,7 @@ def test_migrations_0002_to_0007_upgrade_and_downgrade(fresh_database_url: str) 
         assert not new & set(inspect(ledger.engine).get_table_names())
         assert _scalar(ledger, functions) == 0
         ledger.migrate()
-        assert ledger.current_revision() == "0007_outbox_notify"
+        assert ledger.current_revision() == "0008_envelope_v2"
         BudgetLedger(ledger.engine).set_budget("team", "after-upgrade", 1)
     finally:
         ledger.close()
@@ -249,7 +251,7 @@ def test_migration_0003_keeps_held_money_both_ways(fresh_database_url: str) -> N
             conn.execute(
                 text(
                     "SELECT * FROM wflo_reserve(ARRAY['notebook', 'team'], ARRAY['nb', 't'], "
-                    "300, :r, 600, NULL, NULL, 'old', 'wflo.budgets')"
+                    "300, :r, 600, NULL, NULL, 'old', 'wflo.costs')"
                 ),
                 {"r": first},
             )
@@ -354,7 +356,7 @@ def test_reserve_settle_records_call_cost_and_events(ledger: Ledger, budgets: Bu
     updates = [e["op"] for e in _events(ledger, "budget.updated")]
     assert updates == ["set", "reserve", "settle"]
     topics = _scalar(ledger, "SELECT string_agg(DISTINCT topic, ',' ORDER BY topic) FROM outbox")
-    assert topics == "wflo.budgets,wflo.llm,wflo.steps"
+    assert topics == "wflo.audit,wflo.costs,wflo.steps"  # set: audit; reserve, settle: costs
     # settling again (a retried activity) changes nothing
     again = budgets.settle(reservation, 999, call=call)
     assert again.already_settled

@@ -66,7 +66,7 @@ def test_up_up_status_down(tmp_path: Path) -> None:
 
         migrate = wflo("migrate", home=tmp_path)
         assert migrate.returncode == 0, migrate.stderr
-        assert "ledger at revision 0007_outbox_notify" in migrate.stdout
+        assert "ledger at revision 0008_envelope_v2" in migrate.stdout
 
         report = wflo("report", home=tmp_path)
         assert report.returncode == 0, report.stderr

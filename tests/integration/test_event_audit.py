@@ -26,6 +26,7 @@ def test_the_audit_reports_each_bad_envelope_and_passes_the_ledgers_own(
     ledger = Ledger.connect(fresh_database_url)
     try:
         start_step(ledger)  # a real step.started, written by the ledger
+        [good_payload] = [e["payload"] for e in ledger.recent_events(5)]
         bad = Event(STEP_STARTED, key="k", payload={"step_id": "s", "seq": 1})
         other = Event(STEP_COMPLETED, key="k", payload={})
         with ledger.engine.begin() as conn:
@@ -35,14 +36,19 @@ def test_the_audit_reports_each_bad_envelope_and_passes_the_ledgers_own(
             mislabelled_row = conn.execute(  # a step.completed envelope in a step.started row
                 INSERT, {"id": other.id, "type": STEP_STARTED, "envelope": other.to_json().decode()}
             ).scalar_one()
+            old = Event(STEP_STARTED, key="k", payload=dict(good_payload), version=1)
+            old_row = conn.execute(  # a writer of an older version than the current one
+                INSERT, {"id": old.id, "type": old.type, "envelope": old.to_json().decode()}
+            ).scalar_one()
         audit = EventAudit()
         audit.check_database(fresh_database_url)
         name = make_url(fresh_database_url).database
-        assert audit.checked == {"step.started": 3}
+        assert audit.checked == {"step.started": 4}
         assert audit.violations == [
-            f"{name} outbox row {bad_row}: step.started v1 at payload: "
+            f"{name} outbox row {bad_row}: step.started v2 at payload: "
             "'session_id' is a required property",
             f"{name} outbox row {mislabelled_row}: envelope type is not the row's 'step.started'",
+            f"{name} outbox row {old_row}: step.started written at version 1, not the current 2",
         ]
     finally:
         with ledger.engine.begin() as conn:  # the session's own audit checks this database too

@@ -34,7 +34,7 @@ def test_database_is_created_when_missing(database_url: str) -> None:
     assert ensure_database(url) is False
     ledger = Ledger.connect(url)
     try:
-        assert ledger.current_revision() == "0007_outbox_notify"
+        assert ledger.current_revision() == "0008_envelope_v2"
     finally:
         ledger.close()
         drop_database(url)
@@ -51,7 +51,7 @@ def test_migrations_upgrade_and_downgrade(fresh_database_url: str) -> None:
         ledger.downgrade("base")
         assert not {"sessions", "steps", "outbox"} & set(inspect(ledger.engine).get_table_names())
         ledger.migrate()
-        assert ledger.current_revision() == "0007_outbox_notify"
+        assert ledger.current_revision() == "0008_envelope_v2"
     finally:
         ledger.close()
 

@@ -198,10 +198,10 @@ def test_a_validating_relay_logs_and_counts_an_invalid_event_and_still_publishes
         with ledger.engine.begin() as conn:
             conn.execute(text("DELETE FROM outbox WHERE event_id = :id"), {"id": bad_id})
     assert relay.invalid == 1
-    [line] = [r.getMessage() for r in caplog.records if " v1 at " in r.getMessage()]
+    [line] = [r.getMessage() for r in caplog.records if " v2 at " in r.getMessage()]
     assert line == (
         f"outbox relay: event {bad_id} (row 3): "
-        "step.started v1 at payload: 'step_id' is a required property"
+        "step.started v2 at payload: 'step_id' is a required property"
     )
     seen = of_sessions(read_topic(kafka_bootstrap), {session_id})
     assert bad_id in {s.body_id for s in seen} and len(seen) == 3

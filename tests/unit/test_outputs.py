@@ -74,6 +74,18 @@ def test_empty_tables_say_so() -> None:
     assert "no events yet" in display.events_table([])._repr_html_()
 
 
+def test_events_table_shows_what_sandbox_cache_and_team_events_say() -> None:
+    events = [
+        {"type": "sandbox.stopped", "key": "k1", "payload": {"reason": "idle", "image": "i"}},
+        {"type": "cache.cleared", "key": "k1", "payload": {"scope": "all", "removed": 3}},
+        {"type": "team.joined", "key": "k1", "payload": {"team": "ml"}, "sent": True},
+    ]
+    text = display.events_table(events).text()
+    assert "reason=idle" in text and "image=" not in text
+    assert "removed=3, scope=all" in text
+    assert "team=ml" in text and "yes" in text and "pending" in text
+
+
 def test_pretty_printer_shows_the_text_table() -> None:
     from IPython.lib.pretty import pretty
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from wflo_jupyter.core.errors import WfloError
-from wflo_jupyter.core.events import TOPIC_BY_PREFIX
+from wflo_jupyter.core.events import ALL_TOPICS
 from wflo_jupyter.events.kafka import (
     EVENT_ID_HEADER,
     Delivery,
@@ -160,7 +160,7 @@ class OutboxRelay:
         (``TopicMisconfigured``: one line; ``EngineUnavailable``); returns those created."""
         admin = TopicAdmin(self.bootstrap, timeout_s=max(0.5, min(10.0, timeout_s)))
         created = admin.ensure_configured(
-            sorted(set(TOPIC_BY_PREFIX.values())),
+            sorted(ALL_TOPICS),
             partitions=self.topics.partitions,
             replication=self.topics.replication,
             config=self.topics.config(),

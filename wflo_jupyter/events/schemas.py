@@ -2,8 +2,11 @@
 envelope against them.
 
 Each event type has one file per version, ``schemas/<type>.v<N>.json`` (JSON Schema
-draft 2020-12, shipped as package data), describing the whole envelope (``id``,
-``type``, ``key``, ``occurred_at``, ``payload``) and its payload. Schemas allow
+draft 2020-12, shipped as package data), describing the whole envelope and its payload:
+``{id, type, version, key, occurred_at, session, step, payload}`` since envelope v2
+(``core.events``; version 2 of the types that existed before, version 1 of the types added
+with it), ``{id, type, key, occurred_at, payload}`` in the version 1 files of the older
+types. An envelope is validated against the version it names (no ``version``: 1). Schemas allow
 properties they do not name, so a consumer keeps validating events that gained a field.
 A change that would break a consumer (a property or a required field removed, a type
 changed) is a new version, not an edit: ``tests/unit/test_event_schema_compat.py``
@@ -89,17 +92,23 @@ class EventSchemas:
         return self._validators[key]
 
     def validate(self, envelope: Mapping[str, Any], version: int | None = None) -> None:
-        """Check ``envelope`` against its type's schema at ``version`` (default: the newest
-        one); ``EventSchemaError`` names the type and the failing path, on one line."""
+        """Check ``envelope`` against its type's schema at ``version`` (default: the one
+        the envelope names, 1 when it names none); ``EventSchemaError`` names the type and
+        the failing path, on one line."""
         if not isinstance(envelope, Mapping):
             raise EventSchemaError(f"an event envelope is a JSON object, not {type(envelope)}")
         event_type = envelope.get("type")
         if not isinstance(event_type, str):
             raise EventSchemaError("event envelope without a string 'type'")
+        if version is None:
+            named = envelope.get("version", 1)
+            if not isinstance(named, int) or isinstance(named, bool) or named < 1:
+                shown = one_line(repr(named))[:40]
+                raise EventSchemaError(f"{event_type}: version {shown} is not a positive integer")
+            version = named
         validator = self.validator(event_type, version)
         error = best_match(validator.iter_errors(dict(envelope)))
         if error is not None:
-            version = self.latest(event_type) if version is None else version
             raise EventSchemaError(
                 f"{event_type} v{version} at {_where(error.absolute_path)}: "
                 f"{one_line(error.message)[:300]}"

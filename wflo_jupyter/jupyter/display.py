@@ -272,6 +272,24 @@ def steps_table(
     return Table.of(headers, rows, empty="no steps in this session yet", footer=footer, links=links)
 
 
+EVENT_DETAILS = frozenset(
+    [
+        "name",
+        "status",
+        "exit_reason",
+        "cost_micros",
+        "seq",
+        "op",
+        "reason",
+        "scope",
+        "removed",
+        "team",
+        "model",
+    ]
+)
+"""The payload fields ``%wflo events`` shows (steps, budget ops, sandboxes, cache, teams)."""
+
+
 def events_table(events: Sequence[dict[str, Any]], *, kafka: bool = True) -> Table:
     """``%wflo events``: the outbox's newest events; the footer says which of them are not
     on Kafka yet (or that no Kafka is configured, so they stay in the outbox)."""
@@ -290,9 +308,7 @@ def events_table(events: Sequence[dict[str, Any]], *, kafka: bool = True) -> Tab
             e.get("type", ""),
             e.get("key", "")[:8],
             ", ".join(
-                f"{k}={v}"
-                for k, v in sorted(e.get("payload", {}).items())
-                if k in ("name", "status", "exit_reason", "cost_micros", "seq")
+                f"{k}={v}" for k, v in sorted(e.get("payload", {}).items()) if k in EVENT_DETAILS
             ),
             "yes" if e.get("sent") else "pending",
         )

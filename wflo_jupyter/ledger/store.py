@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, func, select, text, update
+from sqlalchemy import Engine, create_engine, func, or_, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -227,6 +227,8 @@ class Ledger:
                 Event(
                     STEP_STARTED,
                     key=step_id,
+                    session=session_id,
+                    step=step_id,
                     payload={
                         "step_id": step_id,
                         "session_id": session_id,
@@ -263,6 +265,8 @@ class Ledger:
                 Event(
                     event_type,
                     key=row.id,
+                    session=row.session_id,
+                    step=row.id,
                     payload={
                         "step_id": row.id,
                         "session_id": row.session_id,
@@ -331,14 +335,26 @@ class Ledger:
             )
         )
 
+    def record_events(self, events: Sequence[Event]) -> None:
+        """Write ``events`` to the outbox in one transaction: for changes whose state is
+        not in the ledger (a sandbox, the cache, the session's teams)."""
+        if not events:
+            return
+        with self._sessions.begin() as db:
+            for event in events:
+                self._emit(db, event)
+
     def recent_events(self, limit: int = 20, session_id: str | None = None) -> list[dict[str, Any]]:
         """The newest ``limit`` event envelopes (oldest first), optionally of one session,
         each with ``sent`` telling whether the relay has delivered it to Kafka."""
         with self._sessions() as db:
             query = select(OutboxRow).order_by(OutboxRow.id.desc()).limit(limit)
             if session_id is not None:
-                query = query.where(
-                    OutboxRow.envelope["payload"]["session_id"].astext == session_id
+                query = query.where(  # ``session`` since envelope v2, else the payload's
+                    or_(
+                        OutboxRow.envelope["session"].astext == session_id,
+                        OutboxRow.envelope["payload"]["session_id"].astext == session_id,
+                    )
                 )
             rows = db.scalars(query).all()
             return [{**r.envelope, "sent": r.sent_at is not None} for r in reversed(rows)]

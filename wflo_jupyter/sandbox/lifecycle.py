@@ -5,19 +5,26 @@ and removed with everything it left by ``close()``.
 ``SandboxLifecycle`` holds what every operation on the session shares: the settings, the
 lock, the running sandbox (``sandbox.channel.Box``) and the LLM workers.
 ``sandbox.session.SandboxSession`` adds the cells.
+
+``on_change`` (optional) is told each change of the sandbox's life, as ``(what, details)``:
+``started``, ``stopped`` (``reason`` idle, restart or close), ``killed`` (``reason`` stuck
+or exited) and ``oom``. It is called under the session's lock and must not block; the
+session layer turns these into events (this package knows no ledger).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import docker
 
@@ -33,6 +40,11 @@ from wflo_jupyter.sandbox.handshake import launch_sandbox
 from wflo_jupyter.sandbox.llm_relay import LlmFastPath, LlmHandler, LlmRelay
 from wflo_jupyter.sandbox.outcomes import death_between_cells
 from wflo_jupyter.sandbox.types import DEFAULT_IMAGE, ExecResult, SandboxLimits
+
+log = logging.getLogger(__name__)
+
+SandboxWatcher = Callable[[str, dict[str, Any]], None]
+"""Told ``(what, details)`` for each change of a sandbox's life (module docstring)."""
 
 
 class SandboxLifecycle:
@@ -82,6 +94,7 @@ class SandboxLifecycle:
         self._last_used = time.monotonic()
         self._lost_notice: str | None = None
         self._running_cell: CellRun | None = None
+        self.on_change: SandboxWatcher | None = None
 
     # -- introspection ------------------------------------------------------------------
 
@@ -124,6 +137,7 @@ class SandboxLifecycle:
     def restart(self) -> None:
         """Replace the container by a new one (the namespace is dropped)."""
         with self._lock:
+            self._tell("stopped", self._box, reason="restart")
             self._discard()
             self._lost_notice = None
             self._box = self._launch()
@@ -135,6 +149,7 @@ class SandboxLifecycle:
         try:
             box = self._box
             if box is not None:
+                self._tell("stopped", box, reason="close")
                 box.kill()  # unblocks a running execute, which then cleans up
             with self._lock:
                 self._discard()
@@ -160,6 +175,7 @@ class SandboxLifecycle:
             box = self._box
             if box is None or self._busy or time.monotonic() - self._last_used < idle_s:
                 return False
+            self._tell("stopped", box, reason="idle")
             self._discard()
             if box.cells:
                 self._lost_notice = (
@@ -175,6 +191,7 @@ class SandboxLifecycle:
     def _replace_dead(self, box: Box, result: ExecResult) -> None:
         """Drop a sandbox that died while no cell ran; say so when it held state."""
         code, oom = box.wait_exit(2.0)
+        self._tell_death(box, code, oom, during_cell=False)
         if box is self._box:
             self._discard()
         else:
@@ -203,6 +220,27 @@ class SandboxLifecycle:
 
     # -- sandboxes ----------------------------------------------------------------------
 
+    def _tell(self, what: str, box: Box | None, **details: Any) -> None:
+        """``on_change(what, details)`` about ``box`` (nothing when there is no box or no
+        watcher); a failing watcher is logged, never raised into the sandbox's work."""
+        watcher = self.on_change
+        if watcher is None or box is None:
+            return
+        sandbox = {"sandbox_id": box.container_id or "", "image": self.image, "role": self.role}
+        try:
+            watcher(what, {**sandbox, "isolation": self.isolation, **details})
+        except Exception as exc:
+            log.warning("sandbox watcher failed on %s: %s", what, exc)
+
+    def _tell_death(self, box: Box, code: int | None, oom: bool, *, during_cell: bool) -> None:
+        """The sandbox ended by itself or from outside: ``oom`` or ``killed`` (exited)."""
+        if self._closing:
+            return  # ``close`` said ``stopped``
+        if oom:
+            self._tell("oom", box, memory_bytes=box.limits.memory_bytes, during_cell=during_cell)
+        else:
+            self._tell("killed", box, reason="exited", exit_code=code, during_cell=during_cell)
+
     def _discard(self) -> None:
         box, self._box = self._box, None
         if box is not None:
@@ -216,7 +254,7 @@ class SandboxLifecycle:
             self._image_checked = True
         base = self.launcher.socket_base(self.socket_base)
         sock_dir = Path(tempfile.mkdtemp(prefix=f"s{os.getpid()}-", dir=base))
-        return launch_sandbox(
+        box = launch_sandbox(
             self.launcher,
             sock_dir,
             limits=limits,
@@ -226,6 +264,14 @@ class SandboxLifecycle:
             role=self.role,
             ready_timeout_s=self.ready_timeout_s,
         )
+        self._tell(
+            "started",
+            box,
+            memory_bytes=limits.memory_bytes,
+            cpus=limits.cpus,
+            pids_limit=limits.pids_limit,
+        )
+        return box
 
 
 __all__ = ["SandboxLifecycle"]

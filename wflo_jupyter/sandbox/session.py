@@ -241,6 +241,7 @@ class SandboxSession(SandboxLifecycle):
         interrupted_by: str | None,
     ) -> ExecResult:
         """The cell ignored the interrupt for the whole grace period: kill the container."""
+        self._tell("killed", box, reason="stuck", exit_code=None, during_cell=True)
         box.kill()
         self._discard()
         return outcomes.stuck(result, started, timeout_s, interrupted_by, self.interrupt_grace_s)
@@ -255,6 +256,7 @@ class SandboxSession(SandboxLifecycle):
         if outcomes.channel_corrupted(exc):
             box.kill()
         code, oom = box.wait_exit(3.0)
+        self._tell_death(box, code, oom, during_cell=True)
         self._discard()
         return outcomes.lost(
             result,

@@ -25,6 +25,7 @@ from wflo_jupyter.core.budget import BudgetNotFound
 from wflo_jupyter.core.doctor import DoctorReport
 from wflo_jupyter.core.reports import StepSummary
 from wflo_jupyter.orchestration.stepio import StepIORegistry
+from wflo_jupyter.session.events import SessionEvents
 from wflo_jupyter.session.images import SessionImages
 from wflo_jupyter.session.sandboxes import KernelSandboxes
 from wflo_jupyter.session.steps import SessionSteps
@@ -73,11 +74,13 @@ class WfloSession(SessionSteps):
         self._lock = threading.Lock()
         self._started = False
         self._closed = False
+        self.session_events = SessionEvents(self.session_id)
         self.sandboxes = KernelSandboxes(
             self.session_id,
             isolation=settings.isolation,
             docker_host=settings.docker_host,
             idle_timeout_s=idle_timeout_s,
+            on_change=self.session_events.sandbox_changed,
         )
         self.images = SessionImages(settings, self.sandboxes, self.progress)
         self.endpoints: Endpoints | None = None
@@ -208,6 +211,7 @@ class WfloSession(SessionSteps):
                 raise
             if relay is not None:
                 relay.start()
+            self.session_events.attach(ledger, relay.wake if relay else None)
             self.sandboxes.ensure_watchdog()
             self.endpoints, self.ledger, self.runner, self.relay, self.loop = (
                 endpoints,
@@ -333,6 +337,8 @@ class WfloSession(SessionSteps):
                 if self.runner is not None:
                     self.runner.close()
             finally:
+                self.sandboxes.close()  # its sandbox.stopped events, drained below
+                self.session_events.close()
                 if self.gateway is not None:
                     with contextlib.suppress(Exception):
                         self.gateway.close()
@@ -351,7 +357,6 @@ class WfloSession(SessionSteps):
                     self.ledger.close()
                 if self.loop is not None:
                     self.loop.stop()
-                self.sandboxes.close()
 
 
 def _connect_ledger(url: str) -> Ledger:

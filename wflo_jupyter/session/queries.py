@@ -1,6 +1,7 @@
 """``SessionQueries``: what the notebook asks of its session, answered with ``core``
 value types: budgets (set, show, join a team), the live meter (one ``MeterFeed`` per
-kernel and its snapshots), cache statistics and clears, and cost reports.
+kernel and its snapshots), cache statistics and clears, and cost reports. A cache clear
+and a team join are events too (``cache.cleared``, ``team.joined``: ``SessionEvents``).
 
 A base class of ``WfloSession``: it reads the engines the session connected
 (``start()``, ``budgets``, ``cache``, ``ledger``) and its identity (``session_id``,
@@ -15,7 +16,9 @@ from typing import TYPE_CHECKING
 
 from wflo_jupyter.core.budget import BudgetNotFound, BudgetState
 from wflo_jupyter.core.errors import ConfigError, WfloError
+from wflo_jupyter.core.events import CACHE_CLEARED, TEAM_JOINED
 from wflo_jupyter.core.reports import CacheReport, MeterSnapshot, StepCostRow
+from wflo_jupyter.session.events import SessionEvents
 from wflo_jupyter.session.meter_feed import MeterFeed, Subscriber
 
 if TYPE_CHECKING:
@@ -35,6 +38,7 @@ class SessionQueries:
     budgets: BudgetLedger | None
     cache: LlmCache | None
     ledger: Ledger | None
+    session_events: SessionEvents
     meter_step: tuple[str, str] | None = None
     """(step id, name) of the running step, else the last one: the meter's cell."""
     _meter_feed: MeterFeed | None = None
@@ -83,6 +87,7 @@ class SessionQueries:
         state = self.team_state(team)
         if team not in self.teams:
             self.teams.append(team)
+            self.session_events.emit(TEAM_JOINED, {"team": team, "notebook": self.notebook_key})
         return state
 
     def watch_notebook_budget(self, timeout_s: float = 5.0) -> Iterator[BudgetState]:
@@ -110,11 +115,20 @@ class SessionQueries:
         cache = self._cache()
         if this_notebook:
             removed = cache.invalidate_origin(self.notebook_key)
-            what = f"stored by {self.notebook_key} "
+            what, scope = f"stored by {self.notebook_key} ", "notebook"
         elif model:
-            removed, what = cache.invalidate_model(model), f"of {model} "
+            removed, what, scope = cache.invalidate_model(model), f"of {model} ", "model"
         else:
-            removed, what = cache.invalidate_all(), ""
+            removed, what, scope = cache.invalidate_all(), "", "all"
+        self.session_events.emit(
+            CACHE_CLEARED,
+            {
+                "scope": scope,
+                "model": model if scope == "model" else None,
+                "notebook": self.notebook_key if scope == "notebook" else None,
+                "removed": removed,
+            },
+        )
         return f"removed {removed} cached answer(s) {what}from the LLM cache"
 
     def report_rows(self, all_sessions: bool = False) -> list[StepCostRow]:

@@ -3,7 +3,9 @@
 Owns the Docker client (and the reaper of dead kernels' containers it runs once), the
 isolation choice (``WFLO_ISOLATION``, made once), creating each image's persistent
 ``SandboxSession`` on demand, the pre-warm after ``%load_ext``, the idle watchdog,
-restart and interrupt, and closing them all.
+restart and interrupt, and closing them all. Each sandbox's life (started, stopped,
+killed, OOM) and each container the reaper removed is told to ``on_change`` (the
+session's ``SessionEvents``, which makes ``sandbox.*`` events of them).
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from wflo_jupyter.core.errors import WfloError
 
 if TYPE_CHECKING:
     import docker
 
+    from wflo_jupyter.sandbox.lifecycle import SandboxWatcher
     from wflo_jupyter.sandbox.session import SandboxSession
 
 log = logging.getLogger(__name__)
@@ -33,11 +36,13 @@ class KernelSandboxes:
         isolation: str | None,
         docker_host: str | None,
         idle_timeout_s: float,
+        on_change: SandboxWatcher | None = None,
     ) -> None:
         self.session_id = session_id
         self.requested_isolation = isolation
         self.docker_host = docker_host
         self.idle_timeout_s = idle_timeout_s
+        self.on_change = on_change
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._closed = False
@@ -59,6 +64,8 @@ class KernelSandboxes:
                     removed = reap_orphans(self._docker)
                     if removed:
                         log.info("removed %d sandbox containers of dead kernels", len(removed))
+                    for container_id in removed:
+                        self._tell("reaped", {"sandbox_id": container_id})
                 except Exception as exc:  # cleaning up others' leftovers must not block us
                     log.warning("sandbox reaper: %s", exc)
             return self._docker
@@ -82,6 +89,7 @@ class KernelSandboxes:
         if self._closed:
             raise WfloError("this wflo session is closed; %load_ext wflo_jupyter starts a new one")
         created = open_sandbox_session(self.isolation(), self.session_id, image, self.docker_client)
+        created.on_change = self.on_change
         with self._lock:
             return self._sandboxes.setdefault(image, created)
 
@@ -100,6 +108,13 @@ class KernelSandboxes:
         thread = threading.Thread(target=remove, name="wflo-sandbox-discard", daemon=True)
         thread.start()
         self._prewarm_threads.append(thread)
+
+    def _tell(self, what: str, details: dict[str, Any]) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(what, details)
+            except Exception as exc:
+                log.warning("sandbox watcher failed on %s: %s", what, exc)
 
     def ids(self) -> list[str]:
         """The ids of the running sandboxes (container ids, ``bwrap-<pid>``, ...)."""
