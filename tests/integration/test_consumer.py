@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers import start_step, wait_until
 from wflo_jupyter.core.errors import WfloError
-from wflo_jupyter.core.events import TOPIC_BY_PREFIX
+from wflo_jupyter.core.events import ALL_TOPICS
 from wflo_jupyter.core.steps import StepResult
 from wflo_jupyter.events import (
     ConsumedEvent,
@@ -95,7 +95,7 @@ def test_a_configuration_mistake_is_one_line_naming_the_property(
 
 def test_default_topics_are_every_wflo_topic(kafka_bootstrap: str) -> None:
     with EventConsumer(kafka_bootstrap, _name("g")) as consumer:
-        assert consumer.topics == sorted(set(TOPIC_BY_PREFIX.values()))
+        assert consumer.topics == sorted(ALL_TOPICS)
 
 
 def test_check_names_the_topics_not_created_yet(kafka_bootstrap: str) -> None:

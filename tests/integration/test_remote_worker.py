@@ -117,6 +117,13 @@ def test_a_cell_on_a_worker_queue_runs_there_and_streams_its_output(
     step = ledger.steps(session_id)[-1]
     assert (step.name, step.status) == ("remote", "completed")
 
+    started = [
+        e["payload"]["sandbox_id"]
+        for e in ledger.recent_events(100, session_id)
+        if e["type"] == "sandbox.started"
+    ]
+    assert any(sandbox.startswith(containers[0]) for sandbox in started)  # the worker's
+
     again = kernel.run(f"%%wflo --queue {QUEUE}\nprint(state + 1)")
     assert again.status == "ok", again.error
     assert again.stdout == "42\n"  # the same sandbox: the session stayed on that worker

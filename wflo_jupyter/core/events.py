@@ -71,9 +71,6 @@ TOPIC_BY_TYPE: Mapping[str, str] = {
     TEAM_JOINED: TOPIC_AUDIT,
 }
 
-TOPIC_BY_PREFIX = TOPIC_BY_TYPE
-"""Kept for readers of the old prefix table that only list its topics (``wflo events``)."""
-
 ADMIN_BUDGET_OPS = frozenset({"set"})
 """``budget.updated`` ops made by a person (``wflo.audit``); every other op moves money."""
 

@@ -1,7 +1,7 @@
 """``EventConsumer``: reads wflo events from Kafka as a member of a consumer group.
 
 It owns subscribing (by default to every wflo topic, read from
-``core.events.TOPIC_BY_PREFIX``), decoding each message and checking it against its
+``core.events.ALL_TOPICS``), decoding each message and checking it against its
 schema (``events.schemas``), optional deduplication by event id, iteration with an idle
 timeout, and committing offsets.
 
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Self
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
 from wflo_jupyter.core.errors import EngineUnavailable, WfloError, one_line
-from wflo_jupyter.core.events import TOPIC_BY_PREFIX, Event
+from wflo_jupyter.core.events import ALL_TOPICS, Event
 from wflo_jupyter.events.kafka import KafkaConfigError, kafka_client, quiet_config
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ _BENIGN = {KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART}
 
 def wflo_topics() -> list[str]:
     """Every topic wflo publishes events to."""
-    return sorted(set(TOPIC_BY_PREFIX.values()))
+    return sorted(ALL_TOPICS)
 
 
 @dataclass(frozen=True)

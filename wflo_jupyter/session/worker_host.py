@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from wflo_jupyter.core.steps import StepInput
 from wflo_jupyter.orchestration.stepio import StepIO, StepIORegistry
+from wflo_jupyter.session.events import SessionEvents
 from wflo_jupyter.session.sandboxes import KernelSandboxes
 from wflo_jupyter.stack.settings import Settings, resolve_endpoints
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from wflo_jupyter.cache.step_output import StepOutputPublisher
     from wflo_jupyter.cache.step_values import StepValues
     from wflo_jupyter.gateway.service import LlmGateway
+    from wflo_jupyter.ledger.store import Ledger
     from wflo_jupyter.sandbox.session import SandboxSession
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,8 @@ class WorkerHost:
         self.graceful_s = graceful_s
         self.idle_timeout_s = idle_timeout_s
         self._sandboxes: dict[str, KernelSandboxes] = {}
+        self._events: dict[str, SessionEvents] = {}  # sandbox.* events, per session
+        self._ledger: Ledger | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = threading.Lock()
 
@@ -117,11 +121,15 @@ class WorkerHost:
         with self._lock:
             sandboxes = self._sandboxes.get(session_id)
             if sandboxes is None:
+                events = self._events[session_id] = SessionEvents(session_id)
+                if self._ledger is not None:
+                    events.attach(self._ledger, None)
                 sandboxes = KernelSandboxes(
                     session_id,
                     isolation=self.settings.isolation,
                     docker_host=self.settings.docker_host,
                     idle_timeout_s=self.idle_timeout_s,
+                    on_change=events.sandbox_changed,
                 )
                 sandboxes.ensure_watchdog()
                 self._sandboxes[session_id] = sandboxes
@@ -142,7 +150,7 @@ class WorkerHost:
         endpoints = resolve_endpoints(self.settings, progress=self.progress)
         if not endpoints.redis_url:
             raise RuntimeError("a wflo worker needs Redis (its cells' output travels there)")
-        ledger = Ledger.connect(endpoints.database_url)
+        ledger = self._ledger = Ledger.connect(endpoints.database_url)
         budgets = BudgetLedger(ledger.engine)
         gateway, cache = build_gateway(
             budgets,
@@ -202,13 +210,17 @@ class WorkerHost:
                     cache.client.close()
             with contextlib.suppress(Exception):
                 output.client.close()
-            ledger.close()
             loop.stop()
             with self._lock:
                 sandboxes, self._sandboxes = list(self._sandboxes.values()), {}
-            for each in sandboxes:
+                events, self._events = list(self._events.values()), {}
+            for each in sandboxes:  # sandbox.stopped written, then the writers drained
                 with contextlib.suppress(Exception):
                     each.close()
+            for writer in events:
+                with contextlib.suppress(Exception):
+                    writer.close()
+            ledger.close()
 
     @staticmethod
     def _make_io(
