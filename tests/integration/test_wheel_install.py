@@ -163,8 +163,9 @@ def test_the_wheel_carries_the_event_schemas(wheel: Path, clean_venv: Path) -> N
         "try: s.validate({'type': 'step.started', 'payload': {}})\n"
         "except EventSchemaError as e: print(e)\n"
     )
+    types = {name.rsplit(".v", 1)[0] for name in shipped}  # <type>.v<N>.json
     assert _installed_python(clean_venv, script) == [
-        str(len(shipped)),
+        str(len(types)),
         "step.started v1 at envelope: 'id' is a required property",
     ]
 
