@@ -159,10 +159,7 @@ def test_temporal_port_taken_moves_and_the_kernel_follows(
     assert kernel.run("%%wflo\nprint('before')").status == "ok"
     killed = private.kill("temporal")
     host, port = killed.url.rsplit(":", 1)
-    squatter = socket.socket()
-    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    squatter.bind((host, int(port)))
-    squatter.listen()
+    squatter = _squat(host, int(port))
     try:
         private.stack.up()
         moved = private.info("temporal").url
@@ -265,14 +262,12 @@ def test_a_cache_follows_redis_to_a_new_port(tmp_path: Path) -> None:
     cache = LlmCache(client, retry_after_s=0.2)
     cache.watch_outages(notices.append, lambda: _url(stack.engines().get("redis")))
     key = _key(f"moved-{uuid.uuid4().hex[:8]}", {"model": "gpt-4o-mini", "messages": []})
-    squatter = socket.socket()
+    squatter = None
     try:
         assert cache.near is not None and cache.near.wait_armed(5)
         os.killpg(first.pid, signal.SIGKILL)
         wait_until(lambda: not cache.ping(), 10, what="the cache to miss Redis")
-        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        squatter.bind(("127.0.0.1", int(first.url.rsplit(":", 1)[1].split("/")[0])))
-        squatter.listen()
+        squatter = _squat("127.0.0.1", int(first.url.rsplit(":", 1)[1].split("/")[0]))
         moved = stack.up(only=["redis"])["redis"]
         assert moved.url != first.url
         wait_until(cache.ping, 10, what="the cache to reach the moved Redis")
@@ -288,7 +283,8 @@ def test_a_cache_follows_redis_to_a_new_port(tmp_path: Path) -> None:
             notices[1],
         )
     finally:
-        squatter.close()
+        if squatter is not None:
+            squatter.close()
         cache.close()
         client.close()
         stack.down()
@@ -296,3 +292,20 @@ def test_a_cache_follows_redis_to_a_new_port(tmp_path: Path) -> None:
 
 def _url(info: EngineInfo | None) -> str | None:
     return info.url if info is not None else None
+
+
+def _squat(host: str, port: int) -> socket.socket:
+    """Listen on ``host:port`` (once a killed server's lingering sockets let go of it)."""
+
+    def listening() -> socket.socket | None:
+        squatter = socket.socket()
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            squatter.bind((host, port))
+        except OSError:
+            squatter.close()
+            return None
+        squatter.listen()
+        return squatter
+
+    return wait_until(listening, 30, interval=0.1, what=f"port {port} to be free")

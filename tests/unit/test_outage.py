@@ -62,4 +62,4 @@ def test_a_restarted_engine_gets_its_ports_back_while_they_are_free() -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", ui))
         squatter.listen()
-        assert previous_ports(info, keys) is None  # one taken: all new
+        assert previous_ports(info, keys, wait_s=0.3) is None  # one taken: all new

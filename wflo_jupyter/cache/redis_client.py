@@ -60,4 +60,5 @@ def repoint_redis(client: redis.Redis, url: str) -> bool:
         return False
     pool.connection_kwargs.update(moved)
     pool.disconnect()
+    pool.reset()  # drop the connection objects too: each keeps the address it was made with
     return True

@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from wflo_jupyter.stack.pg_runas import PgRunAs, hand_over, pg_runas
 PG_USER = "postgres"  # the database superuser role created by initdb
 PG_SOCKET_PORT = 5432  # only names the socket file in our private directory; no TCP listener
 _SUN_PATH_MAX = 107
+PORT_WAIT_S = 3.0  # how long a restarted engine waits for its previous ports to be free
 
 
 @dataclass(frozen=True)
@@ -79,16 +81,24 @@ def _port_of(address: str | None) -> int | None:
         return None
 
 
-def previous_ports(previous: EngineInfo | None, keys: tuple[str, ...]) -> list[int] | None:
+def previous_ports(
+    previous: EngineInfo | None, keys: tuple[str, ...], wait_s: float = PORT_WAIT_S
+) -> list[int] | None:
     """The ports ``previous`` used, in the order of ``keys`` (``"url"`` or an ``extra``
-    key), when all are known and free again; else None (choose free ones)."""
+    key), when all are known and free again within ``wait_s`` (a killed server's sockets
+    linger a moment while its clients hang up); else None (choose free ones)."""
     if previous is None:
         return None
     ports = [_port_of(previous.url if k == "url" else previous.extra.get(k)) for k in keys]
     if any(p is None for p in ports) or len(set(ports)) != len(ports):
         return None
     known = [p for p in ports if p is not None]
-    return known if all(port_free(p) for p in known) else None
+    deadline = time.monotonic() + wait_s
+    while not all(port_free(p) for p in known):
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.1)
+    return known
 
 
 class EnginePlans:
