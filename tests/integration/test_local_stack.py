@@ -260,6 +260,7 @@ def test_down_stops_everything_then_up_works_again(
     client.set("kept", b"yes")
     client.close()
 
+    urls = {name: info.url for name, info in engines.items()}
     started = time.monotonic()
     stopped = stack.down()
     timings["down"] = time.monotonic() - started
@@ -280,9 +281,10 @@ def test_down_stops_everything_then_up_works_again(
     assert stack.down() == []
 
     started = time.monotonic()
-    engines = stack.up(with_kafka=True)
+    engines = stack.up()  # every engine the stack had, Kafka too, without --with-kafka
     timings["up_after_down"] = time.monotonic() - started
     assert set(engines) == set(ALL)
+    assert {name: info.url for name, info in engines.items()} == urls  # where they were
     assert not set(pids) & {i.pid for i in engines.values()}
     for name, info in engines.items():
         CHECKS[name](info)

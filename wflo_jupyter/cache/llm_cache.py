@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from wflo_jupyter.cache.availability import RedisAvailability
+from wflo_jupyter.cache.availability import one_line as _one_line
 from wflo_jupyter.cache.keys import (
     KEY_PREFIX,
     CacheKey,
@@ -41,7 +42,6 @@ from wflo_jupyter.cache.keys import (
     stats_key,
 )
 from wflo_jupyter.cache.near import NearCache
-from wflo_jupyter.cache.redis_client import describe_redis
 from wflo_jupyter.core.reports import CacheStats
 
 log = logging.getLogger(__name__)
@@ -110,64 +110,6 @@ class CachedResponse:
         return cls(body=body, usage=usage, saved_micros=saved, model=model, created_at=created_at)
 
 
-class _RedisAvailability:
-    """Whether Redis answered the last call; logs each change of state once."""
-
-    def __init__(self, where: str, retry_after_s: float) -> None:
-        self._where = where
-        self._retry_after_s = retry_after_s
-        self._guard = threading.Lock()
-        self._down = False
-        self._next_probe_at = 0.0
-        self._command_error_logged = False
-
-    @property
-    def up(self) -> bool:
-        return not self._down
-
-    def may_call(self) -> bool:
-        """False while Redis is known down and the next probe is not due yet."""
-        return not self._down or time.monotonic() >= self._next_probe_at
-
-    def succeeded(self) -> None:
-        if not self._down:
-            return
-        with self._guard:
-            if self._down:
-                self._down = False
-                log.info("LLM cache back: Redis at %s answers again; caching resumed", self._where)
-
-    def unreachable(self, exc: BaseException) -> None:
-        with self._guard:
-            self._next_probe_at = time.monotonic() + self._retry_after_s
-            if not self._down:
-                self._down = True
-                log.warning(
-                    "LLM cache off: Redis at %s unavailable (%s); "
-                    "LLM calls go uncached until it returns",
-                    self._where,
-                    _one_line(exc),
-                )
-
-    def command_failed(self, exc: BaseException) -> None:
-        with self._guard:
-            if not self._command_error_logged:
-                self._command_error_logged = True
-                log.warning(
-                    "LLM cache: Redis at %s refused a command (%s); further refusals are "
-                    "logged at debug level",
-                    self._where,
-                    _one_line(exc),
-                )
-                return
-        log.debug("LLM cache: Redis refused a command: %s", _one_line(exc))
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _check_ttl(ttl_s: float) -> int:
     """TTL seconds -> milliseconds; ``ValueError`` unless positive and finite."""
     if not (math.isfinite(ttl_s) and ttl_s > 0):
@@ -197,7 +139,7 @@ class LlmCache:
         _check_ttl(default_ttl_s)
         self.client = client
         self.default_ttl_s = default_ttl_s
-        self._availability = _RedisAvailability(describe_redis(client), retry_after_s)
+        self._availability = RedisAvailability(client, retry_after_s)
         self.near: NearCache[CachedResponse] | None = (
             NearCache(client, f"{KEY_PREFIX}:", retry_after_s=retry_after_s) if near_cache else None
         )
@@ -208,6 +150,18 @@ class LlmCache:
             self.near.close()
 
     # ------------------------------------------------------------------ availability
+
+    def watch_outages(
+        self, notice: Callable[[str], None], readdress: Callable[[], str | None] | None
+    ) -> None:
+        """Tell the notebook (``notice``) once when Redis goes and once when it is back;
+        ``readdress``: where the local stack runs it now, followed when it moved."""
+        self._availability.watch(notice, readdress)
+
+    @property
+    def down_since(self) -> float | None:
+        """When this cache found Redis unreachable (``time.time()``), None while it answers."""
+        return self._availability.down_since
 
     @property
     def available(self) -> bool:

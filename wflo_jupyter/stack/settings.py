@@ -289,3 +289,20 @@ def temporal_ui_url(settings: Settings) -> str | None:
 
     info = LocalStack(settings.home).engines().get("temporal")
     return info.extra.get("ui") if info is not None else None
+
+
+def local_address(settings: Settings, engine: str) -> Callable[[], str | None] | None:
+    """For an engine the local stack provides (no ``WFLO_*`` URL set): a function that
+    reads where it runs now from ``stack.json`` (None while it is not running), so a
+    kernel follows it when ``wflo up`` started it again at another address. None when
+    ``engine`` is configured: a configured address is never replaced."""
+    if settings.configured(engine):
+        return None
+
+    def current() -> str | None:
+        from wflo_jupyter.stack.local import LocalStack
+
+        info = LocalStack(settings.home).engines().get(engine)
+        return info.url if info is not None else None
+
+    return current

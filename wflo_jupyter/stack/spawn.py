@@ -41,10 +41,11 @@ class Spawner:
         self._processes = processes
         self._logs = logs
 
-    def spawn(self, name: str, attempt: int) -> Launch:
-        """Start engine ``name`` (its ``attempt``-th try) without waiting for it."""
+    def spawn(self, name: str, attempt: int, previous: EngineInfo | None = None) -> Launch:
+        """Start engine ``name`` (its ``attempt``-th try) without waiting for it, at the
+        address of ``previous`` (its last run) when that is free."""
         started = time.monotonic()  # includes initdb on postgres' first start
-        plan = self._plans.plan(name)
+        plan = self._plans.plan(name, previous)
         fh, log, offset = open_log(self._logs, name)
         extra = {**plan.extra, "log": str(log)}
         try:

@@ -1,6 +1,9 @@
 """The stack's state under ``WFLO_HOME``: ``stack.json`` (which engines run, their URL, pid
 and extras; written atomically) and ``stack.lock`` (an ``fcntl`` lock that serialises
-concurrent ``wflo up``/``down`` calls)."""
+concurrent ``wflo up``/``down`` calls).
+
+``stack.json`` also keeps, under ``"stopped"``, the engines ``wflo down`` stopped, so the
+next ``wflo up`` starts the same engines (Kafka included) at the same addresses."""
 
 from __future__ import annotations
 
@@ -43,6 +46,13 @@ class StackState:
 
     def read(self) -> dict[str, EngineInfo]:
         """The engines ``stack.json`` records (none when it is missing or unreadable)."""
+        return self._section("engines")
+
+    def read_stopped(self) -> dict[str, EngineInfo]:
+        """The engines ``wflo down`` stopped last (their addresses; no pid runs)."""
+        return self._section("stopped")
+
+    def _section(self, section: str) -> dict[str, EngineInfo]:
         try:
             raw = json.loads(self.state_file.read_text())
         except FileNotFoundError:
@@ -50,7 +60,9 @@ class StackState:
         except (OSError, ValueError) as exc:
             self._progress(f"ignoring unreadable {self.state_file}: {one_line(exc)}")
             return {}
-        engines = raw.get("engines", {}) if isinstance(raw, dict) else {}
+        engines = raw.get(section, {}) if isinstance(raw, dict) else {}
+        if not isinstance(engines, dict):
+            return {}
         result: dict[str, EngineInfo] = {}
         for name in ENGINE_ORDER:
             entry = engines.get(name)
@@ -67,15 +79,21 @@ class StackState:
                 continue
         return result
 
-    def write(self, state: dict[str, EngineInfo]) -> None:
-        """Replace ``stack.json`` atomically with ``state``."""
-        payload = {
-            "engines": {
-                n: {"url": state[n].url, "pid": state[n].pid, "extra": state[n].extra}
+    def write(
+        self, state: dict[str, EngineInfo], stopped: dict[str, EngineInfo] | None = None
+    ) -> None:
+        """Replace ``stack.json`` atomically with ``state`` (and ``stopped``)."""
+
+        def entries(infos: dict[str, EngineInfo]) -> dict[str, object]:
+            return {
+                n: {"url": infos[n].url, "pid": infos[n].pid, "extra": infos[n].extra}
                 for n in ENGINE_ORDER
-                if n in state
+                if n in infos
             }
-        }
+
+        payload = {"engines": entries(state)}
+        if stopped:
+            payload["stopped"] = entries(stopped)
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".stack.json.", dir=self.home)
         try:
