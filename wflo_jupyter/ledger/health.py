@@ -119,6 +119,12 @@ class LedgerHealth:
         self._confirm(announce=False)  # the refusal says it
         raise LedgerUnavailable(refusal_line(self.address))
 
+    def recheck(self) -> None:
+        """During an outage, probe now (the caller saw the ledger answer, e.g. a step's
+        close got through): the "back" notice comes at once, not at the next probe."""
+        if self._down_since is not None and self.probe():
+            self._back()
+
     def suspect(self) -> None:
         """Something met a connection error: watch the server until it answers (any
         thread; returns at once)."""

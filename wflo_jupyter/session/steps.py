@@ -148,6 +148,8 @@ class SessionSteps(SessionQueries):
                     if future.done():
                         if remote is not None:  # the worker's last output may trail
                             remote.settle()
+                        if self.ledger_health is not None:  # "back", in this cell
+                            self.ledger_health.recheck()
                         io.pump(deliver, ask, wait_s=0)
                         break
                 except KeyboardInterrupt:
