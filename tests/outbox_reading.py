@@ -182,10 +182,25 @@ class PrivateBroker:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         self.bootstrap = f"127.0.0.1:{port}"
-        argv = [str(find_binary("kafka")), "start", "--only", "kafka", "--host", "127.0.0.1"]
-        argv += ["--kafka-port", str(port), "--data-dir", str(directory)]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.argv = [str(find_binary("kafka")), "start", "--only", "kafka", "--host", "127.0.0.1"]
+        self.argv += ["--kafka-port", str(port), "--data-dir", str(directory)]
+        self._start()
+
+    def _start(self) -> None:
+        self.process = subprocess.Popen(
+            self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_until(lambda: TopicAdmin(self.bootstrap, timeout_s=1).names() is not None, 30)
+
+    def stop(self, signum: int) -> None:
+        """End it with ``signum`` (SIGTERM: its own shutdown; SIGKILL: none)."""
+        os.kill(self.process.pid, signal.SIGCONT)
+        self.process.send_signal(signum)
+        self.process.wait(timeout=30)
+
+    def restart(self) -> None:
+        """Start it again at the same address, on the same data."""
+        self._start()
 
     def close(self) -> None:
         os.kill(self.process.pid, signal.SIGCONT)

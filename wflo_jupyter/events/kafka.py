@@ -207,8 +207,24 @@ class EventProducer(_ClosesOnExit):
         )
         config.update({k.replace("_", "."): v for k, v in overrides.items()})
         self.bootstrap = bootstrap
+        self._overrides = overrides
+        # a fatal error (e.g. an idempotence sequence the broker lost in a crash) ends
+        # this producer for good: ``fatal`` says why, and ``renewed`` makes a new one
+        self.fatal: str | None = None
+        config.setdefault("error_cb", self._on_error)
         self._producer: Any = kafka_client(Producer, config)
         self._closed = False
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal() or error.code() == KafkaError._FATAL:
+            self.fatal = self.fatal or one_line(error.str())
+
+    def renewed(self) -> EventProducer:
+        """A new producer with this one's settings (this one is closed, its undelivered
+        messages dropped: their reports say so)."""
+        self.purge()
+        self.close(timeout_s=0)
+        return EventProducer(self.bootstrap, **self._overrides)
 
     def send(
         self,
@@ -225,6 +241,7 @@ class EventProducer(_ClosesOnExit):
 
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
+                self._on_error(err)
                 on_done(EventDeliveryError(f"{msg.topic()}: {err.str()}"))
             else:
                 on_done(
@@ -242,12 +259,21 @@ class EventProducer(_ClosesOnExit):
         except BufferError:
             return False
         except KafkaException as exc:
+            if isinstance(exc.args[0], KafkaError):
+                self._on_error(exc.args[0])
             on_done(EventDeliveryError(f"{topic}: {exc.args[0]}"))
         return True
 
     def poll(self, timeout_s: float) -> int:
-        """Serve delivery reports for up to ``timeout_s``; returns how many were served."""
-        return int(self._producer.poll(timeout_s))
+        """Serve delivery reports for up to ``timeout_s``; returns how many were served
+        (a fatal error raised here is kept in ``fatal``)."""
+        try:
+            return int(self._producer.poll(timeout_s))
+        except KafkaException as exc:
+            if not (isinstance(exc.args[0], KafkaError) and exc.args[0].fatal()):
+                raise
+            self._on_error(exc.args[0])
+            return 0
 
     def in_flight(self) -> int:
         """Messages sent but not yet reported on."""

@@ -270,8 +270,26 @@ class OutboxRelay:
         if self._in_flight:  # poll returns as soon as a report is served
             self._producer.poll(0 if sent else wait_s)
         self._settle()
+        if self._producer.fatal is not None:
+            self._renew_producer()
         if not sent and not self._in_flight:
             seat.wait(wait_s)
+
+    def _renew_producer(self) -> None:
+        """The producer failed for good (librdkafka's fatal error: a broker that lost an
+        idempotent producer's sequence in a crash): its undelivered rows are failed (sent
+        again later, at least once) and a new producer takes over."""
+        log.warning(
+            "outbox relay: the Kafka producer failed for good (%s); starting a new one",
+            self._producer.fatal,
+        )
+        self._producer = self._producer.renewed()  # purged: reports of the lost rows
+        self._settle()
+        lost = [(row_id, "producer failed") for row_id in self._in_flight]
+        if lost:
+            self.seat.mark_failed(lost)
+        self._in_flight.clear()
+        self._retry_at = time.monotonic() + _RETRY_S
 
     # -- running ------------------------------------------------------------------------------
     def run(self, until: threading.Event) -> None:
