@@ -36,6 +36,7 @@ from wflo_jupyter.gateway.outage import ledger_down_reply
 from wflo_jupyter.gateway.recorder import HitRecorder
 from wflo_jupyter.gateway.streams import SseEvent, SseParser, assemble, synthesise
 from wflo_jupyter.gateway.upstream import ProviderRoutes, UpstreamResponse, error_body, scrub
+from wflo_jupyter.ledger.budget_types import Reservation, Settlement
 from wflo_jupyter.ledger.budgets import BudgetLedger
 from wflo_jupyter.ledger.calls import LlmCall
 from wflo_jupyter.ledger.health import is_ledger_outage
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 BUDGET_STATUS = 402
 NOT_CONFIRMED_STATUS = 403
+SETTLE_PATIENCE_S = 30.0  # a paid call's settle, retried while the ledger is unreachable
+SETTLE_RETRY_S = 0.5
 CANCELLED_STATUS = 499  # the client closed the request (nginx's code): the step was cancelled
 
 
@@ -398,10 +401,10 @@ class LlmGateway:
                     streamed = False
             usage = normalise_usage(provider, full.get("usage") or {})
             cost = self.prices.cost_micros(provider, model, usage)
-            settlement = self.budgets.settle(
+            settlement = self._settle(
                 reservation,
                 cost,
-                call=LlmCall(
+                LlmCall(
                     provider=provider,
                     model=model,
                     endpoint=endpoint,
@@ -419,6 +422,21 @@ class LlmGateway:
         for crossed in settlement.thresholds:  # once each: only the settle that crosses it
             ctx.notice(threshold_notice(crossed.scope, crossed.threshold, crossed.state))
         return _Paid(full, usage, cost, streamed)
+
+    def _settle(self, reservation: Reservation, cost: int, call: LlmCall) -> Settlement:
+        """Settle a call the provider answered (and was paid for). While the ledger is
+        unreachable (a short outage, or a pooled connection its restart left stale) the
+        settle is retried for up to ``SETTLE_PATIENCE_S``: a 503 now would lose the
+        record and make the SDK pay again."""
+        deadline = time.monotonic() + SETTLE_PATIENCE_S
+        while True:
+            try:
+                return self.budgets.settle(reservation, cost, call=call)
+            except Exception as exc:
+                if not is_ledger_outage(exc) or time.monotonic() >= deadline:
+                    raise
+                self.on_ledger_outage()
+                time.sleep(SETTLE_RETRY_S)
 
     @staticmethod
     def _confirm(ctx: CallContext, label: str, worst: WorstCase) -> None:
